@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Provides the third-party binaries the tests, the demo and CI need, and prints where they are.
+#
+#   hack/binaries.sh [NAME ...]     NAME: kube-apiserver etcd kubectl kube-proxy helm wireguard-go
+#                                   (default: all); prints NAME=PATH lines on stdout
+#   hack/binaries.sh --env          prints `export KILO_BIN_<NAME>=PATH` lines for eval
+#
+# No registry ships these as binaries, so they are built from their pinned Go modules with the
+# local Go toolchain and cached outside the repository, keyed by version:
+#   ${KILO_CACHE:-/var/cache/kilo-py}/bin/<version>/<name>
+# A binary the user already has is used first: in $KUBEBUILDER_ASSETS, then on PATH (its version
+# is not checked; set KILO_IGNORE_PATH=1 to always use the pinned build).
+set -euo pipefail
+
+K8S_VERSION=v1.34.4          # k8s.io/kubernetes; staging modules k8s.io/* at v0.34.4
+HELM_VERSION=v3.19.0         # helm.sh/helm/v3
+WG_VERSION=v0.0.0-20250521234502-f333402bd9cb   # golang.zx2c4.com/wireguard (May 2025 snapshot)
+CACHE=${KILO_CACHE:-/var/cache/kilo-py}
+ALL=(kube-apiserver etcd kubectl kube-proxy helm wireguard-go)
+
+log() { printf '[binaries] %s\n' "$*" >&2; }
+die() { printf '[binaries] error: %s\n' "$*" >&2; exit 1; }
+
+version_of() {
+  case "$1" in
+    kube-apiserver|kubectl|kube-proxy|etcd) echo "k8s-$K8S_VERSION" ;;
+    helm) echo "helm-$HELM_VERSION" ;;
+    wireguard-go) echo "wg-$WG_VERSION" ;;
+    *) die "unknown binary '$1' (known: ${ALL[*]})" ;;
+  esac
+}
+
+need_go() {
+  command -v go >/dev/null 2>&1 || die "the Go toolchain is needed to build $1 (no 'go' on PATH)"
+}
+
+# build_in DIR OUT PKG...: go build each PKG in the build module DIR into OUT/<basename>
+build_module_k8s() {
+  local dir=$1
+  mkdir -p "$dir"
+  if [ ! -f "$dir/go.mod" ]; then
+    log "preparing build module for k8s.io/kubernetes $K8S_VERSION"
+    local staging=${K8S_VERSION/v1./v0.}
+    (cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null) \
+      || die "cannot download k8s.io/kubernetes@$K8S_VERSION from the Go module proxy"
+    local gomod
+    gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    {
+      echo "module kilo-py.local/k8s-build"
+      echo
+      echo "go 1.24.0"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      echo "replace ("
+      grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk -v v="$staging" '{print "\t" $1 " => " $1 " " v}'
+      echo ")"
+    } > "$dir/go.mod.tmp"
+    mv "$dir/go.mod.tmp" "$dir/go.mod"
+  fi
+}
+
+build() {
+  local name=$1 out=$2
+  need_go "$name"
+  local work="$CACHE/build" start=$SECONDS
+  mkdir -p "$work" "$(dirname "$out")"
+  export GOFLAGS=-mod=mod CGO_ENABLED=0
+  case "$name" in
+    kube-apiserver|kubectl|kube-proxy|etcd)
+      build_module_k8s "$work/k8s-$K8S_VERSION"
+      local pkg
+      case "$name" in
+        etcd) pkg=go.etcd.io/etcd/server/v3 ;;
+        *) pkg=k8s.io/kubernetes/cmd/$name ;;
+      esac
+      log "building $name ($pkg, via k8s.io/kubernetes $K8S_VERSION); this takes minutes"
+      (cd "$work/k8s-$K8S_VERSION" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") \
+        || die "go build of $pkg failed"
+      ;;
+    helm)
+      local d="$work/helm-$HELM_VERSION"; mkdir -p "$d"
+      [ -f "$d/go.mod" ] || printf 'module kilo-py.local/helm-build\n\ngo 1.24.0\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$d/go.mod"
+      log "building helm (helm.sh/helm/v3 $HELM_VERSION)"
+      (cd "$d" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" helm.sh/helm/v3/cmd/helm) || die "go build of helm failed"
+      ;;
+    wireguard-go)
+      local d="$work/wg-$WG_VERSION"; mkdir -p "$d"
+      [ -f "$d/go.mod" ] || printf 'module kilo-py.local/wg-build\n\ngo 1.23\n\nrequire golang.zx2c4.com/wireguard %s\n' "$WG_VERSION" > "$d/go.mod"
+      log "building wireguard-go (golang.zx2c4.com/wireguard $WG_VERSION)"
+      (cd "$d" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" golang.zx2c4.com/wireguard) || die "go build of wireguard-go failed"
+      ;;
+  esac
+  mv "$out.tmp" "$out"
+  log "built $name in $((SECONDS - start)) s: $out"
+}
+
+locate() {
+  local name=$1 cached
+  cached="$CACHE/bin/$(version_of "$name")/$name"
+  if [ -x "$cached" ]; then echo "$cached"; return; fi
+  if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$name" ]; then
+    echo "$KUBEBUILDER_ASSETS/$name"; return
+  fi
+  if [ "${KILO_IGNORE_PATH:-0}" != 1 ] && [ "$name" != kubectl ] && command -v "$name" >/dev/null 2>&1; then
+    command -v "$name"; return
+  fi
+  build "$name" "$cached"
+  echo "$cached"
+}
+
+mode=plain
+names=()
+for a in "$@"; do
+  case "$a" in
+    --env) mode=env ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) names+=("$a") ;;
+  esac
+done
+[ ${#names[@]} -gt 0 ] || names=("${ALL[@]}")
+for n in "${names[@]}"; do
+  p=$(locate "$n")
+  [ -x "$p" ] || die "$n is missing after the build: $p"
+  if [ "$mode" = env ]; then
+    v=${n^^}; v=${v//-/_}
+    echo "export KILO_BIN_$v=$p"
+  else
+    echo "$n=$p"
+  fi
+done
