@@ -105,7 +105,12 @@ locate() {
   if [ "${KILO_IGNORE_PATH:-0}" != 1 ] && [ "$name" != kubectl ] && command -v "$name" >/dev/null 2>&1; then
     command -v "$name"; return
   fi
-  build "$name" "$cached"
+  mkdir -p "$CACHE"
+  # One build at a time per cache, so parallel callers wait instead of racing.
+  exec 9>"$CACHE/.build.lock"
+  flock 9
+  [ -x "$cached" ] || build "$name" "$cached"
+  flock -u 9
   echo "$cached"
 }
 
