@@ -1,0 +1,169 @@
+"""``kgctl``: show and export a Kilo mesh, compatible with Kilo's ``kgctl``.
+
+Beyond Kilo: ``--from-file`` reads a saved ``kubectl get nodes,peers -o yaml|json`` instead of a
+live cluster; ``graph --format svg|png`` renders through Graphviz's ``dot``; the granularity
+``cross`` is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kilo import __version__
+from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
+from kilo.mesh import (
+    ClusterState,
+    Options,
+    Output,
+    UserError,
+    dump_reference_time,
+    graph_text,
+    read_cluster,
+    showconf_node,
+    showconf_peer,
+)
+
+GRANULARITIES = ["location", "full", "cross", "auto"]
+OUTPUTS = ["json", "wireguard", "yaml"]
+
+
+def _default_kubeconfig() -> str:
+    env = os.environ.get("KUBECONFIG", "")
+    if env and os.path.exists(env.split(os.pathsep)[0]):
+        return env.split(os.pathsep)[0]
+    return os.path.join(os.environ.get("HOME", "/root"), ".kube", "config")
+
+
+def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
+    """Kilo's persistent flags: accepted before or after the subcommand."""
+    d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--backend", default=d("kubernetes"), help="The backend for the mesh. Possible values: kubernetes")
+    p.add_argument("--kubeconfig", default=d(None), help="Path to kubeconfig (default: $KUBECONFIG, else ~/.kube/config).")
+    p.add_argument("--mesh-granularity", default=d("auto"), help=f"The granularity of the network mesh to create. Possible values: {', '.join(GRANULARITIES)}")
+    p.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="The WireGuard port over which the nodes communicate.")
+    p.add_argument("--topology-label", default=d(REGION_LABEL), help="Kubernetes node label used to group nodes into logical locations.")
+    p.add_argument("--from-file", default=d(None), metavar="FILE", help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' instead of the API.")
+
+
+def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--as-peer", action="store_true", help="Show the resource as a peer, to configure it as a peer of another WireGuard interface.")
+    p.add_argument("-o", "--output", default="wireguard", help=f"The output format of the resource. Possible values: {', '.join(OUTPUTS)}")
+    p.add_argument("--allowed-ips", action="append", default=[], help="Add the given CIDRs (comma-separated, repeatable) to the allowed IPs. Only with --as-peer.")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="kgctl", description="Manage a Kilo network")
+    root.add_argument("--version", action="version", version=__version__)
+    _add_globals(root, top=True)
+    sub = root.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    g = sub.add_parser("graph", help="Generates a graph of the Kilo network")
+    _add_globals(g, top=False)
+    g.add_argument("--format", default="dot", choices=["dot", "svg", "png"], help="dot text (default), or render through Graphviz's dot program.")
+    sc = sub.add_parser("showconf", help="Show the WireGuard configuration for a node or peer in the Kilo network")
+    _add_globals(sc, top=False)
+    scs = sc.add_subparsers(dest="kind", metavar="node|peer")
+    scs.required = True
+    for kind in ("node", "peer"):
+        k = scs.add_parser(kind, help=f"Show the WireGuard configuration for a {kind} in the Kilo network")
+        k.add_argument("name")
+        _add_globals(k, top=False)
+        _add_showconf_flags(k)
+    return root
+
+
+def _options(a: argparse.Namespace) -> Options:
+    if not 1 <= a.port <= 65535:
+        raise UserError(f"invalid port: port mus be in range [1:65535], but got {a.port}")
+    if a.mesh_granularity not in GRANULARITIES:
+        raise UserError(f"mesh granularity {a.mesh_granularity} unknown; posible values are: [{' '.join(GRANULARITIES)}]")
+    if a.backend != "kubernetes":
+        raise UserError(f"backend {a.backend} unknown; posible values are: [kubernetes]")
+    opts = Options(granularity=Granularity(a.mesh_granularity), port=a.port, topology_label=a.topology_label)
+    if a.command == "showconf":
+        if a.output not in OUTPUTS:
+            raise UserError(f"output format {a.output} unknown; posible values are: {', '.join(OUTPUTS)}")
+        opts.output, opts.as_peer = a.output, a.as_peer
+        for raw in a.allowed_ips:
+            for cidr in filter(None, raw.split(",")):
+                try:
+                    if "/" not in cidr:
+                        raise ValueError
+                    opts.allowed_ips.append(network_prefix(cidr))
+                except ValueError:
+                    raise UserError(f'allowed-ips must contain only valid CIDRs; got "{cidr}"') from None
+    return opts
+
+
+def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
+    if a.from_file:
+        from kilo.backend.file import DumpError, load_objects
+
+        try:
+            nodes, peers = load_objects(a.from_file)
+        except DumpError as e:
+            raise UserError(str(e)) from None
+        state = read_cluster(nodes, peers, opts.topology_label)
+        return state, dump_reference_time(state.nodes)
+    try:
+        from kilo.backend.kubernetes import list_objects  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise UserError(f"the Kubernetes backend is not available: {e}") from None
+    kubeconfig = a.kubeconfig or _default_kubeconfig()
+    try:
+        nodes, peers = list_objects(kubeconfig)
+    except Exception as e:  # the client's errors are many; say what failed
+        raise UserError(f"failed to list nodes and peers: {e}") from None
+    return read_cluster(nodes, peers, opts.topology_label), int(time.time())
+
+
+def _render(dot_text: str, fmt: str) -> bytes:
+    if fmt == "dot":
+        return dot_text.encode()
+    exe = shutil.which("dot")
+    if exe is None:
+        raise UserError(f"--format {fmt} needs Graphviz's 'dot' program, which is not installed (apt-get install graphviz); --format dot prints the graph as text")
+    r = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, check=False)
+    if r.returncode != 0:
+        raise UserError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
+    return r.stdout
+
+
+def run(argv: Sequence[str]) -> int:
+    a = parser().parse_args(argv)
+    try:
+        opts = _options(a)
+        state, now = _load(a, opts)
+        for p in state.problems:
+            print(f"warning: {p}", file=sys.stderr)
+        out: Output
+        if a.command == "graph":
+            sys.stdout.buffer.write(_render(graph_text(state, opts, now), a.format))
+            sys.stdout.flush()
+            return 0
+        if a.kind == "node":
+            out = showconf_node(state, a.name, opts, now)
+        else:
+            out = showconf_peer(state, a.name, opts, now)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 1
+    sys.stdout.write(out.stdout)
+    sys.stderr.write(out.stderr)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

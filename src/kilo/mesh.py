@@ -1,0 +1,169 @@
+"""What ``kgctl`` computes from a cluster's objects: the graph and the ``showconf`` outputs (pure).
+
+Each function takes the raw Node and Peer objects, the options, and the reference time for
+readiness, and returns the text to print; a ``UserError`` carries Kilo's error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
+from kilo.topology import Topology, new_topology
+from kilo.translate import node_from_object, peer_from_object, peer_object
+from kilo.wireguard import WgConf, WgPeer
+from kilo import graph
+
+
+class UserError(Exception):
+    """A message for the user; kgctl prints it and exits 1."""
+
+
+@dataclass
+class Options:
+    granularity: Granularity = Granularity.AUTO
+    port: int = 51820
+    topology_label: str = REGION_LABEL
+    output: str = "wireguard"
+    as_peer: bool = False
+    allowed_ips: list[Prefix] = field(default_factory=list)
+
+
+@dataclass
+class ClusterState:
+    """The translated cluster, in list order (by name)."""
+
+    nodes: list[Node]
+    peers: list[Peer]
+    problems: list[Problem]
+
+
+def read_cluster(node_objs: Sequence[dict[str, Any]], peer_objs: Sequence[dict[str, Any]], topology_label: str) -> ClusterState:
+    nodes: list[Node] = []
+    peers: list[Peer] = []
+    problems: list[Problem] = []
+    for o in sorted(node_objs, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
+        n, p = node_from_object(o, topology_label)
+        nodes.append(n)
+        problems.extend(p)
+    for o in sorted(peer_objs, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
+        peer, p = peer_from_object(o)
+        problems.extend(p)
+        if peer is not None:
+            peers.append(peer)
+    return ClusterState(nodes, peers, problems)
+
+
+def dump_reference_time(nodes: Sequence[Node]) -> int:
+    """For a saved dump, readiness is judged at the newest check-in it holds."""
+    return max((n.last_seen for n in nodes), default=0)
+
+
+def determine_granularity(g: Granularity, nodes: Sequence[Node]) -> Granularity:
+    if g is not Granularity.AUTO:
+        return g
+    if not nodes:
+        raise UserError("failed to determine granularity: could not get any nodes")
+    ret = nodes[0].granularity
+    if ret is None:
+        raise UserError(f"failed to determine granularity: mesh granularity {g.value} is not supported")
+    return ret
+
+
+@dataclass
+class _Ready:
+    nodes: dict[str, Node]
+    peers: dict[str, Peer]
+    subnet: Prefix
+    last_ready: str
+
+
+def _ready(state: ClusterState, now: int) -> _Ready:
+    subnet = DEFAULT_SUBNET
+    nodes: dict[str, Node] = {}
+    last = ""
+    for n in state.nodes:
+        if n.ready(now):
+            nodes[n.name] = n
+            last = n.name
+        if n.wireguard_ip is not None:
+            subnet = n.wireguard_ip
+    subnet = ipaddress.ip_interface(f"{subnet.network.network_address}/{subnet.network.prefixlen}")
+    if not nodes:
+        raise UserError("did not find any valid Kilo nodes in the cluster")
+    peers = {p.name: p for p in state.peers if p.ready()}
+    return _Ready(nodes, peers, subnet, last)
+
+
+def graph_text(state: ClusterState, opts: Options, now: int) -> str:
+    g = determine_granularity(opts.granularity, state.nodes)
+    r = _ready(state, now)
+    t = new_topology(r.nodes, r.peers, g, r.last_ready, 0, None, r.subnet, (), r.nodes[r.last_ready].persistent_keepalive)
+    return graph.dot(t) + "\n"
+
+
+@dataclass
+class Output:
+    stdout: str = ""
+    stderr: str = ""
+
+
+def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+    g = determine_granularity(opts.granularity, state.nodes)
+    r = _ready(state, now)
+    if name not in r.nodes:
+        raise UserError(f"did not find any node named {_goq(name)} in the cluster")
+    t = new_topology(r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive)
+    if not any(p.public_key == r.nodes[name].key for p in t.peer_conf("").peers):
+        return Output(stderr=f"Node {_goq(name)} is not a leader node\n")
+    if not opts.as_peer:
+        return Output(stdout=t.conf().render())
+    p = t.as_peer()
+    if p is None:
+        raise UserError("cannot generate config from nil peer")
+    p.allowed_ips = p.allowed_ips + opts.allowed_ips
+    p.deduplicate_ips()
+    return Output(stdout=_peer_output(name, p, opts.output))
+
+
+def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+    g = determine_granularity(opts.granularity, state.nodes)
+    r = _ready(state, now)
+    if name not in r.peers:
+        raise UserError(f"did not find any peer named {_goq(name)} in the cluster")
+    peer = r.peers[name]
+    t = new_topology(r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive)
+    if not opts.as_peer:
+        return Output(stdout=t.peer_conf(name).render())
+    p = WgPeer(
+        public_key=peer.public_key or bytes(32),
+        allowed_ips=list(peer.allowed_ips) + opts.allowed_ips,
+        endpoint=peer.endpoint,
+        persistent_keepalive=peer.persistent_keepalive,
+        preshared_key=peer.preshared_key,
+    )
+    p.deduplicate_ips()
+    return Output(stdout=_peer_output(name, p, opts.output))
+
+
+def _peer_output(name: str, p: WgPeer, output: str) -> str:
+    if output == "wireguard":
+        return WgConf(peers=[p]).render()
+    obj = peer_object(name, p.public_key, p.allowed_ips, p.endpoint, p.persistent_keepalive, p.preshared_key)
+    if output == "yaml":
+        return yaml.safe_dump(obj, default_flow_style=False, sort_keys=True)
+    # The JSON Kubernetes' serializer prints: Go struct order, two-space indent.
+    ordered = {"kind": obj["kind"], "apiVersion": obj["apiVersion"], "metadata": {"name": name, "creationTimestamp": None}, "spec": obj["spec"]}
+    text = json.dumps(ordered, indent=2, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") + "\n"
+
+
+def _goq(s: str) -> str:
+    """Go's %q for ordinary strings."""
+    return json.dumps(s, ensure_ascii=False)

@@ -1,0 +1,166 @@
+"""The data the core computes with: endpoints, nodes, peers, granularities.
+
+Addresses follow Kilo's conventions. An address with a prefix length ("10.0.0.1/24") keeps its
+host bits, as Go's ``net.IPNet`` does after Kilo's ``normalizeIP``; it is an
+``ipaddress.IPv4Interface``/``IPv6Interface`` here (``Prefix``), whose ``network`` is the CIDR.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Prefix = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+CHECK_IN_PERIOD_SECONDS = 30
+DEFAULT_INTERFACE = "kilo0"
+DEFAULT_PORT = 51820
+DEFAULT_SUBNET: Prefix = ipaddress.ip_interface("10.4.0.0/16")
+DEFAULT_CNI_PATH = "/etc/cni/net.d/10-kilo.conflist"
+REGION_LABEL = "topology.kubernetes.io/region"
+
+
+class Granularity(str, enum.Enum):
+    """How finely the mesh is cut into WireGuard segments."""
+
+    LOCATION = "location"
+    FULL = "full"
+    CROSS = "cross"
+    AUTO = "auto"  # kgctl only: take it from the nodes' annotations
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def host_prefix(ip: IPAddress) -> Prefix:
+    """The one-address CIDR of ``ip`` (/32 or /128)."""
+    return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen}")
+
+
+def network_prefix(cidr: str) -> Prefix:
+    """A CIDR with its host bits cleared, as Go's ``net.ParseCIDR`` returns the network."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
+
+
+def contains(prefix: Prefix, ip: IPAddress) -> bool:
+    return ip.version == prefix.version and ip in prefix.network
+
+
+def overlaps(a: Prefix, b: Prefix) -> bool:
+    return a.version == b.version and a.network.overlaps(b.network)
+
+
+def is_public(ip: IPAddress | None) -> bool:
+    """Kilo's notion of public: not RFC 1918 for IPv4, not fd00::/8 for IPv6."""
+    if ip is None:
+        return False
+    if ip.version == 4:
+        return not any(ip in n for n in _PRIVATE_V4)
+    return not (ip.packed[0] == 0xFD and ip.packed[1] == 0x00)
+
+
+_PRIVATE_V4 = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A WireGuard endpoint: a resolved IP and port, or a DNS name and port (or both)."""
+
+    port: int
+    ip: IPAddress | None = None
+    dns: str | None = None
+
+    def ready(self) -> bool:
+        return (self.ip is not None and self.port > 0) or bool(self.dns)
+
+    def __str__(self) -> str:
+        """DNS first, as Kilo prints endpoints."""
+        if self.dns:
+            return f"{self.dns}:{self.port}"
+        return self.udp_string()
+
+    def udp_string(self) -> str:
+        if self.ip is None:
+            return ""
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
+
+
+def endpoint_str(e: Endpoint | None) -> str:
+    return "" if e is None else str(e)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A Kubernetes Node as Kilo reads it."""
+
+    name: str
+    endpoint: Endpoint | None = None
+    key: bytes | None = None  # WireGuard public key (32 bytes)
+    no_internal_ip: bool = False
+    internal_ip: Prefix | None = None
+    cni_compatibility_ip: Prefix | None = None
+    last_seen: int = 0
+    leader: bool = False
+    location: str = ""
+    persistent_keepalive: int = 0  # seconds
+    subnet: Prefix | None = None  # the pod CIDR
+    wireguard_ip: Prefix | None = None
+    discovered_endpoints: dict[str, Endpoint] | None = None  # public key (base64) -> endpoint
+    allowed_location_ips: tuple[Prefix, ...] = ()
+    granularity: Granularity | None = None
+
+    def ready(self, now: int) -> bool:
+        """Kilo's readiness: endpoint, key and pod CIDR known, checked in recently."""
+        return (
+            self.endpoint is not None
+            and self.endpoint.ready()
+            and self.key is not None
+            and any(self.key)
+            and self.subnet is not None
+            and now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS
+        )
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A WireGuard peer outside the cluster (the ``Peer`` custom resource)."""
+
+    name: str
+    public_key: bytes | None
+    allowed_ips: tuple[Prefix, ...] = ()
+    endpoint: Endpoint | None = None
+    persistent_keepalive: int = 0  # seconds
+    preshared_key: bytes | None = None
+
+    def ready(self) -> bool:
+        return bool(self.allowed_ips) and self.public_key is not None and any(self.public_key)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a value of an API object could not be read as given."""
+
+    kind: str  # "Node" or "Peer"
+    name: str
+    field: str
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}: {self.field}={self.value!r}: {self.reason}"
+
+
+@dataclass
+class Cluster:
+    """What the backends deliver: the cluster's nodes and peers, and what could not be read."""
+
+    nodes: list[Node] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)

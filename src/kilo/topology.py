@@ -1,0 +1,357 @@
+"""Nodes + peers + granularity -> the mesh's segments, leaders and WireGuard IPs (pure).
+
+A *segment* is a set of nodes that reach each other over their private network and share one
+WireGuard tunnel endpoint, their *leader*. Granularity decides the segments:
+
+- ``location``: one segment per location; a node without an internal IP is a segment alone;
+- ``full``: one segment per node;
+- ``cross``: one segment per node, like ``full``, but nodes of one location do not tunnel to each
+  other: traffic inside a location stays on the private network.
+
+The rules (ordering, leader choice, allowed-IP order, IP allocation) are Kilo's, so that a mixed
+cluster of both agents agrees on every tunnel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kilo.keys import key_str
+from kilo.model import (
+    Endpoint,
+    Granularity,
+    IPAddress,
+    Node,
+    Peer,
+    Prefix,
+    contains,
+    host_prefix,
+    is_public,
+    overlaps,
+)
+from kilo.wireguard import WgConf, WgPeer
+
+log = logging.getLogger(__name__)
+
+LOGICAL_PREFIX = "location:"
+NODE_PREFIX = "node:"
+
+
+class TopologyError(ValueError):
+    """The topology cannot be built (unknown local node, WireGuard subnet exhausted)."""
+
+
+@dataclass
+class Segment:
+    location: str  # segment key, e.g. "location:eu" or "node:a"
+    logical_location: str  # the nodes' location: same-location test for cross granularity
+    allowed_ips: list[Prefix]
+    endpoint: Endpoint | None
+    key: bytes | None
+    persistent_keepalive: int
+    cidrs: list[Prefix | None]
+    hostnames: list[str]
+    leader: int
+    private_ips: list[IPAddress] | None
+    cni_compatibility_ips: list[Prefix | None]
+    allowed_location_ips: list[Prefix]
+    wireguard_ip: IPAddress | None = None
+
+
+@dataclass
+class Topology:
+    granularity: Granularity
+    hostname: str
+    port: int
+    location: str
+    leader: bool
+    private_ip: Prefix | None
+    subnet: Prefix | None
+    wireguard_cidr: Prefix
+    persistent_keepalive: int
+    segments: list[Segment] = field(default_factory=list)
+    peers: list[Peer] = field(default_factory=list)
+    service_cidrs: list[Prefix] = field(default_factory=list)
+    discovered_endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    key: bytes | None = None  # the local private key, if known
+    logical_location: str = ""
+
+    # -- queries -------------------------------------------------------------------------
+    def local_segment(self) -> Segment | None:
+        for s in self.segments:
+            if s.location == self.location:
+                return s
+        return None
+
+    def is_tunnelled(self, s: Segment) -> bool:
+        """Whether the local node reaches segment ``s`` through WireGuard."""
+        if s.location == self.location:
+            return False
+        if self.granularity is Granularity.CROSS:
+            return s.logical_location != self.logical_location
+        return True
+
+    def update_endpoint(self, endpoint: Endpoint | None, key: bytes | None, keepalive: int | None) -> Endpoint | None:
+        """A discovered endpoint replaces the given one only for peers behind NAT (keepalive > 0)."""
+        if not keepalive or key is None:
+            return endpoint
+        return self.discovered_endpoints.get(key_str(key), endpoint)
+
+    # -- WireGuard configurations -------------------------------------------------------
+    def conf(self) -> WgConf:
+        """The local node's WireGuard device configuration."""
+        c = WgConf(private_key=self.key if self.key is not None else bytes(32), listen_port=self.port)
+        for s in self.segments:
+            if not self.is_tunnelled(s):
+                continue
+            c.peers.append(
+                WgPeer(
+                    public_key=s.key or bytes(32),
+                    allowed_ips=s.allowed_ips + s.allowed_location_ips,
+                    endpoint=self.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
+                    persistent_keepalive=self.persistent_keepalive,
+                )
+            )
+        for p in self.peers:
+            c.peers.append(
+                WgPeer(
+                    public_key=p.public_key or bytes(32),
+                    allowed_ips=list(p.allowed_ips),
+                    endpoint=self.update_endpoint(p.endpoint, p.public_key, p.persistent_keepalive),
+                    persistent_keepalive=self.persistent_keepalive,
+                    preshared_key=p.preshared_key,
+                )
+            )
+        return c
+
+    def as_peer(self) -> WgPeer | None:
+        """The local segment as one WireGuard peer (for another cluster or a peer's config)."""
+        s = self.local_segment()
+        if s is None:
+            return None
+        return WgPeer(public_key=s.key or bytes(32), allowed_ips=list(s.allowed_ips), endpoint=s.endpoint)
+
+    def peer_conf(self, name: str) -> WgConf:
+        """The configuration a peer ``name`` needs: every segment and every other peer."""
+        pka, psk = 0, None
+        for p in self.peers:
+            if p.name == name:
+                pka, psk = p.persistent_keepalive, p.preshared_key
+                break
+        c = WgConf()
+        for s in self.segments:
+            c.peers.append(
+                WgPeer(
+                    public_key=s.key or bytes(32),
+                    allowed_ips=s.allowed_ips + s.allowed_location_ips,
+                    endpoint=self.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
+                    persistent_keepalive=pka,
+                    preshared_key=psk,
+                )
+            )
+        for p in self.peers:
+            if p.name == name:
+                continue
+            c.peers.append(
+                WgPeer(
+                    public_key=p.public_key or bytes(32),
+                    allowed_ips=list(p.allowed_ips),
+                    endpoint=self.update_endpoint(p.endpoint, p.public_key, p.persistent_keepalive),
+                    persistent_keepalive=pka,
+                )
+            )
+        return c
+
+
+def segment_key(node: Node, granularity: Granularity) -> str:
+    if granularity is Granularity.LOCATION:
+        if node.internal_ip is None:
+            return NODE_PREFIX + node.name
+        return LOGICAL_PREFIX + node.location
+    return NODE_PREFIX + node.name
+
+
+def logical_location(node: Node) -> str:
+    """The location whose private network a node shares (cross granularity)."""
+    if node.internal_ip is None:
+        return NODE_PREFIX + node.name
+    return LOGICAL_PREFIX + node.location
+
+
+def find_leader(nodes: list[Node]) -> int:
+    """Kilo's leader choice: a public leader-annotated node, any leader-annotated node,
+    a node with a public endpoint, else the first by name."""
+    leaders: list[int] = []
+    public: list[int] = []
+    for i, n in enumerate(nodes):
+        ip = n.endpoint.ip if n.endpoint is not None else None
+        if n.leader:
+            if is_public(ip):
+                return i
+            leaders.append(i)
+        if ip is not None and is_public(ip):
+            public.append(i)
+    if leaders:
+        return leaders[0]
+    if public:
+        return public[0]
+    return 0
+
+
+def deduplicate_peer_ips(peers: Iterable[Peer]) -> list[Peer]:
+    """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped."""
+    from dataclasses import replace
+
+    seen: set[str] = set()
+    out: list[Peer] = []
+    for p in peers:
+        keep: list[Prefix] = []
+        for ip in p.allowed_ips:
+            if str(ip) in seen:
+                log.warning("peer %s: allowed IP %s is already claimed by another peer; ignored", p.name, ip)
+                continue
+            seen.add(str(ip))
+            keep.append(ip)
+        out.append(replace(p, allowed_ips=tuple(keep)))
+    return out
+
+
+class _Allocator:
+    def __init__(self, subnet: Prefix) -> None:
+        self.network = subnet.network
+        self.current: int | None = int(subnet.ip)
+
+    def next(self) -> IPAddress | None:
+        if self.current is None:
+            return None
+        self.current += 1
+        try:
+            ip = ipaddress.ip_address(self.current) if self.network.version == 4 else ipaddress.IPv6Address(self.current)
+        except ValueError:
+            self.current = None
+            return None
+        if ip.version != self.network.version or ip not in self.network:
+            self.current = None
+            return None
+        return ip
+
+
+def new_topology(
+    nodes: Mapping[str, Node],
+    peers: Mapping[str, Peer],
+    granularity: Granularity,
+    hostname: str,
+    port: int,
+    key: bytes | None,
+    subnet: Prefix,
+    service_cidrs: Iterable[Prefix] = (),
+    persistent_keepalive: int = 0,
+) -> Topology:
+    """Build the topology as seen from ``hostname`` (Kilo's ``NewTopology``)."""
+    if hostname not in nodes:
+        raise TopologyError(f"node {hostname!r} is not among the ready nodes")
+    if granularity not in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS):
+        raise TopologyError(f"mesh granularity {granularity} is not supported here")
+    groups: dict[str, list[Node]] = {}
+    for n in nodes.values():
+        groups.setdefault(segment_key(n, granularity), []).append(n)
+    me = nodes[hostname]
+    t = Topology(
+        granularity=granularity,
+        hostname=hostname,
+        port=port,
+        location=segment_key(me, granularity),
+        logical_location=logical_location(me),
+        leader=False,
+        private_ip=me.internal_ip,
+        subnet=me.subnet,
+        wireguard_cidr=subnet,
+        persistent_keepalive=persistent_keepalive,
+        service_cidrs=list(service_cidrs),
+        key=key,
+    )
+    for loc, members in groups.items():
+        members.sort(key=lambda n: n.name)
+        leader = find_leader(members)
+        if loc == t.location and members[leader].name == hostname:
+            t.leader = True
+        allowed_ips: list[Prefix] = []
+        seen_loc_ips: set[str] = set()
+        loc_ips: list[Prefix] = []
+        private_ips: list[IPAddress] = []
+        for n in members:
+            if n.subnet is not None:
+                allowed_ips.append(n.subnet)
+            for ip in n.allowed_location_ips:
+                if str(ip) not in seen_loc_ips:
+                    seen_loc_ips.add(str(ip))
+                    loc_ips.append(ip)
+            if n.internal_ip is not None:
+                allowed_ips.append(host_prefix(n.internal_ip.ip))
+                private_ips.append(n.internal_ip.ip)
+        loc_ips.sort(key=str)
+        head = members[leader]
+        t.segments.append(
+            Segment(
+                location=loc,
+                logical_location=logical_location(head),
+                allowed_ips=allowed_ips,
+                endpoint=head.endpoint,
+                key=head.key,
+                persistent_keepalive=head.persistent_keepalive,
+                cidrs=[n.subnet for n in members],
+                hostnames=[n.name for n in members],
+                leader=leader,
+                private_ips=private_ips or None,
+                cni_compatibility_ips=[n.cni_compatibility_ip for n in members],
+                allowed_location_ips=loc_ips,
+            )
+        )
+    t.segments.sort(key=lambda s: s.location)
+    t.peers = deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name))
+    t.discovered_endpoints = dict(me.discovered_endpoints or {})
+    alloc = _Allocator(subnet)
+    for s in t.segments:
+        ip = alloc.next()
+        if ip is None:
+            raise TopologyError(f"failed to allocate an IP address from {subnet}; ran out of IP addresses")
+        s.wireguard_ip = ip
+        s.allowed_ips.append(host_prefix(ip))
+        if t.leader and s.location == t.location:
+            t.wireguard_cidr = ipaddress.ip_interface(f"{ip}/{subnet.network.prefixlen}")
+        for n in groups[s.location]:
+            for k, e in (n.discovered_endpoints or {}).items():
+                t.discovered_endpoints.setdefault(k, e)
+        s.allowed_location_ips = _filter_allowed_location_ips(t, s.allowed_location_ips, s.location)
+    return t
+
+
+def _filter_allowed_location_ips(t: Topology, ips: list[Prefix], location: str) -> list[Prefix]:
+    """Drop allowed-location IPs that another location, a known allowed IP or a peer claims.
+
+    As in Kilo, segments later in the order have not been allocated their WireGuard IP yet when
+    an earlier segment is filtered, so only the IPs known at that point count.
+    """
+    out: list[Prefix] = []
+    for ip in ips:
+        reason = ""
+        for s in t.segments:
+            if location != s.location and any(overlaps(ip, o) for o in s.allowed_location_ips):
+                reason = f"overlaps an allowed location IP of {s.location}"
+                break
+            if any(contains(a, ip.ip) for a in s.allowed_ips):
+                reason = f"lies in an allowed IP of {s.location}"
+                break
+        if not reason:
+            for p in t.peers:
+                if any(overlaps(ip, a) for a in p.allowed_ips):
+                    reason = f"overlaps an allowed IP of peer {p.name}"
+                    break
+        if reason:
+            log.warning("allowed location IP %s of %s ignored: it %s", ip, location, reason)
+            continue
+        out.append(ip)
+    return out

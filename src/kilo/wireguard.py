@@ -1,0 +1,144 @@
+"""WireGuard configuration in the INI form Kilo prints (``kgctl showconf``) and ``wg`` reads.
+
+Rendering follows Kilo's layout exactly: ``[Interface]`` with ``PrivateKey`` (omitted when zero)
+and ``ListenPort``; each ``[Peer]`` with ``AllowedIPs``, ``Endpoint``, ``PersistentKeepalive``
+(always), ``PresharedKey`` and ``PublicKey`` (omitted when zero), sections separated by a blank
+line. Parsing accepts that form and the one ``wg showconf`` prints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from kilo.keys import is_zero, key_str, parse_key
+from kilo.model import Endpoint, Prefix
+
+
+@dataclass
+class WgPeer:
+    public_key: bytes
+    allowed_ips: list[Prefix] = field(default_factory=list)
+    endpoint: Endpoint | None = None
+    persistent_keepalive: int = 0
+    preshared_key: bytes | None = None
+
+    def deduplicate_ips(self) -> None:
+        seen: set[str] = set()
+        out: list[Prefix] = []
+        for ip in self.allowed_ips:
+            if str(ip) not in seen:
+                seen.add(str(ip))
+                out.append(ip)
+        self.allowed_ips = out
+
+
+@dataclass
+class WgConf:
+    """A device configuration; ``private_key is None`` means no ``[Interface]`` section."""
+
+    private_key: bytes | None = None
+    listen_port: int | None = None
+    peers: list[WgPeer] = field(default_factory=list)
+
+    def render(self) -> str:
+        out: list[str] = []
+        if self.private_key is not None:
+            out.append("[Interface]\n")
+            if not is_zero(self.private_key):
+                out.append(f"PrivateKey = {key_str(self.private_key)}\n")
+            out.append(f"ListenPort = {self.listen_port or 0}\n")
+        for i, p in enumerate(self.peers):
+            if i > 0 or self.private_key is not None:
+                out.append("\n")
+            out.append("[Peer]\n")
+            if p.allowed_ips:
+                out.append("AllowedIPs = " + ", ".join(str(a) for a in p.allowed_ips) + "\n")
+            ep = "" if p.endpoint is None else str(p.endpoint)
+            if ep:
+                out.append(f"Endpoint = {ep}\n")
+            out.append(f"PersistentKeepalive = {p.persistent_keepalive}\n")
+            if not is_zero(p.preshared_key):
+                assert p.preshared_key is not None
+                out.append(f"PresharedKey = {key_str(p.preshared_key)}\n")
+            if not is_zero(p.public_key):
+                out.append(f"PublicKey = {key_str(p.public_key)}\n")
+        return "".join(out)
+
+
+class ConfigError(ValueError):
+    """A WireGuard INI text that cannot be read; the message names the line."""
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``IP:port``, ``[IPv6]:port`` or ``name:port``."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError(f"endpoint {text!r} has no port")
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"endpoint {text!r}: port out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return Endpoint(port=port, ip=ipaddress.ip_address(host))
+    except ValueError:
+        if not host or ":" in host:
+            raise ValueError(f"endpoint {text!r}: bad host") from None
+        return Endpoint(port=port, dns=host)
+
+
+def parse(text: str) -> WgConf:
+    conf = WgConf()
+    current: WgPeer | None = None
+    section = ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+            if section == "interface":
+                conf.private_key = conf.private_key or bytes(32)
+            elif section == "peer":
+                current = WgPeer(public_key=bytes(32))
+                conf.peers.append(current)
+            else:
+                raise ConfigError(f"line {n}: unknown section {line!r}")
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ConfigError(f"line {n}: expected 'Key = Value', got {raw!r}")
+        key, value = key.strip().lower(), value.strip()
+        try:
+            if section == "interface":
+                if key == "privatekey":
+                    conf.private_key = parse_key(value)
+                elif key == "listenport":
+                    conf.listen_port = int(value)
+                elif key in ("fwmark", "address", "dns", "mtu", "table"):
+                    pass  # wg-quick and fwmark settings are not part of Kilo's configs
+                else:
+                    raise ConfigError(f"line {n}: unknown interface key {key!r}")
+            elif section == "peer" and current is not None:
+                if key == "publickey":
+                    current.public_key = parse_key(value)
+                elif key == "presharedkey":
+                    current.preshared_key = parse_key(value)
+                elif key == "allowedips":
+                    current.allowed_ips.extend(
+                        ipaddress.ip_interface(a.strip()) for a in value.split(",") if a.strip()
+                    )
+                elif key == "endpoint":
+                    current.endpoint = parse_endpoint(value)
+                elif key == "persistentkeepalive":
+                    current.persistent_keepalive = 0 if value == "off" else int(value)
+                else:
+                    raise ConfigError(f"line {n}: unknown peer key {key!r}")
+            else:
+                raise ConfigError(f"line {n}: {key!r} outside a section")
+        except ConfigError:
+            raise
+        except ValueError as e:
+            raise ConfigError(f"line {n}: {e}") from None
+    return conf
