@@ -1,0 +1,133 @@
+"""The node's firewall as an nftables ruleset of our own table (pure).
+
+Kilo's iptables rules, said in nftables: packets from the node's pods (with ``--cni``) and from
+peers go through the ``kilo-nat`` chain, which returns (no NAT) for every address the mesh knows
+(WireGuard IPs, segments' allowed IPs, peers, service CIDRs) and masquerades the rest. With
+``--iptables-forward-rules`` a forward chain accepts the location's pod CIDRs, allowed-location
+IPs and private IPs (leader) or the node's own pod CIDR (others).
+
+Everything lives in one ``inet`` table (default ``kilo``), replaced in one transaction, so a
+reconcile never leaves a half-written ruleset and never touches another table. Note that an
+``accept`` in our forward chain does not override a ``drop`` in another table's chain: nftables
+evaluates every base chain of a hook; Kilo's iptables rules, prepended to the shared FORWARD
+chain, did override a later drop there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kilo.model import Prefix, host_prefix
+from kilo.topology import Topology
+
+TABLE = "kilo"
+NAT_CHAIN = "kilo-nat"
+
+
+@dataclass(frozen=True)
+class Match:
+    field: str  # "saddr" or "daddr"
+    prefix: Prefix
+
+
+@dataclass(frozen=True)
+class FwRule:
+    chain: str
+    verdict: str  # "return", "accept", "masquerade", "jump kilo-nat"
+    match: Match | None = None
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class BaseChain:
+    name: str
+    type: str  # "nat" or "filter"
+    hook: str
+    priority: int
+
+
+@dataclass
+class Ruleset:
+    table: str = TABLE
+    base_chains: list[BaseChain] = field(default_factory=list)
+    chains: list[str] = field(default_factory=list)
+    rules: list[FwRule] = field(default_factory=list)
+
+    def add(self, chain: str, verdict: str, match: Match | None = None, comment: str = "") -> None:
+        r = FwRule(chain, verdict, match, comment)
+        if r not in self.rules:
+            self.rules.append(r)
+
+    def nft_json(self) -> dict[str, Any]:
+        """One nft transaction: (re)create the table, then chains and rules (for ``nft -j -f -``)."""
+        fam = "inet"
+        cmds: list[dict[str, Any]] = [
+            {"add": {"table": {"family": fam, "name": self.table}}},
+            {"delete": {"table": {"family": fam, "name": self.table}}},
+            {"add": {"table": {"family": fam, "name": self.table}}},
+        ]
+        for c in self.base_chains:
+            cmds.append({"add": {"chain": {"family": fam, "table": self.table, "name": c.name, "type": c.type, "hook": c.hook, "prio": c.priority, "policy": "accept"}}})
+        for name in self.chains:
+            cmds.append({"add": {"chain": {"family": fam, "table": self.table, "name": name}}})
+        for r in self.rules:
+            cmds.append({"add": {"rule": {"family": fam, "table": self.table, "chain": r.chain, "expr": _expr(r), **({"comment": r.comment} if r.comment else {})}}})
+        return {"nftables": cmds}
+
+
+def _expr(r: FwRule) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if r.match is not None:
+        proto = "ip" if r.match.prefix.version == 4 else "ip6"
+        net = r.match.prefix.network
+        right: Any = str(net.network_address) if net.prefixlen == net.max_prefixlen else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+        out.append({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": r.match.field}}, "right": right}})
+    if r.verdict.startswith("jump "):
+        out.append({"jump": {"target": r.verdict.split(" ", 1)[1]}})
+    elif r.verdict == "masquerade":
+        out.append({"masquerade": None})
+    else:
+        out.append({r.verdict: None})
+    return out
+
+
+def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> Ruleset:
+    rs = Ruleset(table=table)
+    rs.base_chains.append(BaseChain("postrouting", "nat", "postrouting", 100))
+    rs.chains.append(NAT_CHAIN)
+    if cni and t.subnet is not None:
+        rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", t.subnet), "Kilo: jump to KILO-NAT chain")
+    if cni and forward_rules:
+        rs.base_chains.append(BaseChain("forward", "filter", "forward", 0))
+        own = t.local_segment()
+        if t.leader and own is not None:
+            for c in own.cidrs:
+                if c is not None:
+                    rs.add("forward", "accept", Match("saddr", c), "Kilo: forward packets from the pod subnet")
+                    rs.add("forward", "accept", Match("daddr", c), "Kilo: forward packets to the pod subnet")
+            for c in own.allowed_location_ips:
+                rs.add("forward", "accept", Match("saddr", c), "Kilo: forward packets from allowed location IPs")
+                rs.add("forward", "accept", Match("daddr", c), "Kilo: forward packets to allowed location IPs")
+            for ip in own.private_ips or []:
+                rs.add("forward", "accept", Match("saddr", host_prefix(ip)), "Kilo: forward packets from private IPs")
+                rs.add("forward", "accept", Match("daddr", host_prefix(ip)), "Kilo: forward packets to private IPs")
+        elif t.subnet is not None:
+            rs.add("forward", "accept", Match("saddr", t.subnet), "Kilo: forward packets from the node's pod subnet")
+            rs.add("forward", "accept", Match("daddr", t.subnet), "Kilo: forward packets to the node's pod subnet")
+    for s in t.segments:
+        if s.wireguard_ip is not None:
+            rs.add(NAT_CHAIN, "return", Match("daddr", host_prefix(s.wireguard_ip)), "Kilo: do not NAT packets destined for WireGuard IPs")
+        for a in s.allowed_ips:
+            rs.add(NAT_CHAIN, "return", Match("daddr", a), "Kilo: do not NAT packets destined for known IPs")
+        if s.location == t.location:
+            for a in s.allowed_location_ips:
+                rs.add("postrouting", f"jump {NAT_CHAIN}", Match("daddr", a), "Kilo: jump to NAT chain")
+    for p in t.peers:
+        for a in p.allowed_ips:
+            rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", a), "Kilo: jump to NAT chain")
+            rs.add(NAT_CHAIN, "return", Match("daddr", a), "Kilo: do not NAT packets destined for peers")
+    for c in t.service_cidrs:
+        rs.add(NAT_CHAIN, "return", Match("daddr", c), "Kilo: do not NAT packets destined for service CIDRs")
+    rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
+    return rs
