@@ -15,6 +15,10 @@ set -euo pipefail
 K8S_VERSION=v1.34.4          # k8s.io/kubernetes; staging modules k8s.io/* at v0.34.4
 HELM_VERSION=v3.19.0         # helm.sh/helm/v3
 WG_VERSION=v0.0.0-20250521234502-f333402bd9cb   # golang.zx2c4.com/wireguard (May 2025 snapshot)
+# Bump a recipe number when the build flags change, so cached binaries of the old recipe are redone
+# (r2: the real version stamped in with -X, which kubectl and helm need to parse versions).
+K8S_RECIPE=2
+HELM_RECIPE=2
 CACHE=${KILO_CACHE:-/var/cache/kilo-py}
 ALL=(kube-apiserver etcd kubectl kube-proxy helm wireguard-go)
 
@@ -23,8 +27,9 @@ die() { printf '[binaries] error: %s\n' "$*" >&2; exit 1; }
 
 version_of() {
   case "$1" in
-    kube-apiserver|kubectl|kube-proxy|etcd) echo "k8s-$K8S_VERSION" ;;
-    helm) echo "helm-$HELM_VERSION" ;;
+    kube-apiserver|kubectl|kube-proxy) echo "k8s-$K8S_VERSION-r$K8S_RECIPE" ;;
+    etcd) echo "k8s-$K8S_VERSION" ;;
+    helm) echo "helm-$HELM_VERSION-r$HELM_RECIPE" ;;
     wireguard-go) echo "wg-$WG_VERSION" ;;
     *) die "unknown binary '$1' (known: ${ALL[*]})" ;;
   esac
@@ -60,6 +65,29 @@ build_module_k8s() {
   fi
 }
 
+# -X flags that stamp the release into the binaries, as Kubernetes' own build does; without them
+# they report v0.0.0-master+$Format:%H$, which kubectl cannot parse.
+k8s_version_flags() {
+  local minor=${K8S_VERSION#v1.} p f=""
+  minor=${minor%%.*}
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  echo "$f"
+}
+
+# helm's release, and the Kubernetes version `helm template` assumes (that of its client-go).
+helm_version_flags() {
+  local cg major minor p
+  cg=$(cd "$1" && go list -f '{{.Version}}' -m k8s.io/client-go) || die "cannot read helm's client-go version"
+  cg=${cg#v}; major=$(( ${cg%%.*} + 1 )); minor=${cg#*.}; minor=${minor%%.*}
+  local f="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    f+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+  done
+  echo "$f"
+}
+
 build() {
   local name=$1 out=$2
   need_go "$name"
@@ -75,14 +103,19 @@ build() {
         *) pkg=k8s.io/kubernetes/cmd/$name ;;
       esac
       log "building $name ($pkg, via k8s.io/kubernetes $K8S_VERSION); this takes minutes"
-      (cd "$work/k8s-$K8S_VERSION" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") \
+      local flags
+      flags="-s -w $(k8s_version_flags)"
+      (cd "$work/k8s-$K8S_VERSION" && go build -trimpath -ldflags="$flags" -o "$out.tmp" "$pkg") \
         || die "go build of $pkg failed"
       ;;
     helm)
       local d="$work/helm-$HELM_VERSION"; mkdir -p "$d"
       [ -f "$d/go.mod" ] || printf 'module kilo-py.local/helm-build\n\ngo 1.24.0\n\nrequire helm.sh/helm/v3 %s\n' "$HELM_VERSION" > "$d/go.mod"
       log "building helm (helm.sh/helm/v3 $HELM_VERSION)"
-      (cd "$d" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" helm.sh/helm/v3/cmd/helm) || die "go build of helm failed"
+      local flags
+      flags="-s -w $(helm_version_flags "$d")" || die "cannot work out helm's version flags"
+      (cd "$d" && go build -trimpath -ldflags="$flags" -o "$out.tmp" helm.sh/helm/v3/cmd/helm) \
+        || die "go build of helm failed"
       ;;
     wireguard-go)
       local d="$work/wg-$WG_VERSION"; mkdir -p "$d"
