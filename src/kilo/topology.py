@@ -311,7 +311,7 @@ def new_topology(
             )
         )
     t.segments.sort(key=lambda s: s.location)
-    t.peers = deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name))
+    t.peers = _drop_claims_on_nodes(deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name)), t.segments, subnet)
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
     for s in t.segments:
@@ -327,6 +327,34 @@ def new_topology(
                 t.discovered_endpoints.setdefault(k, e)
         s.allowed_location_ips = _filter_allowed_location_ips(t, s.allowed_location_ips, s.location)
     return t
+
+
+def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Prefix) -> list[Peer]:
+    """Drop a peer's allowed IP that lies inside a node's pod CIDR, internal IP or WireGuard IP.
+
+    Kilo passes such a claim to WireGuard, which then moves the node's traffic to the peer. Here
+    the claim is refused with a warning and the mesh keeps working (a wider prefix that merely
+    contains node addresses is kept: WireGuard and the kernel prefer the more specific entry).
+    """
+    from dataclasses import replace
+
+    alloc = _Allocator(subnet)
+    taken: list[Prefix] = [a for s in segments for a in s.allowed_ips]
+    for _ in segments:
+        ip = alloc.next()
+        if ip is not None:
+            taken.append(host_prefix(ip))
+    out: list[Peer] = []
+    for p in peers:
+        keep: list[Prefix] = []
+        for a in p.allowed_ips:
+            owner = next((t for t in taken if t.version == a.version and a.network.subnet_of(t.network)), None)  # type: ignore[arg-type]
+            if owner is not None:
+                log.warning("peer %s: allowed IP %s lies in the mesh's %s; ignored", p.name, a, owner)
+                continue
+            keep.append(a)
+        out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)
+    return out
 
 
 def _filter_allowed_location_ips(t: Topology, ips: list[Prefix], location: str) -> list[Prefix]:

@@ -1,0 +1,355 @@
+"""The Kubernetes backend: Nodes and Peers from the API server, and this node's annotations.
+
+Objects are handled as plain dicts, in the shape ``kubectl get nodes,peers -o json`` prints
+them, so ``kilo.translate`` reads a live cluster exactly as it reads a saved dump.
+
+``KubernetesBackend.start()`` lists both kinds, then watches each from the list's
+resourceVersion in a thread of its own. A watch that ends (server timeout, API server restart,
+network error) resumes from the last resourceVersion seen; ``410 Gone`` means that version is
+too old, so the kind is listed again and the difference to what was known is delivered as
+events. Events go to a callback or, by default, to the thread-safe queue ``events``.
+
+The HTTP requests go through the official ``kubernetes`` client's configuration and connection
+pool (kubeconfig, in-cluster config, client certificates, tokens, exec plugins), but the JSON
+is read raw rather than through the generated models, which would rename fields and reformat
+timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from kilo.model import Node
+from kilo.translate import OWNED_ANNOTATIONS, node_annotations
+
+log = logging.getLogger(__name__)
+
+CRD_NAME = "peers.kilo.squat.ai"
+CRD_MANIFEST = "manifests/crds.yaml"
+NODE_PATH = "/api/v1/nodes"
+PEER_PATH = "/apis/kilo.squat.ai/v1alpha1/peers"
+KINDS: dict[str, tuple[str, str]] = {  # kind -> (collection path, apiVersion)
+    "Node": (NODE_PATH, "v1"),
+    "Peer": (PEER_PATH, "kilo.squat.ai/v1alpha1"),
+}
+Obj = dict[str, Any]
+
+
+class BackendError(RuntimeError):
+    """A request to the API server failed; the message says which and why."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CRDMissing(BackendError):
+    """The Peer CRD is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the Peer custom resource definition ({CRD_NAME}) is not installed in this cluster; "
+            f"install it with: kubectl apply -f {CRD_MANIFEST}", 404)
+
+
+class _Gone(Exception):
+    """The resourceVersion to resume from is too old (HTTP 410): list again."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change: ``type`` is ADDED, MODIFIED or DELETED; ``old`` is the previous object."""
+
+    kind: str
+    type: str
+    object: Obj
+    old: Obj | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.object.get("metadata", {}).get("name", ""))
+
+
+def api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClient:
+    """A client from ``kubeconfig``; without one, in-cluster config, else $KUBECONFIG or
+    ~/.kube/config, as kubectl does."""
+    if kubeconfig:
+        return k8s_config.new_client_from_config(config_file=str(kubeconfig))
+    cfg = k8s_client.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=cfg)
+    except k8s_config.ConfigException:
+        return k8s_config.new_client_from_config()
+    return k8s_client.ApiClient(cfg)
+
+
+class _Http:
+    """Raw JSON requests over the client's configured connection pool."""
+
+    def __init__(self, api: k8s_client.ApiClient) -> None:
+        self.cfg = api.configuration
+        self.pool = api.rest_client.pool_manager
+        self.host = str(self.cfg.host).rstrip("/")
+
+    def request(self, method: str, path: str, query: Mapping[str, str] | None = None,
+                body: Any = None, content_type: str = "application/json",
+                timeout: urllib3.Timeout | None = None,
+                stream: bool = False) -> urllib3.BaseHTTPResponse:
+        headers = {"Accept": "application/json", "User-Agent": "kilo-py"}
+        for auth in self.cfg.auth_settings().values():  # refreshes expiring tokens
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = content_type
+        url = self.host + path + ("?" + urlencode(query) if query else "")
+        return self.pool.request(method, url, body=data, headers=headers, retries=False,
+                                 timeout=timeout or urllib3.Timeout(connect=5, read=30),
+                                 preload_content=not stream)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Obj:
+        resp = self.request(method, path, **kwargs)
+        if resp.status == 404 and path.startswith(PEER_PATH):
+            raise CRDMissing()
+        if not 200 <= resp.status < 300:
+            raise BackendError(f"{method} {path}: HTTP {resp.status}: {_reason(resp.data)}",
+                               resp.status)
+        return dict(json.loads(resp.data))
+
+
+def _reason(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("message") or data[:200].decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return data[:200].decode(errors="replace")
+
+
+def _with_type(obj: Obj, kind: str) -> Obj:
+    """List items come without apiVersion and kind; add them first, as kubectl does."""
+    out = {"apiVersion": KINDS[kind][1], "kind": kind}
+    out.update(obj)
+    return out
+
+
+def _name(obj: Obj) -> str:
+    return str(obj.get("metadata", {}).get("name", ""))
+
+
+def _rv(obj: Obj) -> str:
+    return str(obj.get("metadata", {}).get("resourceVersion", ""))
+
+
+class KubernetesBackend:
+    """Lists and watches Nodes and Peers; writes the local node's own annotations."""
+
+    def __init__(self, kubeconfig: str | Path | None = None, *,
+                 api: k8s_client.ApiClient | None = None,
+                 on_event: Callable[[Event], None] | None = None,
+                 watch_timeout: int = 300) -> None:
+        self.api = api or api_client(kubeconfig)
+        self.http = _Http(self.api)
+        self.on_event = on_event
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.watch_timeout = watch_timeout
+        self.relists = 0  # how often a kind was listed again after the first time
+        self._lock = threading.Lock()
+        self._cache: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
+        self._rv: dict[str, str | None] = {kind: None for kind in KINDS}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._streams: dict[str, urllib3.BaseHTTPResponse] = {}
+
+    # one-shot reads
+
+    def list_kind(self, kind: str) -> tuple[list[Obj], str]:
+        """All objects of ``kind`` (raw dicts) and the list's resourceVersion."""
+        body = self.http.json("GET", KINDS[kind][0])
+        items = [_with_type(item, kind) for item in body.get("items") or []]
+        return items, str(body.get("metadata", {}).get("resourceVersion", ""))
+
+    def list_objects(self) -> tuple[list[Obj], list[Obj]]:
+        """The cluster's Node and Peer objects, as ``kubectl get nodes,peers -o json`` items."""
+        return self.list_kind("Node")[0], self.list_kind("Peer")[0]
+
+    def nodes(self) -> list[Obj]:
+        """The Nodes as last seen by the watch (after ``start``)."""
+        with self._lock:
+            return list(self._cache["Node"].values())
+
+    def peers(self) -> list[Obj]:
+        with self._lock:
+            return list(self._cache["Peer"].values())
+
+    # the local node
+
+    def set_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> Obj:
+        """Merge-patch ``annotations`` (None removes one) into Node ``name``, touching no other
+        key. Only the annotations the agent owns may be written."""
+        foreign = sorted(set(annotations) - set(OWNED_ANNOTATIONS))
+        if foreign:
+            raise ValueError(f"not annotations the agent owns: {', '.join(foreign)}")
+        body = {"metadata": {"annotations": dict(annotations)}}
+        return self.http.json("PATCH", f"{NODE_PATH}/{quote(name, safe='')}", body=body,
+                              content_type="application/merge-patch+json")
+
+    def publish_node(self, node: Node) -> Obj:
+        """Write the annotations that describe ``node`` (its key, IPs, endpoint, last seen)."""
+        return self.set_node_annotations(node.name, node_annotations(node))
+
+    def clean_up(self, name: str) -> Obj:
+        """Remove every annotation the agent owns from Node ``name``."""
+        return self.set_node_annotations(name, {key: None for key in OWNED_ANNOTATIONS})
+
+    # watching
+
+    def start(self) -> None:
+        """List both kinds (errors, such as a missing CRD, are raised here), then watch them in
+        background threads until ``stop``."""
+        for kind in KINDS:
+            self._relist(kind)
+        for kind in KINDS:
+            thread = threading.Thread(target=self._run, args=(kind,), daemon=True,
+                                      name=f"kilo-watch-{kind.lower()}")
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for resp in list(self._streams.values()):
+            try:
+                resp.shutdown()  # type: ignore[attr-defined]
+            except Exception:  # the stream may already be gone
+                pass
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def __enter__(self) -> KubernetesBackend:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        else:
+            self.events.put(event)
+
+    def _relist(self, kind: str) -> None:
+        items, rv = self.list_kind(kind)
+        fresh = {_name(obj): obj for obj in items}
+        with self._lock:
+            old = self._cache[kind]
+            self._cache[kind] = fresh
+            self._rv[kind] = rv
+        for name, obj in fresh.items():
+            if name not in old:
+                self._emit(Event(kind, "ADDED", obj))
+            elif _rv(old[name]) != _rv(obj):
+                self._emit(Event(kind, "MODIFIED", obj, old[name]))
+        for name, obj in old.items():
+            if name not in fresh:
+                self._emit(Event(kind, "DELETED", obj, obj))
+
+    def _run(self, kind: str) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                if self._rv[kind] is None:
+                    self._relist(kind)
+                    self.relists += 1
+                self._watch(kind)
+                delay = 0.2
+            except _Gone:
+                log.info("watch of %ss: resourceVersion expired, listing again", kind)
+                self._rv[kind] = None
+            except (BackendError, urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+                if self._stop.is_set():
+                    return
+                log.warning("watch of %ss failed, retrying in %.1f s: %s", kind, delay, err)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _watch(self, kind: str) -> None:
+        timeout = self.watch_timeout + random.randint(0, max(self.watch_timeout // 5, 1))
+        query = {"watch": "true", "allowWatchBookmarks": "true",
+                 "resourceVersion": self._rv[kind] or "", "timeoutSeconds": str(timeout)}
+        resp = self.http.request("GET", KINDS[kind][0], query=query, stream=True,
+                                 timeout=urllib3.Timeout(connect=5, read=timeout + 30))
+        if resp.status == 410:
+            raise _Gone()
+        if resp.status != 200:
+            data = resp.read()
+            if resp.status == 404 and kind == "Peer":
+                raise CRDMissing()
+            raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status)
+        self._streams[kind] = resp
+        try:
+            for line in _lines(resp):
+                if self._stop.is_set():
+                    return
+                self._handle(kind, json.loads(line))
+        finally:
+            self._streams.pop(kind, None)
+            resp.release_conn()
+
+    def _handle(self, kind: str, event: Obj) -> None:
+        etype, obj = event.get("type"), event.get("object") or {}
+        if etype == "ERROR":
+            if obj.get("code") == 410:
+                raise _Gone()
+            raise BackendError(f"watch {kind}s: {obj.get('message', obj)}", int(obj.get("code") or 0))
+        rv = _rv(obj)
+        if etype == "BOOKMARK":
+            self._rv[kind] = rv or self._rv[kind]
+            return
+        obj = _with_type(obj, kind)
+        name = _name(obj)
+        with self._lock:
+            old = self._cache[kind].get(name)
+            if etype == "DELETED":
+                self._cache[kind].pop(name, None)
+            else:
+                self._cache[kind][name] = obj
+            self._rv[kind] = rv or self._rv[kind]
+        if etype in ("ADDED", "MODIFIED", "DELETED"):
+            self._emit(Event(kind, str(etype), obj, old))
+
+
+def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    """The newline-separated JSON documents of a watch stream, as they arrive."""
+    buf = b""
+    for chunk in resp.stream(amt=None, decode_content=True):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield buf
+
+
+def list_objects(kubeconfig: str | Path | None = None) -> tuple[list[Obj], list[Obj]]:
+    """Node and Peer objects of the cluster ``kubeconfig`` points at (see ``api_client``)."""
+    backend = KubernetesBackend(kubeconfig)
+    try:
+        return backend.list_objects()
+    finally:
+        backend.api.close()

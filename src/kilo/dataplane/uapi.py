@@ -1,0 +1,215 @@
+"""A client for WireGuard's cross-platform configuration protocol (the "UAPI").
+
+A userspace implementation such as ``wireguard-go`` listens on a unix socket, by default
+``/var/run/wireguard/IFACE.sock``. A request is ``get=1`` or ``set=1`` followed by ``key=value``
+lines and a blank line; the answer ends with ``errno=N`` and a blank line. Keys travel as
+lower-case hex. The protocol is described at https://www.wireguard.com/xplatform/.
+
+``set`` is incremental: a peer that is not named in an update is left exactly as it is (its
+session and handshake survive), which is what lets the device adapter change only what differs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from kilo.model import IPAddress, Prefix
+
+DEFAULT_SOCKET_DIR = "/var/run/wireguard"
+ZERO_KEY = bytes(32)
+
+
+def socket_path(iface: str, directory: str = DEFAULT_SOCKET_DIR) -> str:
+    """Where a UAPI server for ``iface`` listens, given its socket directory."""
+    return f"{directory.rstrip('/')}/{iface}.sock"
+
+
+class UapiError(OSError):
+    """The device refused a request (``errno`` is the device's error number) or did not answer."""
+
+
+@dataclass
+class PeerState:
+    """A peer as the device reports it, counters included."""
+
+    public_key: bytes
+    preshared_key: bytes | None = None
+    endpoint: tuple[IPAddress, int] | None = None
+    persistent_keepalive: int = 0
+    allowed_ips: list[Prefix] = field(default_factory=list)
+    last_handshake: float = 0.0  # seconds since the epoch; 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass
+class DeviceState:
+    private_key: bytes | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: dict[bytes, PeerState] = field(default_factory=dict)
+
+
+@dataclass
+class PeerUpdate:
+    """One peer's part of a ``set``; ``None`` fields are left as they are on the device."""
+
+    public_key: bytes
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: bytes | None = None  # ZERO_KEY clears it
+    endpoint: tuple[IPAddress, int] | None = None
+    persistent_keepalive: int | None = None
+    replace_allowed_ips: bool = False
+    allowed_ips: list[Prefix] = field(default_factory=list)
+
+
+@dataclass
+class DeviceUpdate:
+    private_key: bytes | None = None
+    listen_port: int | None = None
+    fwmark: int | None = None
+    replace_peers: bool = False
+    peers: list[PeerUpdate] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return (self.private_key is None and self.listen_port is None and self.fwmark is None
+                and not self.replace_peers and not self.peers)
+
+
+def format_endpoint(ep: tuple[IPAddress, int]) -> str:
+    ip, port = ep
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]").split("%", 1)[0]
+    return ipaddress.ip_address(host), int(port)
+
+
+def _key(value: str) -> bytes:
+    raw = bytes.fromhex(value)
+    if len(raw) != 32:
+        raise ValueError(f"key of {len(raw)} bytes")
+    return raw
+
+
+def encode_set(update: DeviceUpdate) -> str:
+    """The text of a ``set=1`` request, blank line included."""
+    lines = ["set=1"]
+    if update.private_key is not None:
+        lines.append(f"private_key={update.private_key.hex()}")
+    if update.listen_port is not None:
+        lines.append(f"listen_port={update.listen_port}")
+    if update.fwmark is not None:
+        lines.append(f"fwmark={update.fwmark}")
+    if update.replace_peers:
+        lines.append("replace_peers=true")
+    for p in update.peers:
+        lines.append(f"public_key={p.public_key.hex()}")
+        if p.remove:
+            lines.append("remove=true")
+            continue
+        if p.update_only:
+            lines.append("update_only=true")
+        if p.preshared_key is not None:
+            lines.append(f"preshared_key={p.preshared_key.hex()}")
+        if p.endpoint is not None:
+            lines.append(f"endpoint={format_endpoint(p.endpoint)}")
+        if p.persistent_keepalive is not None:
+            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        if p.replace_allowed_ips:
+            lines.append("replace_allowed_ips=true")
+        for a in p.allowed_ips:
+            lines.append(f"allowed_ip={a.network}")
+    return "\n".join(lines) + "\n\n"
+
+
+def parse_get(text: str) -> DeviceState:
+    """The answer to ``get=1`` (without its ``errno`` line) as a DeviceState."""
+    dev = DeviceState()
+    peer: PeerState | None = None
+    hs_sec = 0
+    for line in text.splitlines():
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiError(f"bad UAPI line {line!r}")
+        if key == "public_key":
+            peer = PeerState(public_key=_key(value))
+            dev.peers[peer.public_key] = peer
+        elif peer is None:
+            if key == "private_key":
+                dev.private_key = _key(value)
+            elif key == "listen_port":
+                dev.listen_port = int(value)
+            elif key == "fwmark":
+                dev.fwmark = int(value)
+        elif key == "preshared_key":
+            k = _key(value)
+            peer.preshared_key = None if k == ZERO_KEY else k
+        elif key == "endpoint":
+            peer.endpoint = parse_endpoint(value)
+        elif key == "persistent_keepalive_interval":
+            peer.persistent_keepalive = int(value)
+        elif key == "allowed_ip":
+            peer.allowed_ips.append(ipaddress.ip_interface(value))
+        elif key == "last_handshake_time_sec":
+            hs_sec = int(value)
+            peer.last_handshake = float(hs_sec)
+        elif key == "last_handshake_time_nsec":
+            peer.last_handshake = hs_sec + int(value) / 1e9 if hs_sec else 0.0
+        elif key == "rx_bytes":
+            peer.rx_bytes = int(value)
+        elif key == "tx_bytes":
+            peer.tx_bytes = int(value)
+    return dev
+
+
+class UapiClient:
+    """Talks to one UAPI socket; each request uses a fresh connection."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _request(self, text: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            try:
+                s.connect(self.path)
+                s.sendall(text.encode())
+                buf = b""
+                while not (buf.endswith(b"\n\n") and b"errno=" in buf):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except OSError as e:
+                raise UapiError(e.errno, f"UAPI {self.path}: {e.strerror or e}") from None
+        body, _, tail = buf.decode().rstrip("\n").rpartition("errno=")
+        if not tail.strip().lstrip("-").isdigit():
+            raise UapiError(f"UAPI {self.path}: truncated answer")
+        errno = int(tail)
+        if errno != 0:
+            raise UapiError(abs(errno), f"UAPI {self.path}: device returned errno={errno}")
+        return body
+
+    def get(self) -> DeviceState:
+        return parse_get(self._request("get=1\n\n"))
+
+    def set(self, update: DeviceUpdate) -> None:
+        if not update.empty():
+            self._request(encode_set(update))
+
+    def alive(self) -> bool:
+        """Whether a device answers on the socket."""
+        try:
+            self._request("get=1\n\n")
+            return True
+        except (UapiError, ValueError):
+            return False

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kilo.cli.kgctl import run
+from tests.unit.helpers import node_obj, peer_obj
+
+
+@pytest.fixture()
+def dump(tmp_path: Path) -> Path:
+    items = [
+        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", granularity="location"),
+        node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24", granularity="location"),
+        node_obj("c", "2", "10.1.0.3:51820", "10.1.0.3/16", "10.2.3.0/24", granularity="location"),
+        peer_obj("laptop", ["10.5.0.1/32"], persistentKeepalive=10),
+    ]
+    p = tmp_path / "cluster.yaml"
+    p.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    return p
+
+
+def kgctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = run(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_showconf_node(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "a")
+    assert rc == 0 and out.startswith("[Interface]\nListenPort = 51820\n\n[Peer]\n")
+
+
+def test_not_a_leader_message_exit_zero(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = kgctl(capsys, "showconf", "node", "c", "--from-file", str(dump))
+    assert (rc, out, err) == (0, "", 'Node "c" is not a leader node\n')
+
+
+def test_unknown_node_and_peer(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "zz")
+    assert rc == 1 and 'did not find any node named "zz" in the cluster' in err
+    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "peer", "zz")
+    assert rc == 1 and 'did not find any peer named "zz" in the cluster' in err
+
+
+def test_seed_multicluster_loop_flags(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "b", "--as-peer", "-o", "yaml", "--allowed-ips", "10.96.0.0/12")
+    assert rc == 0
+    obj = yaml.safe_load(out)
+    assert obj["kind"] == "Peer" and obj["metadata"]["name"] == "b"
+    assert obj["spec"]["allowedIPs"][-1] == "10.96.0.0/12"
+    assert obj["spec"]["endpoint"] == {"dnsOrIP": {"ip": "203.0.113.2"}, "port": 51820}
+
+
+def test_showconf_peer(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = kgctl(capsys, "--from-file", str(dump), "showconf", "peer", "laptop")
+    assert rc == 0 and out.count("[Peer]") == 2 and "PersistentKeepalive = 10" in out
+
+
+def test_graph(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = kgctl(capsys, "graph", "--from-file", str(dump))
+    assert rc == 0 and out.startswith("digraph kilo {\n") and out.endswith("\n}\n\n")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "0", "graph"], "invalid port"),
+        (["--mesh-granularity", "galaxy", "graph"], "mesh granularity galaxy unknown"),
+        (["showconf", "node", "a", "-o", "toml"], "output format toml unknown"),
+        (["showconf", "node", "a", "--allowed-ips", "10.0.0.1"], 'allowed-ips must contain only valid CIDRs; got "10.0.0.1"'),
+    ],
+)
+def test_bad_flags(dump: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+    rc, _, err = kgctl(capsys, "--from-file", str(dump), *args)
+    assert rc == 1 and message in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = kgctl(capsys, "--from-file", str(tmp_path / "none.yaml"), "graph")
+    assert rc == 1 and "cannot read" in err
+
+
+def test_auto_granularity_needs_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump_all([node_obj("a", "1", pod_cidr="10.2.0.0/24")]))
+    rc, _, err = kgctl(capsys, "--from-file", str(p), "graph")
+    assert rc == 1 and "failed to determine granularity" in err
+    rc, out, _ = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", "graph")
+    assert rc == 0

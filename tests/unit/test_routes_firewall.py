@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+
+from kilo.firewall import ruleset
+from kilo.model import Granularity
+from kilo.routes import KILO_TABLE, Encapsulation, Interfaces, Strategy, routes
+from tests.unit.test_topology import peers_of, three_nodes, topo
+from tests.unit.helpers import peer_obj
+
+IFS = Interfaces(kilo="kilo0", private="eth0", tunnel="tunl0")
+
+
+def rs(host: str, local: bool = True, strategy: Strategy = Strategy.NEVER, g: Granularity = Granularity.LOCATION) -> list[str]:
+    t = topo(three_nodes(), host, g, peers_of(peer_obj("p", ["10.5.0.1/32"])))
+    r, rules = routes(t, IFS, local, Encapsulation(strategy))
+    return [str(x) for x in r] + [str(x) for x in rules]
+
+
+def test_leader_routes_other_segments_through_wireguard() -> None:
+    assert rs("b") == [
+        "10.2.1.0/24 dev kilo0 via 10.4.0.1 src 10.1.0.2 onlink",
+        "10.1.0.1/32 dev kilo0 via 10.4.0.1 src 10.1.0.2 onlink",
+        "10.2.3.0/24 dev eth0 via 10.1.0.3 onlink",
+        "10.5.0.1/32 dev kilo0 src 10.1.0.2",
+    ]
+
+
+def test_non_leader_routes_everything_via_its_leader() -> None:
+    assert rs("c") == [
+        "10.4.0.1/32 dev eth0 via 10.1.0.2 onlink",
+        "10.2.1.0/24 dev eth0 via 10.1.0.2 onlink",
+        "10.1.0.1/32 dev eth0 via 10.1.0.2 onlink",
+        "10.4.0.2/32 dev eth0 via 10.1.0.2 onlink",
+        "10.2.2.0/24 dev eth0 via 10.1.0.2 onlink",
+        "10.5.0.1/32 dev eth0 via 10.1.0.2 onlink",
+    ]
+
+
+def test_always_encapsulation_uses_tunnel_and_policy_rules() -> None:
+    got = rs("c", strategy=Strategy.ALWAYS)
+    assert "10.2.1.0/24 dev tunl0 via 10.1.0.2 src 10.1.0.3 onlink" in got
+    assert f"10.1.0.2/32 dev tunl0 via 10.1.0.2 src 10.1.0.3 onlink table {KILO_TABLE}" in got
+    assert f"from 10.2.3.0/24 to 10.1.0.2/32 lookup {KILO_TABLE}" in got
+    leader = rs("b", strategy=Strategy.ALWAYS)
+    assert f"to 10.1.0.3/32 iif kilo0 lookup {KILO_TABLE}" in leader
+
+
+def test_crosssubnet_encapsulates_only_across_subnets() -> None:
+    # all of location 2 shares 10.1.0.0/16: nothing is encapsulated
+    assert not any("tunl0" in r for r in rs("c", strategy=Strategy.CROSS_SUBNET))
+
+
+def test_without_local_no_intra_location_routes() -> None:
+    assert not any("10.2.3.0/24" in r for r in rs("b", local=False))
+
+
+def test_cross_routes_same_location_over_private_network() -> None:
+    got = rs("c", g=Granularity.CROSS)
+    assert "10.2.2.0/24 dev eth0 via 10.1.0.2 onlink" in got
+    assert any(r.startswith("10.2.1.0/24 dev kilo0 via 10.4.0.1") for r in got)
+
+
+def test_firewall_nat_returns_for_known_ips_then_masquerades() -> None:
+    t = topo(three_nodes(), "b", peers=peers_of(peer_obj("p", ["10.5.0.1/32"])))
+    r = ruleset(t, cni=True, forward_rules=False)
+    nat = [(x.verdict, str(x.match.prefix) if x.match else None) for x in r.rules if x.chain == "kilo-nat"]
+    assert nat[-1] == ("masquerade", None)
+    assert ("return", "10.5.0.1/32") in nat and ("return", "10.4.0.1/32") in nat and ("return", "10.2.1.0/24") in nat
+    post = [(x.verdict, x.match.field, str(x.match.prefix)) for x in r.rules if x.chain == "postrouting" and x.match]
+    assert ("jump kilo-nat", "saddr", "10.2.2.0/24") in post and ("jump kilo-nat", "saddr", "10.5.0.1/32") in post
+    doc = r.nft_json()["nftables"]
+    assert doc[0] == {"add": {"table": {"family": "inet", "name": "kilo"}}}
+    assert not any(c.name == "forward" for c in r.base_chains)
+
+
+@pytest.mark.parametrize("host, expect", [("b", "10.2.3.0/24"), ("c", "10.2.3.0/24")])
+def test_forward_rules(host: str, expect: str) -> None:
+    t = topo(three_nodes(), host)
+    r = ruleset(t, cni=True, forward_rules=True)
+    fwd = [str(x.match.prefix) for x in r.rules if x.chain == "forward" and x.match]
+    assert expect in fwd
