@@ -1,0 +1,55 @@
+"""Fixtures for tests against a real kube-apiserver + etcd (see kilo.lab.controlplane).
+
+Where the binaries are missing (or root is needed and absent) the tests are skipped with the
+reason, except in CI (CI=true), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from kilo.lab.binaries import BinaryMissing, locate
+from kilo.lab.controlplane import ControlPlane
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+CRDS = MANIFESTS / "crds.yaml"
+
+
+def unavailable(reason: str) -> None:
+    """Skip, or in CI fail, with ``reason``."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI=true: not skipping)")
+    pytest.skip(reason)
+
+
+def need_binaries(*names: str) -> None:
+    for name in names:
+        try:
+            locate(name)
+        except BinaryMissing as err:
+            unavailable(f"binary missing: {err}")
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root (network namespaces)")
+
+
+def install_crd(cp: ControlPlane) -> None:
+    cp.kubectl("apply", "-f", str(CRDS))
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+               "crd/peers.kilo.squat.ai")
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """One cluster for the session, with the Peer CRD installed."""
+    need_binaries("etcd", "kube-apiserver", "kubectl")
+    with ControlPlane() as cp:
+        install_crd(cp)
+        yield cp
