@@ -1,0 +1,244 @@
+"""Routes and policy rules, reconciled through netlink (pyroute2).
+
+Ownership: every route and rule we install carries the routing protocol number ``RTPROT_KILO``
+(107; ``ip route show proto 107``, ``ip rule`` shows ``proto 107``). That mark is the only record
+of what is ours: it survives a restart of the agent, and anything without it (the kernel's
+connected routes, an operator's ``proto static`` route, another daemon's rules) is never changed
+or removed. Kilo marks its routes ``proto static`` and keeps the list in memory; a distinct number
+lets a fresh agent tell its own routes apart without that memory.
+
+``reconcile(routes, rules)`` adds what is missing (so a route someone deleted comes back at the
+next call), replaces ours whose gateway/device/source/onlink changed, deletes ours that are no
+longer wanted, and returns what it did (``[]`` when nothing differed). A desired route that
+collides with a route that is not ours, or names a missing device, is skipped; after doing
+everything else, ``reconcile`` raises ``ReconcileError`` listing those failures and the changes
+it did make.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from kilo.model import Prefix
+from kilo.routes import Route, Rule
+
+RTPROT_KILO = 107
+RTNH_F_ONLINK = 0x4
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+class ReconcileError(RuntimeError):
+    def __init__(self, failures: list[str], changes: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.failures = failures
+        self.changes = changes
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A rule as compared: ``priority`` None matches any priority."""
+
+    family: int
+    table: int
+    src: str | None
+    dst: str | None
+    iif: str | None
+    priority: int | None = None
+
+    def __str__(self) -> str:
+        parts = [f"from {self.src}" if self.src else "from all"]
+        parts += [f"to {self.dst}"] if self.dst else []
+        parts += [f"iif {self.iif}"] if self.iif else []
+        parts += [f"lookup {self.table}"]
+        return ("" if self.priority is None else f"{self.priority}: ") + " ".join(parts)
+
+
+def _net(p: Prefix | None) -> str | None:
+    return None if p is None else str(p.network)
+
+
+def _canon(r: Route) -> Route:
+    return replace(r, dst=ipaddress.ip_interface(str(r.dst.network)))
+
+
+def _want_rule(r: Rule) -> _Rule:
+    fam = socket.AF_INET6 if any(p is not None and p.version == 6 for p in (r.src, r.dst)) else socket.AF_INET
+    return _Rule(fam, r.table, _net(r.src), _net(r.dst), r.iif, getattr(r, "priority", None))
+
+
+def _addr(msg: Any, attr: str, plen: int, family: int) -> str:
+    a = msg.get_attr(attr) or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    return str(ipaddress.ip_network(f"{a}/{plen}", strict=False))
+
+
+class Netlink:
+    """Routes and rules of one network namespace (None: the current one)."""
+
+    def __init__(self, netns: str | None = None, proto: int = RTPROT_KILO) -> None:
+        self.netns = netns
+        self.proto = proto
+
+    def _ipr(self) -> IPRoute:
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+    # -- reading
+
+    def _links(self, ipr: IPRoute) -> dict[int, str]:
+        return {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+
+    def _routes(self, ipr: IPRoute, names: dict[int, str]) -> dict[tuple[int, str], tuple[Route, Any]]:
+        out: dict[tuple[int, str], tuple[Route, Any]] = {}
+        for fam in FAMILIES:
+            for m in ipr.route("dump", family=fam, proto=self.proto):
+                table = m.get_attr("RTA_TABLE") or m["table"]
+                dst = _addr(m, "RTA_DST", m["dst_len"], fam)
+                gw, src = m.get_attr("RTA_GATEWAY"), m.get_attr("RTA_PREFSRC")
+                r = Route(ipaddress.ip_interface(dst), names.get(m.get_attr("RTA_OIF") or -1, ""),
+                          None if gw is None else ipaddress.ip_address(gw),
+                          None if src is None else ipaddress.ip_address(src),
+                          bool(m["flags"] & RTNH_F_ONLINK), table)
+                out[(table, dst)] = (r, m)
+        return out
+
+    def _rules(self, ipr: IPRoute) -> list[tuple[_Rule, Any]]:
+        out = []
+        for fam in FAMILIES:
+            for m in ipr.rule("dump", family=fam):
+                if m.get_attr("FRA_PROTOCOL") != self.proto:
+                    continue
+                src = _addr(m, "FRA_SRC", m["src_len"], fam) if m.get_attr("FRA_SRC") else None
+                dst = _addr(m, "FRA_DST", m["dst_len"], fam) if m.get_attr("FRA_DST") else None
+                out.append((_Rule(fam, m.get_attr("FRA_TABLE") or m["table"], src, dst,
+                                  m.get_attr("FRA_IIFNAME"), m.get_attr("FRA_PRIORITY")), m))
+        return out
+
+    def routes(self) -> list[Route]:
+        """Our routes as they are now."""
+        with self._ipr() as ipr:
+            return [r for r, _ in self._routes(ipr, self._links(ipr)).values()]
+
+    # -- writing
+
+    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]:
+        changes: list[str] = []
+        failures: list[str] = []
+        with self._ipr() as ipr:
+            self._reconcile_routes(ipr, list(routes), changes, failures)
+            self._reconcile_rules(ipr, list(rules), changes, failures)
+        if failures:
+            raise ReconcileError(failures, changes)
+        return changes
+
+    def remove_all(self) -> list[str]:
+        """Delete every route and rule of ours (``--clean-up``)."""
+        return self.reconcile([], [])
+
+    def _route_args(self, r: Route, names: dict[int, str]) -> dict[str, Any]:
+        index = {n: i for i, n in names.items()}.get(r.dev)
+        if index is None:
+            raise LookupError(f"device {r.dev} does not exist")
+        args: dict[str, Any] = {"dst": str(r.dst.network), "oif": index, "table": r.table,
+                                "proto": self.proto,
+                                "family": socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET}
+        if r.gw is not None:
+            args["gateway"] = str(r.gw)
+        if r.src is not None:
+            args["prefsrc"] = str(r.src)
+        if r.onlink:
+            args["flags"] = RTNH_F_ONLINK
+        return args
+
+    def _reconcile_routes(self, ipr: IPRoute, want: Sequence[Route], changes: list[str],
+                          failures: list[str]) -> None:
+        names = self._links(ipr)
+        have = self._routes(ipr, names)
+        wanted: dict[tuple[int, str], Route] = {}
+        for r in map(_canon, want):
+            wanted.setdefault((r.table, str(r.dst.network)), r)
+        for key, r in have.items():
+            if key not in wanted:
+                try:
+                    ipr.route("del", **_delete_args(r[1]))
+                    changes.append(f"remove route {r[0]}")
+                except NetlinkError as e:
+                    failures.append(f"remove route {r[0]}: {e}")
+        for key, r in wanted.items():
+            cur = have.get(key)
+            if cur is not None and cur[0] == r:
+                continue
+            verb = "add" if cur is None else "replace"
+            try:
+                ipr.route(verb, **self._route_args(r, names))
+                changes.append(f"{verb} route {r}")
+            except (NetlinkError, LookupError) as e:
+                why = "a route that is not ours is in the way" if getattr(e, "code", 0) == 17 else str(e)
+                failures.append(f"{verb} route {r}: {why}")
+
+    def _reconcile_rules(self, ipr: IPRoute, want: Sequence[Rule], changes: list[str],
+                         failures: list[str]) -> None:
+        have = self._rules(ipr)
+        wanted = list(dict.fromkeys(map(_want_rule, want)))
+        matched: set[int] = set()
+        for w in wanted:
+            i = next((i for i, (h, _) in enumerate(have) if i not in matched and _same(h, w)), None)
+            if i is not None:
+                matched.add(i)
+                continue
+            args: dict[str, Any] = {"family": w.family, "table": w.table, "protocol": self.proto}
+            for name, value in (("src", w.src), ("dst", w.dst)):
+                if value is not None:
+                    net = ipaddress.ip_network(value)
+                    args[name], args[f"{name}_len"] = str(net.network_address), net.prefixlen
+            if w.iif is not None:
+                args["iifname"] = w.iif
+            if w.priority is not None:
+                args["priority"] = w.priority
+            try:
+                ipr.rule("add", **args)
+                changes.append(f"add rule {w}")
+            except NetlinkError as e:
+                failures.append(f"add rule {w}: {e}")
+        for i, (h, m) in enumerate(have):
+            if i in matched:
+                continue
+            try:
+                ipr.rule("del", **_rule_delete_args(m))
+                changes.append(f"remove rule {h}")
+            except NetlinkError as e:
+                failures.append(f"remove rule {h}: {e}")
+
+
+def _same(have: _Rule, want: _Rule) -> bool:
+    return have == (want if want.priority is not None else replace(want, priority=have.priority))
+
+
+def _delete_args(m: Any) -> dict[str, Any]:
+    """Arguments deleting exactly the dumped route ``m``."""
+    args: dict[str, Any] = {"family": m["family"], "dst_len": m["dst_len"], "tos": m["tos"],
+                            "table": m.get_attr("RTA_TABLE") or m["table"], "proto": m["proto"]}
+    for attr, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway"),
+                      ("RTA_PRIORITY", "priority")):
+        v = m.get_attr(attr)
+        if v is not None:
+            args[key] = v
+    return args
+
+
+def _rule_delete_args(m: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {"family": m["family"], "table": m.get_attr("FRA_TABLE") or m["table"],
+                            "src_len": m["src_len"], "dst_len": m["dst_len"],
+                            "protocol": m.get_attr("FRA_PROTOCOL")}
+    for attr, key in (("FRA_SRC", "src"), ("FRA_DST", "dst"), ("FRA_IIFNAME", "iifname"),
+                      ("FRA_PRIORITY", "priority")):
+        v = m.get_attr(attr)
+        if v is not None:
+            args[key] = v
+    return args
+
