@@ -1,0 +1,192 @@
+"""Our nftables tables, replaced atomically with ``nft -j -f -``.
+
+The adapter owns a fixed set of tables (by default ``table inet kilo``) and nothing else: a
+desired ruleset that would create, change or delete any other table is refused, and ``remove()``
+deletes only ours. ``apply`` sends one transaction per call (for each desired table: ``add``,
+``delete``, ``add`` again, then its chains, sets and rules; owned tables no longer wanted are
+deleted in the same transaction), so the kernel swaps the old ruleset for the new one at once
+and a reader never sees a half-written table.
+
+A no-op is detected by listing our tables (``nft -j list table``) and comparing them, without
+handles and counter values, to the desired objects; ``apply`` then sends nothing and returns
+``[]``. Where nft lists an object in another spelling than the one given, the listing taken
+right after our last apply of the same ruleset is accepted too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+OBJECTS = ("chain", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit")
+
+
+class NftError(RuntimeError):
+    """nft failed; the message carries its error output."""
+
+
+class HasNftJson(Protocol):
+    def nft_json(self) -> dict[str, Any]: ...
+
+
+TableId = tuple[str, str]  # (family, name)
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without its handle, with counters' values zeroed (they are state, not config)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            if set(x) == {"counter"}:
+                return {"counter": None}
+            return {k: clean(v) for k, v in x.items() if k != "handle"}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+    return clean(obj)
+
+
+def _table_of(kind: str, obj: dict[str, Any]) -> TableId:
+    if kind == "table":
+        return obj["family"], obj["name"]
+    return obj["family"], obj["table"]
+
+
+def desired_objects(ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]]) -> dict[TableId, list[tuple[str, dict[str, Any]]]]:
+    """The objects to create, per table, from a Ruleset, an ``{"nftables": [...]}`` transaction
+    (its ``add``/``create`` commands; table add/delete/flush are our business) or a plain list
+    of ``{"chain": {...}}``/``{"rule": {...}}`` objects."""
+    if hasattr(ruleset, "nft_json"):
+        ruleset = ruleset.nft_json()
+    cmds = ruleset["nftables"] if isinstance(ruleset, dict) else ruleset
+    out: dict[TableId, list[tuple[str, dict[str, Any]]]] = {}
+    for cmd in cmds:
+        verb = next(iter(cmd))
+        if verb in ("delete", "flush", "destroy") and "table" in cmd[verb]:
+            continue
+        body = cmd[verb] if verb in ("add", "create") else cmd
+        kind = next(iter(body))
+        if kind == "metainfo":
+            continue
+        if verb not in ("add", "create") and kind not in OBJECTS + ("rule", "element", "table"):
+            raise ValueError(f"unsupported nft command {cmd!r}")
+        obj = body[kind]
+        tid = _table_of(kind, obj)
+        objs = out.setdefault(tid, [])
+        if kind != "table":
+            objs.append((kind, obj))
+    return out
+
+
+def _canonical(objs: Iterable[tuple[str, dict[str, Any]]]) -> str:
+    """A comparable form: non-rule objects sorted by name, rules in order within their chain."""
+    things: list[tuple[str, str, str]] = []
+    rules: dict[str, list[str]] = {}
+    for kind, obj in objs:
+        o = _strip(obj)
+        if kind == "rule":
+            rules.setdefault(o["chain"], []).append(json.dumps(o, sort_keys=True))
+        else:
+            things.append((kind, str(o.get("name", "")), json.dumps(o, sort_keys=True)))
+    return json.dumps([sorted(things), sorted(rules.items())])
+
+
+class Nftables:
+    """The tables ``owned`` (default ``inet kilo``) in ``netns`` (None: the current namespace)."""
+
+    def __init__(self, owned: Iterable[TableId] = (("inet", "kilo"),), netns: str | None = None,
+                 nft: str = "nft") -> None:
+        self.owned = set(owned)
+        self.netns = netns
+        self.nft = nft
+        self._learned: dict[TableId, tuple[str, str]] = {}  # table -> (desired hash, listing)
+
+    def _run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [self.nft, *args]
+        if self.netns:
+            path = self.netns if "/" in self.netns else f"/run/netns/{self.netns}"
+            argv = ["nsenter", f"--net={path}", "--", *argv]
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True)
+
+    def tables(self) -> set[TableId]:
+        """Which of our tables exist."""
+        p = self._run("-j", "list", "tables")
+        if p.returncode != 0:
+            raise NftError(f"nft list tables: {p.stderr.strip()}")
+        found = {(t["table"]["family"], t["table"]["name"])
+                 for t in json.loads(p.stdout or '{"nftables": []}')["nftables"] if "table" in t}
+        return found & self.owned
+
+    def current(self, table: TableId) -> list[tuple[str, dict[str, Any]]] | None:
+        """The objects of one of our tables as nft lists them, None if it does not exist."""
+        p = self._run("-j", "list", "table", *table)
+        if p.returncode != 0:
+            if "No such file or directory" in p.stderr:
+                return None
+            raise NftError(f"nft list table {' '.join(table)}: {p.stderr.strip()}")
+        out = []
+        for item in json.loads(p.stdout)["nftables"]:
+            kind = next(iter(item))
+            if kind not in ("metainfo", "table"):
+                out.append((kind, item[kind]))
+        return out
+
+    def apply(self, ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        """Make our tables exactly ``ruleset`` in one transaction; ``[]`` if they already are."""
+        want = desired_objects(ruleset)
+        foreign = set(want) - self.owned
+        if foreign:
+            raise ValueError(f"refusing to touch tables we do not own: {sorted(foreign)}")
+        existing = self.tables()
+        cmds: list[dict[str, Any]] = []
+        changes: list[str] = []
+        pending: dict[TableId, str] = {}
+        for tid, objs in want.items():
+            digest = hashlib.sha256(_canonical(objs).encode()).hexdigest()
+            cur = self.current(tid) if tid in existing else None
+            if cur is not None:
+                now = _canonical(cur)
+                if now == _canonical(objs) or self._learned.get(tid) == (digest, now):
+                    continue
+            changes.append(_describe(tid, cur, objs))
+            pending[tid] = digest
+            table = {"family": tid[0], "name": tid[1]}
+            cmds += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
+            cmds += [{"add": {kind: obj}} for kind, obj in objs]
+        for tid in sorted(existing - set(want)):
+            cmds.append({"delete": {"table": {"family": tid[0], "name": tid[1]}}})
+            changes.append(f"delete nft table {' '.join(tid)}")
+        if not cmds:
+            return []
+        self._transaction(cmds)
+        for tid, digest in pending.items():
+            listed = self.current(tid)
+            self._learned[tid] = (digest, _canonical(listed or []))
+        return changes
+
+    def remove(self) -> list[str]:
+        """Delete our tables (all of them); ``[]`` if there were none."""
+        existing = sorted(self.tables())
+        if existing:
+            self._transaction([{"delete": {"table": {"family": f, "name": n}}} for f, n in existing])
+        self._learned.clear()
+        return [f"delete nft table {f} {n}" for f, n in existing]
+
+    def _transaction(self, cmds: list[dict[str, Any]]) -> None:
+        p = self._run("-j", "-f", "-", stdin=json.dumps({"nftables": cmds}))
+        if p.returncode != 0:
+            raise NftError(f"nft -j -f -: {p.stderr.strip()}")
+
+
+def _describe(tid: TableId, cur: list[tuple[str, dict[str, Any]]] | None,
+              want: list[tuple[str, dict[str, Any]]]) -> str:
+    name = " ".join(tid)
+    new = [json.dumps(_strip(o), sort_keys=True) for k, o in want if k == "rule"]
+    if cur is None:
+        return f"create nft table {name} ({len(want) - len(new)} objects, {len(new)} rules)"
+    old = [json.dumps(_strip(o), sort_keys=True) for k, o in cur if k == "rule"]
+    added = sum(1 for r in new if r not in old)
+    removed = sum(1 for r in old if r not in new)
+    return f"replace nft table {name} (+{added} -{removed} rules)"
