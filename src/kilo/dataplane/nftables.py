@@ -19,7 +19,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 OBJECTS = ("chain", "set", "map", "flowtable", "counter", "quota", "ct helper", "limit")
 
@@ -45,7 +45,7 @@ def _strip(obj: dict[str, Any]) -> dict[str, Any]:
         if isinstance(x, list):
             return [clean(v) for v in x]
         return x
-    return clean(obj)
+    return cast(dict[str, Any], clean(obj))
 
 
 def _table_of(kind: str, obj: dict[str, Any]) -> TableId:

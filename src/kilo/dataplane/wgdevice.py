@@ -43,7 +43,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from kilo.dataplane.uapi import (
-    ZERO_KEY, DeviceState, DeviceUpdate, PeerState, PeerUpdate, UapiClient, UapiError, socket_path,
+    ZERO_KEY, DeviceState, DeviceUpdate, PeerState, PeerUpdate, UapiClient, socket_path,
 )
 from kilo.model import Endpoint, IPAddress, Prefix
 from kilo.wireguard import WgConf, WgPeer
@@ -313,9 +313,9 @@ class KernelDevice(Device):
         dev = DeviceState()
         with self._wg() as wg:
             for msg in wg.info(self.name):
-                k = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
-                if k is not None and any(k["key"]):
-                    dev.private_key = bytes(k["key"])
+                k = _kernel_key(msg.get_attr("WGDEVICE_A_PRIVATE_KEY"))
+                if k is not None and any(k):
+                    dev.private_key = k
                 dev.listen_port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or dev.listen_port
                 dev.fwmark = msg.get_attr("WGDEVICE_A_FWMARK") or dev.fwmark
                 for p in msg.get_attr("WGDEVICE_A_PEERS") or []:
@@ -346,13 +346,24 @@ class KernelDevice(Device):
                 wg.set(self.name, peer=peer)
 
 
+def _kernel_key(v: Any) -> bytes | None:
+    """pyroute2 decodes a key attribute to its base64 text (older versions: a dict with 'key')."""
+    if v is None:
+        return None
+    if isinstance(v, (bytes, bytearray, str)):
+        return base64.b64decode(v)
+    return bytes(v["key"])
+
+
 def _merge_kernel_peer(dev: DeviceState, p: Any) -> None:
     """Add one WGDEVICE_A_PEERS entry (a large device arrives in several messages)."""
-    key = bytes(p.get_attr("WGPEER_A_PUBLIC_KEY")["key"])
+    key = _kernel_key(p.get_attr("WGPEER_A_PUBLIC_KEY"))
+    if key is None:
+        return
     st = dev.peers.setdefault(key, PeerState(public_key=key))
-    psk = p.get_attr("WGPEER_A_PRESHARED_KEY")
-    if psk is not None and any(psk["key"]):
-        st.preshared_key = bytes(psk["key"])
+    psk = _kernel_key(p.get_attr("WGPEER_A_PRESHARED_KEY"))
+    if psk is not None and any(psk):
+        st.preshared_key = psk
     ep = p.get_attr("WGPEER_A_ENDPOINT")
     if ep is not None and ep.get("addr") and ep["addr"] not in ("0.0.0.0", "::"):
         st.endpoint = (ipaddress.ip_address(ep["addr"]), int(ep["port"]))
@@ -399,6 +410,15 @@ def _private_mount(socket_dir: str, script: str, *args: str) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             'mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && shift && '
             + script, "kilo-wg", socket_dir, *args]
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class UserspaceDevice(Device):
@@ -490,11 +510,8 @@ class UserspaceDevice(Device):
         if self._proc is not None:
             if self._proc.poll() is not None:
                 return False
-        elif self.pid is not None:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
+        elif self.pid is not None and not _pid_alive(self.pid):
+            return False
         return self.client.alive()
 
     def _terminate(self) -> None:
@@ -511,7 +528,7 @@ class UserspaceDevice(Device):
             if proc is not None:
                 if proc.poll() is not None:
                     return
-            elif not os.path.exists(f"/proc/{pid}"):
+            elif not _pid_alive(pid):
                 return
             time.sleep(0.02)
         try:
