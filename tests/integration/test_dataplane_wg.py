@@ -225,3 +225,23 @@ def test_agent_restart_adopts_running_wireguard_go(pair: tuple[Node, Node]) -> N
     assert again.apply(a.conf(b.peer(keepalive=25))) == []
     assert again.configure_link([a.wg_ip], mtu=1420) == []
     assert handshake(a, b) == before
+
+
+def test_auto_selection_and_mtu(pair: tuple[Node, Node]) -> None:
+    a, _ = pair
+    assert not wgdevice.kernel_available("kilo0", a.ns)  # a tun device: wireguard-go's
+    assert not wgdevice.kernel_available("kpy-probe", a.ns)  # this kernel has no module
+    assert wgdevice.link_kind("kpy-probe", a.ns) is None  # and the probe left nothing behind
+    dev = wgdevice.open_device("kpy-probe", netns=a.ns)
+    assert isinstance(dev, UserspaceDevice) and dev.pid is None  # nothing started yet
+    assert isinstance(wgdevice.open_device("kilo0", "kernel", netns=a.ns), wgdevice.KernelDevice)
+
+    assert wgdevice.auto_mtu(a.ns) == wgdevice.DEFAULT_MTU  # no default route
+    sh("ip", "-n", a.ns, "link", "set", "kpy-veth", "mtu", "9000")
+    sh("ip", "-n", a.ns, "route", "add", "default", "via", UNDERLAY[1])
+    assert wgdevice.auto_mtu(a.ns) == 9000 - 80
+    assert a.dev.configure_link([a.wg_ip], mtu=8920) == ["set kilo0 mtu 1420 -> 8920"]
+    assert a.dev.configure_link([a.wg_ip, ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
+        "add address fd04::1/64 to kilo0"]
+    assert a.dev.configure_link([ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
+        "remove address 10.4.0.1/16 from kilo0"]
