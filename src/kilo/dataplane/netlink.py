@@ -162,13 +162,13 @@ class Netlink:
         wanted: dict[tuple[int, str], Route] = {}
         for r in map(_canon, want):
             wanted.setdefault((r.table, str(r.dst.network)), r)
-        for key, r in have.items():
+        for key, (old, msg) in have.items():
             if key not in wanted:
                 try:
-                    ipr.route("del", **_delete_args(r[1]))
-                    changes.append(f"remove route {r[0]}")
+                    ipr.route("del", **_delete_args(msg))
+                    changes.append(f"remove route {old}")
                 except NetlinkError as e:
-                    failures.append(f"remove route {r[0]}: {e}")
+                    failures.append(f"remove route {old}: {e}")
         for key, r in wanted.items():
             cur = have.get(key)
             if cur is not None and cur[0] == r:
