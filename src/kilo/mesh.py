@@ -159,9 +159,10 @@ def _peer_output(name: str, p: WgPeer, output: str) -> str:
     if output == "yaml":
         return yaml.safe_dump(obj, default_flow_style=False, sort_keys=True)
     # The JSON Kubernetes' serializer prints: Go struct order, two-space indent.
-    ordered = {"kind": obj["kind"], "apiVersion": obj["apiVersion"], "metadata": {"name": name, "creationTimestamp": None}, "spec": obj["spec"]}
+    # Kubernetes' serializer: Go struct order, two-space indent, no trailing newline.
+    ordered = {"kind": obj["kind"], "apiVersion": obj["apiVersion"], "metadata": {"name": name}, "spec": obj["spec"]}
     text = json.dumps(ordered, indent=2, ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") + "\n"
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _goq(s: str) -> str:

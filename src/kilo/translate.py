@@ -351,6 +351,6 @@ def peer_object(
     return {
         "apiVersion": PEER_API_VERSION,
         "kind": PEER_KIND,
-        "metadata": {"creationTimestamp": None, "name": name},
+        "metadata": {"name": name},
         "spec": spec,
     }

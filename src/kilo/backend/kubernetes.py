@@ -47,6 +47,7 @@ KINDS: dict[str, tuple[str, str]] = {  # kind -> (collection path, apiVersion)
     "Peer": (PEER_PATH, "kilo.squat.ai/v1alpha1"),
 }
 Obj = dict[str, Any]
+RETRIABLE = frozenset({429, 500, 502, 503, 504})
 
 
 class BackendError(RuntimeError):
@@ -122,8 +123,19 @@ class _Http:
                                  timeout=timeout or urllib3.Timeout(connect=5, read=30),
                                  preload_content=not stream)
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Obj:
-        resp = self.request(method, path, **kwargs)
+    def json(self, method: str, path: str, *, patience: float = 30.0, **kwargs: Any) -> Obj:
+        """The decoded response; 429 and 5xx are retried (honouring Retry-After) for up to
+        ``patience`` seconds, as the API server says them while it starts up."""
+        deadline = time.monotonic() + patience
+        while True:
+            resp = self.request(method, path, **kwargs)
+            if resp.status not in RETRIABLE or time.monotonic() >= deadline:
+                break
+            try:
+                delay = float(resp.headers.get("Retry-After") or 0.5)
+            except ValueError:
+                delay = 0.5
+            time.sleep(min(max(delay, 0.1), 2.0, max(deadline - time.monotonic(), 0.1)))
         if resp.status == 404 and path.startswith(PEER_PATH):
             raise CRDMissing()
         if not 200 <= resp.status < 300:
@@ -140,9 +152,13 @@ def _reason(data: bytes) -> str:
 
 
 def _with_type(obj: Obj, kind: str) -> Obj:
-    """List items come without apiVersion and kind; add them first, as kubectl does."""
+    """The object as kubectl prints it: apiVersion and kind first (list items come without
+    them) and no metadata.managedFields."""
     out = {"apiVersion": KINDS[kind][1], "kind": kind}
     out.update(obj)
+    meta = out.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
     return out
 
 
@@ -247,6 +263,7 @@ class KubernetesBackend:
         self.stop()
 
     def _emit(self, event: Event) -> None:
+        log.debug("%s %s %s", event.type, event.kind, event.name)
         if self.on_event is not None:
             self.on_event(event)
         else:
@@ -291,12 +308,14 @@ class KubernetesBackend:
         timeout = self.watch_timeout + random.randint(0, max(self.watch_timeout // 5, 1))
         query = {"watch": "true", "allowWatchBookmarks": "true",
                  "resourceVersion": self._rv[kind] or "", "timeoutSeconds": str(timeout)}
+        log.debug("watching %ss from resourceVersion %s", kind, self._rv[kind])
         resp = self.http.request("GET", KINDS[kind][0], query=query, stream=True,
                                  timeout=urllib3.Timeout(connect=5, read=timeout + 30))
-        if resp.status == 410:
-            raise _Gone()
         if resp.status != 200:
             data = resp.read()
+            resp.release_conn()
+            if resp.status == 410:
+                raise _Gone()
             if resp.status == 404 and kind == "Peer":
                 raise CRDMissing()
             raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status)
@@ -308,10 +327,12 @@ class KubernetesBackend:
                 self._handle(kind, json.loads(line))
         finally:
             self._streams.pop(kind, None)
+            resp.close()  # never hand a half-read stream back to the pool
             resp.release_conn()
 
     def _handle(self, kind: str, event: Obj) -> None:
         etype, obj = event.get("type"), event.get("object") or {}
+        log.debug("watch of %ss: %s %s", kind, etype, _name(obj))
         if etype == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()

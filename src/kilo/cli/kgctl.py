@@ -51,6 +51,7 @@ def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="The WireGuard port over which the nodes communicate.")
     p.add_argument("--topology-label", default=d(REGION_LABEL), help="Kubernetes node label used to group nodes into logical locations.")
     p.add_argument("--from-file", default=d(None), metavar="FILE", help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' instead of the API.")
+    p.add_argument("--now", type=int, default=d(None), metavar="UNIX", help="With --from-file: judge node readiness at this Unix time (default: the newest kilo.squat.ai/last-seen in the file).")
 
 
 def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
@@ -112,7 +113,7 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
         except DumpError as e:
             raise UserError(str(e)) from None
         state = read_cluster(nodes, peers, opts.topology_label)
-        return state, dump_reference_time(state.nodes)
+        return state, a.now if a.now is not None else dump_reference_time(state.nodes)
     try:
         from kilo.backend.kubernetes import list_objects  # type: ignore[attr-defined]
     except ImportError as e:

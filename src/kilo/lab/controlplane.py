@@ -15,6 +15,7 @@ import ctypes
 import datetime
 import http.client
 import ipaddress
+import json
 import os
 import pathlib
 import shutil
@@ -170,7 +171,7 @@ class ControlPlane:
     def __init__(self, *, bind_address: str = "127.0.0.1", netns: str | None = None,
                  service_cidr: str = "10.96.0.0/12", advertise_address: str | None = None,
                  extra_sans: Sequence[str] = (), port: int | None = None,
-                 memory_limit_mib: int = 512) -> None:
+                 memory_limit_mib: int = 512, apiserver_args: Sequence[str] = ()) -> None:
         self.bind_address = bind_address
         self.netns = netns
         self.service_cidr = service_cidr
@@ -178,6 +179,7 @@ class ControlPlane:
         self.advertise_address = advertise_address or ("127.0.0.1" if unspecified else bind_address)
         self.extra_sans = tuple(extra_sans)
         self.memory_limit_mib = memory_limit_mib
+        self.apiserver_args = tuple(apiserver_args)
         self._port = port
         self.dir: pathlib.Path | None = None
         self._etcd: subprocess.Popen[bytes] | None = None
@@ -299,6 +301,28 @@ class ControlPlane:
                 conn.close()
         return in_netns(self.netns, get)
 
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to now, so watches from older resourceVersions get 410
+        Gone; returns the revision compacted at."""
+        def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            conn = http.client.HTTPConnection("127.0.0.1", self.etcd_port, timeout=10)
+            try:
+                conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status != 200:
+                    raise ControlPlaneError(f"etcd {path}: HTTP {resp.status}: {data[:200]!r}")
+                return dict(json.loads(data))
+            finally:
+                conn.close()
+
+        def compact() -> int:
+            head = post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})
+            revision = int(head["header"]["revision"])
+            post("/v3/kv/compaction", {"revision": revision, "physical": True})
+            return revision
+        return in_netns(self.netns, compact)
+
     # internals
 
     def _path(self, name: str) -> pathlib.Path:
@@ -414,7 +438,7 @@ class ControlPlane:
             f"--service-cluster-ip-range={self.service_cidr}",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
-            "--profiling=false", "--event-ttl=10m", "--v=0",
+            "--profiling=false", "--event-ttl=10m", "--v=0", *self.apiserver_args,
         ], log, self.memory_limit_mib)
         try:
             self._wait(lambda: self.request("/readyz", port)[0] == 200, proc, log,
