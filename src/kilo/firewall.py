@@ -53,11 +53,14 @@ class Ruleset:
     base_chains: list[BaseChain] = field(default_factory=list)
     chains: list[str] = field(default_factory=list)
     rules: list[FwRule] = field(default_factory=list)
+    _seen: set[tuple[str, str, object]] = field(default_factory=set, repr=False, compare=False)
 
     def add(self, chain: str, verdict: str, match: Match | None = None, comment: str = "") -> None:
-        r = FwRule(chain, verdict, match, comment)
-        if r not in self.rules:
-            self.rules.append(r)
+        """Append a rule unless the same chain already has the same match and verdict."""
+        key = (chain, verdict, None if match is None else (match.field, match.prefix.network))
+        if key not in self._seen:
+            self._seen.add(key)
+            self.rules.append(FwRule(chain, verdict, match, comment))
 
     def nft_json(self) -> dict[str, Any]:
         """One nft transaction: (re)create the table, then chains and rules (for ``nft -j -f -``)."""

@@ -8,6 +8,7 @@ host bits, as Go's ``net.IPNet`` does after Kilo's ``normalizeIP``; it is an
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -34,9 +35,12 @@ class Granularity(str, enum.Enum):
         return self.value
 
 
+@functools.lru_cache(maxsize=65536)
 def host_prefix(ip: IPAddress) -> Prefix:
     """The one-address CIDR of ``ip`` (/32 or /128)."""
-    return ipaddress.ip_interface(f"{ip}/{ip.max_prefixlen}")
+    if ip.version == 4:
+        return ipaddress.IPv4Interface((int(ip), 32))
+    return ipaddress.IPv6Interface((int(ip), 128))
 
 
 def network_prefix(cidr: str) -> Prefix:

@@ -205,17 +205,17 @@ def deduplicate_peer_ips(peers: Iterable[Peer]) -> list[Peer]:
     """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped."""
     from dataclasses import replace
 
-    seen: set[str] = set()
+    seen: set[Prefix] = set()
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
         for ip in p.allowed_ips:
-            if str(ip) in seen:
+            if ip in seen:
                 log.warning("peer %s: allowed IP %s is already claimed by another peer; ignored", p.name, ip)
                 continue
-            seen.add(str(ip))
+            seen.add(ip)
             keep.append(ip)
-        out.append(replace(p, allowed_ips=tuple(keep)))
+        out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)
     return out
 
 
@@ -339,16 +339,30 @@ def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Pr
     from dataclasses import replace
 
     alloc = _Allocator(subnet)
-    taken: list[Prefix] = [a for s in segments for a in s.allowed_ips]
-    for _ in segments:
+    taken: dict[tuple[int, int], dict[int, Prefix]] = {}  # (version, prefixlen) -> network -> owner
+
+    def take(p: Prefix) -> None:
+        taken.setdefault((p.version, p.network.prefixlen), {})[int(p.network.network_address)] = p
+
+    for s in segments:
+        for a in s.allowed_ips:
+            take(a)
         ip = alloc.next()
         if ip is not None:
-            taken.append(host_prefix(ip))
+            take(host_prefix(ip))
+    lengths = sorted(taken)
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
         for a in p.allowed_ips:
-            owner = next((t for t in taken if t.version == a.version and a.network.subnet_of(t.network)), None)  # type: ignore[arg-type]
+            owner = None
+            addr = int(a.network.network_address)
+            for version, plen in lengths:
+                if version == a.version and plen <= a.network.prefixlen:
+                    shift = a.max_prefixlen - plen
+                    owner = taken[(version, plen)].get((addr >> shift) << shift)
+                    if owner is not None:
+                        break
             if owner is not None:
                 log.warning("peer %s: allowed IP %s lies in the mesh's %s; ignored", p.name, a, owner)
                 continue
