@@ -1,0 +1,159 @@
+"""``kg``: the Kilo agent. Flags, defaults and meanings follow Kilo's ``kg``.
+
+Where we differ on purpose:
+  --clean-up defaults to false: an ordinary restart keeps the device, routes and firewall so no
+      packet is dropped; pass --clean-up=true to remove everything on shutdown.
+  --private-key (new): where the WireGuard private key is kept (Kilo: fixed /var/lib/kilo/key).
+  --wireguard (new): auto (kernel module if present, else wireguard-go), kernel or userspace.
+  --mesh-granularity also accepts cross.
+  The firewall is one nftables table of our own (--nft-table) instead of iptables chains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from kilo import __version__
+from kilo.model import DEFAULT_CNI_PATH, DEFAULT_INTERFACE, DEFAULT_PORT, DEFAULT_SUBNET, REGION_LABEL, Granularity, network_prefix
+from kilo.routes import Compatibility, Encapsulation, Strategy
+
+LOG_LEVELS = {"all": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "none": logging.CRITICAL + 10}
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("true", "1", "yes", "t"):
+        return True
+    if v.lower() in ("false", "0", "no", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {v!r}")
+
+
+def _cidrs(values: list[str]) -> list:
+    out = []
+    for raw in values:
+        for c in filter(None, raw.split(",")):
+            out.append(network_prefix(c))
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = lambda name, default, help: p.add_argument(name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=f"{help} (default {str(default).lower()})")  # noqa: E731
+    p.add_argument("--backend", default="kubernetes", help="The backend for the mesh. Possible values: kubernetes")
+    b("--clean-up", False, "Should kilo clean up network modifications on shutdown?")
+    b("--clean-up-interface", False, "Should Kilo delete its interface when it shuts down?")
+    b("--create-interface", True, "Should kilo create an interface on startup?")
+    b("--cni", True, "Should Kilo manage the node's CNI configuration?")
+    p.add_argument("--cni-path", default=DEFAULT_CNI_PATH, help="Path to CNI config.")
+    p.add_argument("--compatibility", default="", choices=["", "flannel", "cilium"], help="Should Kilo run in compatibility mode? Possible values: flannel, cilium")
+    p.add_argument("--encapsulate", default="always", choices=[s.value for s in Strategy], help="When should Kilo encapsulate packets within a location? (default always)")
+    p.add_argument("--mesh-granularity", default="location", choices=["location", "full", "cross"], help="The granularity of the network mesh to create.")
+    p.add_argument("--kubeconfig", default=None, help="Path to kubeconfig (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).")
+    p.add_argument("--hostname", required=True, help="Hostname of the node on which this process is running.")
+    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="Name of the Kilo interface to use; if it does not exist, it will be created.")
+    p.add_argument("--listen", default=":1107", help="The address at which to listen for health and metrics.")
+    b("--local", True, "Should Kilo manage routes within a location?")
+    p.add_argument("--mtu", default="auto", help="The MTU of the WireGuard interface created by Kilo. 'auto' detects it from the underlay interface.")
+    p.add_argument("--topology-label", default=REGION_LABEL, help="Kubernetes node label used to group nodes into logical locations.")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="The port over which WireGuard peers should communicate.")
+    p.add_argument("--service-cidr", action="append", default=[], help="The service CIDR for the Kubernetes cluster (repeatable); not masqueraded.")
+    p.add_argument("--internal-cidr", action="append", default=[], help="CIDRs to consider for internal IP auto-detection (repeatable).")
+    p.add_argument("--subnet", default=str(DEFAULT_SUBNET), help="CIDR from which to allocate addresses for WireGuard interfaces.")
+    p.add_argument("--resync-period", default="30s", help="How often should the Kilo controllers reconcile? (e.g. 30s, 1m)")
+    b("--iptables-forward-rules", False, "Add default accept rules for forwarding (an nftables forward chain here).")
+    b("--prioritise-private-addresses", False, "Prefer to assign a private IP address to the node's endpoint.")
+    p.add_argument("--log-level", default="info", choices=list(LOG_LEVELS), help="Log level to use.")
+    p.add_argument("--private-key", default="/var/lib/kilo/key", help="Where the WireGuard private key is kept (mode 0600; made if missing).")
+    p.add_argument("--wireguard", default="auto", choices=["auto", "kernel", "userspace"], help="Which WireGuard to use: the kernel module if present (auto), or wireguard-go.")
+    p.add_argument("--nft-table", default="kilo", help="The name of the agent's own nftables table (family inet).")
+    p.add_argument("--version", action="version", version=__version__)
+    return p
+
+
+def _duration(s: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for u in ("ms", "s", "m", "h"):
+        if s.endswith(u) and s[: -len(u)].replace(".", "", 1).isdigit():
+            return float(s[: -len(u)]) * units[u]
+    if s.replace(".", "", 1).isdigit():
+        return float(s)
+    raise ValueError(f"invalid duration {s!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    logging.basicConfig(level=LOG_LEVELS[a.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    log = logging.getLogger("kg")
+    from kilo.agent import Agent, AgentConfig
+
+    try:
+        if a.backend != "kubernetes":
+            raise ValueError(f"backend {a.backend} unknown; possible values are: kubernetes")
+        if not 1 <= a.port <= 65535:
+            raise ValueError(f"invalid port {a.port}")
+        cfg = AgentConfig(
+            hostname=a.hostname,
+            kubeconfig=a.kubeconfig,
+            interface=a.interface,
+            port=a.port,
+            subnet=network_prefix(a.subnet),
+            granularity=Granularity(a.mesh_granularity),
+            topology_label=a.topology_label,
+            local=a.local,
+            encapsulation=Encapsulation(Strategy(a.encapsulate), Compatibility(a.compatibility)),
+            mtu=None if a.mtu == "auto" else int(a.mtu),
+            cni=a.cni,
+            cni_path=a.cni_path,
+            service_cidrs=_cidrs(a.service_cidr),
+            internal_cidrs=_cidrs(a.internal_cidr),
+            resync_period=_duration(a.resync_period),
+            create_interface=a.create_interface,
+            clean_up=a.clean_up,
+            clean_up_interface=a.clean_up_interface,
+            forward_rules=a.iptables_forward_rules,
+            prioritise_private=a.prioritise_private_addresses,
+            private_key_path=a.private_key,
+            wireguard_mode=a.wireguard,
+            nft_table=a.nft_table,
+        )
+    except ValueError as e:
+        print(f"kg: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    from kilo.backend.kubernetes import BackendError, KubernetesBackend
+    from kilo.dataplane.netlink import Netlink
+    from kilo.dataplane.nftables import Nftables
+    from kilo.dataplane.wgdevice import open_device
+    from kilo.server import serve
+
+    try:
+        backend = KubernetesBackend(cfg.kubeconfig)
+        device = open_device(cfg.interface, cfg.wireguard_mode)
+        agent = Agent(cfg, backend, device, Netlink(), Nftables(owned=(("inet", cfg.nft_table),)))
+        agent.start()
+        serve(agent, a.listen)
+    except (BackendError, OSError, RuntimeError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received signal %d; stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.run()
+    finally:
+        agent.shutdown()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
