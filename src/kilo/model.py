@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -94,6 +95,35 @@ class Endpoint:
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
         return f"{self.ip}:{self.port}"
+
+
+_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
+
+
+def is_dns1123_subdomain(s: str) -> bool:
+    return len(s) <= 253 and bool(_DNS1123_SUBDOMAIN.match(s))
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Kilo's ``ParseEndpoint`` (raises ValueError): ``IP:port``, ``[IPv6]:port`` or ``dns-name:port``."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError("not HOST:PORT")
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1-65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets: [ADDRESS]:PORT")
+    try:
+        return Endpoint(port=port, ip=ipaddress.ip_address(host))
+    except ValueError:
+        if bracketed or not is_dns1123_subdomain(host):
+            raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None
+        return Endpoint(port=port, dns=host)
 
 
 def endpoint_str(e: Endpoint | None) -> str:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from kilo.keys import KeyError_, is_zero, key_str, parse_key
 from kilo.model import (
     REGION_LABEL,
+    is_dns1123_subdomain,
+    parse_endpoint,
     Endpoint,
     Granularity,
     Node,
@@ -57,40 +58,11 @@ OWNED_ANNOTATIONS = (
 PEER_API_VERSION = "kilo.squat.ai/v1alpha1"
 PEER_KIND = "Peer"
 
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
-
-
-def is_dns1123_subdomain(s: str) -> bool:
-    return len(s) <= 253 and bool(_DNS1123_SUBDOMAIN.match(s))
-
-
 def parse_cidr(text: str) -> Prefix:
     """A CIDR that keeps its host bits (Kilo's ``normalizeIP``); raises ValueError."""
     if "/" not in text:
         raise ValueError("not a CIDR (no prefix length)")
     return ipaddress.ip_interface(text)
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """Kilo's ``ParseEndpoint``: ``IP:port``, ``[IPv6]:port`` or ``dns-name:port``."""
-    host, sep, port_s = text.rpartition(":")
-    if not sep or not port_s.isdigit():
-        raise ValueError("not HOST:PORT")
-    port = int(port_s)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError("an IPv6 address needs brackets: [ADDRESS]:PORT")
-    try:
-        return Endpoint(port=port, ip=ipaddress.ip_address(host))
-    except ValueError:
-        if bracketed or not is_dns1123_subdomain(host):
-            raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None
-        return Endpoint(port=port, dns=host)
 
 
 class _Reader:

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from kilo.keys import is_zero, key_str, parse_key
-from kilo.model import Endpoint, Prefix
+from kilo.model import Endpoint, Prefix, parse_endpoint
 
 
 @dataclass
@@ -68,24 +68,6 @@ class WgConf:
 
 class ConfigError(ValueError):
     """A WireGuard INI text that cannot be read; the message names the line."""
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """``IP:port``, ``[IPv6]:port`` or ``name:port``."""
-    host, sep, port_s = text.rpartition(":")
-    if not sep or not port_s.isdigit():
-        raise ValueError(f"endpoint {text!r} has no port")
-    port = int(port_s)
-    if not 0 < port < 65536:
-        raise ValueError(f"endpoint {text!r}: port out of range")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return Endpoint(port=port, ip=ipaddress.ip_address(host))
-    except ValueError:
-        if not host or ":" in host:
-            raise ValueError(f"endpoint {text!r}: bad host") from None
-        return Endpoint(port=port, dns=host)
 
 
 def parse(text: str) -> WgConf:
