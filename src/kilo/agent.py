@@ -35,7 +35,7 @@ from kilo.model import (
     Peer,
     Prefix,
 )
-from kilo.routes import Encapsulation, Interfaces, routes
+from kilo.routes import Encapsulation, Interfaces, Strategy, routes
 from kilo.topology import Topology, TopologyError, new_topology
 from kilo.translate import node_annotations, node_from_object, peer_from_object
 from kilo.wireguard import WgConf
@@ -311,6 +311,10 @@ class Agent:
         changes: list[str] = []
         if self.cfg.cni:
             changes += self.update_cni(me)
+        if self.cfg.encapsulation.strategy is not Strategy.NEVER and self.private_ip is not None and not self.cfg.encapsulation.compatibility:
+            from kilo.dataplane import ipip
+
+            changes += ipip.ensure(me.subnet)
         now = int(time.time())
         ready = {k: n for k, n in nodes.items() if n.ready(now)}
         ready_peers = {k: p for k, p in peers.items() if p.ready()}
