@@ -53,3 +53,9 @@ def control_plane() -> Iterator[ControlPlane]:
     with ControlPlane() as cp:
         install_crd(cp)
         yield cp
+
+
+@pytest.fixture(scope="session")
+def helm() -> pathlib.Path:
+    need_binaries("helm")
+    return locate("helm")
