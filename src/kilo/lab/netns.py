@@ -55,12 +55,24 @@ def names(prefix: str = "") -> list[str]:
         return []
 
 
-def create(name: str, forwarding: bool = False) -> None:
-    """A new named namespace with ``lo`` up (and IPv4 forwarding, if asked)."""
+def create(name: str, forwarding: bool = False, strict_arp: bool = False) -> None:
+    """A new named namespace with ``lo`` up (and IPv4 forwarding, if asked).
+
+    ``strict_arp``: answer ARP only for addresses of the interface asked on (``arp_ignore=1``,
+    ``arp_announce=2``), as separate machines would; otherwise Linux's weak host model lets a
+    host on a shared bridge reach another's addresses on other networks (a leader's LAN address
+    over the "internet"), which would hide a missing tunnel.
+    """
     run(["ip", "netns", "add", name])
     ip(name, "link", "set", "lo", "up")
-    if forwarding:
-        sysctl(name, "net.ipv4.ip_forward", "1")
+    settings = {"net.ipv4.ip_forward": "1"} if forwarding else {}
+    if strict_arp:
+        settings.update({"net.ipv4.conf.all.arp_ignore": "1",
+                         "net.ipv4.conf.all.arp_announce": "2"})
+    if settings:
+        script = " && ".join(f'echo {v} > /proc/sys/{k.replace(".", "/")}'
+                             for k, v in settings.items())
+        run(["sh", "-c", script], netns=name)
 
 
 def delete(name: str) -> None:
