@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,3 +59,21 @@ def control_plane() -> Iterator[ControlPlane]:
 def helm() -> pathlib.Path:
     need_binaries("helm")
     return locate("helm")
+
+
+class Require:
+    """Preconditions a test states; unmet ones skip it (fail it in CI)."""
+
+    binaries = staticmethod(need_binaries)
+    root = staticmethod(need_root)
+
+
+@pytest.fixture(scope="session")
+def require() -> Require:
+    return Require()
+
+
+@pytest.fixture(scope="session")
+def crd_installer() -> Callable[[ControlPlane], None]:
+    """Installs manifests/crds.yaml into a control plane and waits until it is served."""
+    return install_crd

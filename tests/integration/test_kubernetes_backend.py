@@ -18,8 +18,6 @@ from kilo.backend.kubernetes import (
     list_objects,
 )
 from kilo.lab.controlplane import ControlPlane
-
-from conftest import install_crd
 from kilo.translate import OWNED_ANNOTATIONS, node_from_object
 
 pytestmark = pytest.mark.integration
@@ -154,11 +152,11 @@ def test_recovers_after_apiserver_restart(control_plane: ControlPlane,
     restart_scenario(control_plane, backend, compact=False)
 
 
-def test_relists_on_410_gone_after_restart() -> None:
+def test_relists_on_410_gone_after_restart(crd_installer: Callable[[ControlPlane], None]) -> None:
     """Without the API server's watch cache, a watch resumed from a compacted resourceVersion
     gets 410 Gone; the backend lists again and delivers the difference."""
     with ControlPlane(apiserver_args=["--watch-cache=false"]) as cp:
-        install_crd(cp)
+        crd_installer(cp)
         with KubernetesBackend(cp.kubeconfig) as backend:
             restart_scenario(cp, backend, compact=True)
             assert backend.relists >= 1

@@ -88,13 +88,15 @@ class Event:
 def api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClient:
     """A client from ``kubeconfig``; without one, in-cluster config, else $KUBECONFIG or
     ~/.kube/config, as kubectl does."""
+    new_client: Callable[..., k8s_client.ApiClient] = k8s_config.new_client_from_config
     if kubeconfig:
-        return k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        return new_client(config_file=str(kubeconfig))
     cfg = k8s_client.Configuration()
+    load_incluster: Callable[..., None] = k8s_config.load_incluster_config
     try:
-        k8s_config.load_incluster_config(client_configuration=cfg)
+        load_incluster(client_configuration=cfg)
     except k8s_config.ConfigException:
-        return k8s_config.new_client_from_config()
+        return new_client()
     return k8s_client.ApiClient(cfg)
 
 
@@ -248,7 +250,7 @@ class KubernetesBackend:
         self._stop.set()
         for resp in list(self._streams.values()):
             try:
-                resp.shutdown()  # type: ignore[attr-defined]
+                resp.shutdown()
             except Exception:  # the stream may already be gone
                 pass
         for thread in self._threads:
@@ -373,4 +375,5 @@ def list_objects(kubeconfig: str | Path | None = None) -> tuple[list[Obj], list[
     try:
         return backend.list_objects()
     finally:
-        backend.api.close()
+        close: Callable[[], None] = backend.api.close
+        close()

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from cryptography import x509
@@ -131,7 +131,7 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return cast(T, box["value"])
 
 
 def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
@@ -204,6 +204,12 @@ class ControlPlane:
     @property
     def etcd_url(self) -> str:
         return f"http://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The PIDs of the running processes started by this control plane."""
+        procs = {"etcd": self._etcd, "kube-apiserver": self._apiserver}
+        return {name: p.pid for name, p in procs.items() if p is not None and p.poll() is None}
 
     def __enter__(self) -> ControlPlane:
         try:
