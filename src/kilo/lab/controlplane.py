@@ -9,6 +9,7 @@ named ``kpy-etcd`` and ``kpy-apiserver`` so they are easy to recognise in ``ps``
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import ctypes
@@ -223,7 +224,10 @@ class ControlPlane:
         self.close()
 
     def start(self) -> None:
+        """Start etcd and kube-apiserver. The processes get SIGKILL if the thread that started
+        them ends (PR_SET_PDEATHSIG), so start them from a thread that outlives them."""
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="kpy-cp-"))
+        atexit.register(self.close)
         self._prepare_files()
         if self.netns is not None:
             subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
@@ -243,6 +247,7 @@ class ControlPlane:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+        atexit.unregister(self.close)
 
     def stop_apiserver(self) -> None:
         """Stop only kube-apiserver (etcd keeps the data); ``start_apiserver`` brings it back."""
