@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +22,11 @@ from tests.integration.conftest import REPO, need_binaries, need_root, unavailab
 
 pytestmark = pytest.mark.integration
 
+# unique names: two test runs on one machine do not collide
+NAME = f"st{uuid.uuid4().hex[:6]}"
+TINY_NAME = f"tt{uuid.uuid4().hex[:6]}"
 SPEC: dict[str, Any] = {
-    "name": "tstatic",
+    "name": NAME,
     "clusters": [{
         "name": "c1",
         "locations": [
@@ -75,16 +79,16 @@ def lab() -> Iterator[tuple[Lab, dict[str, str]]]:
     finally:
         pids = [p for n in lab.state.get("namespaces", []) for p in netns.pids(n)]
         lab.down()
-        assert_gone("tstatic", pids)
+        assert_gone(NAME, pids)
         assert root_view() == before
 
 
 def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
-    names = set(lab_namespaces("tstatic"))
+    names = set(lab_namespaces(NAME))
     want = {"sw", "admin", "c1-cp", "a1", "a2", "g1", "g2", "laptop", "a1-p0", "a2-p0", "a2-p1",
             "g1-p0", "g2-p0"}
-    assert names == {f"kpy-tstatic-{h}" for h in want}
+    assert names == {f"kpy-{NAME}-{h}" for h in want}
     sw = netns.links(lb.ns("sw"))
     assert {"kpy-inet", "kpy-m0", "kpy-l0-0", "kpy-l0-1"} <= set(sw)
     assert all(len(name) <= 15 for name in sw)
@@ -162,17 +166,17 @@ def test_cli_status_exec_kubeconfig(lab: tuple[Lab, dict[str, str]]) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "kilo.lab.cli", *args],
                               capture_output=True, text=True, timeout=60)
-    st = json.loads(cli("status", "tstatic", "--json").stdout)
+    st = json.loads(cli("status", NAME, "--json").stdout)
     assert st["phase"] == "ready" and st["pods"]["a1-p0"]["ip"] == "10.2.0.2/24"
-    assert cli("kubeconfig", "c1", "--lab", "tstatic").stdout.strip() == \
-        str(state_dir("tstatic") / "clusters" / "c1" / "kubeconfig")
-    out = cli("exec", "--lab", "tstatic", "a2-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0")
+    assert cli("kubeconfig", "c1", "--lab", NAME).stdout.strip() == \
+        str(state_dir(NAME) / "clusters" / "c1" / "kubeconfig")
+    out = cli("exec", "--lab", NAME, "a2-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert "10.2.1.3/24" in out.stdout, out.stderr
 
 
 # --- teardown in the bad cases -------------------------------------------------------------
 
-TINY: dict[str, Any] = {"name": "ttiny", "clusters": [{"name": "c1", "locations": [
+TINY: dict[str, Any] = {"name": TINY_NAME, "clusters": [{"name": "c1", "locations": [
     {"name": "here", "nodes": [{"name": "t1", "public": True}]}]}]}
 
 
@@ -188,7 +192,7 @@ def test_failure_during_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(LabError, match="injected"):
         lab.up()
     assert seen, "the control plane should have been running"
-    assert_gone("ttiny", seen)
+    assert_gone(TINY_NAME, seen)
 
 
 def test_down_after_a_crash() -> None:
@@ -199,19 +203,19 @@ def test_down_after_a_crash() -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "UP"
-        pids = [p for n in lab_namespaces("ttiny") for p in netns.pids(n)]
+        pids = [p for n in lab_namespaces(TINY_NAME) for p in netns.pids(n)]
         assert pids
         proc.kill()
         proc.wait()
-        assert load_state("ttiny") is not None and lab_namespaces("ttiny")
-        out = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", "ttiny"],
+        assert load_state(TINY_NAME) is not None and lab_namespaces(TINY_NAME)
+        out = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        assert_gone("ttiny", pids)
+        assert_gone(TINY_NAME, pids)
     finally:
         if proc.poll() is None:
             proc.kill()
-        subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", "ttiny"],
+        subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
                        capture_output=True, timeout=120)
 
 
@@ -226,17 +230,17 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "pod t1-p0: 10.2.0.2/24" in up.stdout
-        st = load_state("ttiny")
+        st = load_state(TINY_NAME)
         assert st is not None and st["phase"] == "ready"
         holder = st["owner"]["pid"]
         assert netns.alive(holder)
         assert time.monotonic() - t0 < 60
     finally:
-        pids = [p for n in lab_namespaces("ttiny") for p in netns.pids(n)]
-        down = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", "ttiny"],
+        pids = [p for n in lab_namespaces(TINY_NAME) for p in netns.pids(n)]
+        down = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
                               capture_output=True, text=True, timeout=180)
     assert down.returncode == 0, down.stderr
-    assert_gone("ttiny", [*pids, holder])
+    assert_gone(TINY_NAME, [*pids, holder])
 
 
 def test_spec_file_examples_parse() -> None:

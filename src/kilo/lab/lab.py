@@ -194,10 +194,8 @@ class Lab:
             self.state["phase"] = "stopping"
             with contextlib.suppress(OSError):
                 self._save()
-        for node in list(self.agents):
-            self.stop_agent(node)
-        for proc in self.proxies.values():
-            _stop_popen(proc)
+        self.stop_agents(list(self.agents))
+        _stop_popens(list(self.proxies.values()))
         self.proxies.clear()
         for cp in self.control_planes.values():
             with contextlib.suppress(Exception):
@@ -405,16 +403,20 @@ class Lab:
         return proc
 
     def stop_agent(self, node: str, timeout: float = 15.0) -> int | None:
-        """SIGTERM kg on ``node`` and wait for it; returns its exit code (None if not running)."""
-        proc = self.agents.pop(node, None)
-        if proc is None:
-            return None
-        code = _stop_popen(proc, timeout)
-        if self.state:
-            self.state["processes"].pop(f"kg/{node}", None)
+        """SIGTERM kg on ``node`` and wait for it (SIGKILL after ``timeout``); returns its exit
+        code (None if it was not running)."""
+        return self.stop_agents([node], timeout).get(node)
+
+    def stop_agents(self, nodes: Sequence[str], timeout: float = 15.0) -> dict[str, int | None]:
+        """Stop kg on several nodes at once (all get SIGTERM first, then they are waited for)."""
+        procs = {n: self.agents.pop(n) for n in nodes if n in self.agents}
+        codes = dict(zip(procs, _stop_popens(list(procs.values()), timeout)))
+        if self.state and procs:
+            for n in procs:
+                self.state["processes"].pop(f"kg/{n}", None)
             with contextlib.suppress(OSError):
                 self._save()
-        return code
+        return codes
 
     def restart_agent(self, node: str) -> subprocess.Popen[bytes]:
         self.stop_agent(node)
@@ -705,17 +707,22 @@ def status(name: str, root: pathlib.Path | None = None) -> dict[str, Any]:
 
 # --- small helpers ------------------------------------------------------------------------
 
-def _stop_popen(proc: subprocess.Popen[Any], timeout: float = 15.0) -> int | None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+def _stop_popens(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> list[int | None]:
+    """SIGTERM each running process, wait for all (up to ``timeout``), SIGKILL the rest."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
         try:
-            proc.wait(timeout)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, timeout)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(5)
-    return proc.returncode
+    return [proc.returncode for proc in procs]
 
 
 def _tail(path: pathlib.Path, lines: int = 20) -> str:
