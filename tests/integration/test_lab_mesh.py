@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.integration
 NAME = f"mesh{uuid.uuid4().hex[:6]}"
 SPEC: dict[str, Any] = {
     "name": NAME,
+    "kubeProxy": True,
     "clusters": [{
         "name": "c1",
         "granularity": "location",
@@ -41,7 +43,7 @@ LEADERS = {"aws": "a1", "gcp": "g1"}
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go")
+    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go", "kube-proxy")
     reason = cni.plugins_available()
     if reason:
         unavailable(reason)
@@ -127,3 +129,27 @@ def test_agent_restart_keeps_the_mesh(lab: Lab) -> None:
     assert lab.agent_running("g1")
     assert all_pairs_ping(lab, timeout=30) == []
     assert time.monotonic() - t0 < 60
+
+
+def test_cluster_ip_service_across_locations(lab: Lab) -> None:
+    """kube-proxy on every node: a ClusterIP whose backend is a pod in the other location."""
+    backend = lab.pods["g2-p0"]
+    server = lab.popen(backend.name, ["python3", "-m", "http.server", "8080", "--bind",
+                                      "0.0.0.0"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    try:
+        cluster_ip = lab.service("c1", "web", 80, [(backend.address, 8080)])
+        deadline = time.monotonic() + 30
+        codes: list[str] = []
+        for client in ("a2-p0", "a1-p0", "a2"):
+            while time.monotonic() < deadline:
+                out = lab.exec(client, ["curl", "-s", "-m", "2", "-o", "/dev/null", "-w",
+                                        "%{http_code}", f"http://{cluster_ip}/"])
+                if out.stdout == "200":
+                    break
+                time.sleep(0.5)
+            codes.append(out.stdout)
+        assert codes == ["200", "200", "200"]
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -105,13 +105,14 @@ class Lab:
     def __init__(self, spec: LabSpec | Mapping[str, Any], *, agent: bool | None = None,
                  state_root: pathlib.Path | None = None,
                  progress: Callable[[str], None] | None = None,
-                 agent_timeout: float = 60.0) -> None:
+                 agent_timeout: float = 60.0, proxy_mode: str = "iptables") -> None:
         self.spec = spec if isinstance(spec, LabSpec) else parse(spec)
         self.raw: Mapping[str, Any] | None = None if isinstance(spec, LabSpec) else spec
         self.agent = self.spec.agent if agent is None else agent
         self.dir = state_dir(self.spec.name, state_root)
         self.progress = progress or (lambda msg: log.info("%s", msg))
         self.agent_timeout = agent_timeout
+        self.proxy_mode = proxy_mode
         self.control_planes: dict[str, ControlPlane] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.proxies: dict[str, subprocess.Popen[bytes]] = {}
@@ -194,7 +195,7 @@ class Lab:
             self.state["phase"] = "stopping"
             with contextlib.suppress(OSError):
                 self._save()
-        self.stop_agents(list(self.agents))
+        self.stop_agents(list(self.agents), timeout=10)
         _stop_popens(list(self.proxies.values()))
         self.proxies.clear()
         for cp in self.control_planes.values():
@@ -480,9 +481,13 @@ class Lab:
             d = self.node_dir(n.name)
             argv = ["ip", "netns", "exec", self.ns(n.name), binary,
                     f"--kubeconfig={self.kubeconfig(c.name)}", f"--hostname-override={n.name}",
-                    f"--cluster-cidr={c.pod_cidr}", "--proxy-mode=iptables",
-                    "--conntrack-max-per-core=0", "--metrics-bind-address=127.0.0.1:10249",
-                    "--healthz-bind-address=127.0.0.1:10256", "--v=1"]
+                    f"--cluster-cidr={c.pod_cidr}", f"--proxy-mode={self.proxy_mode}",
+                    # leave the machine-wide conntrack settings alone
+                    "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+                    "--conntrack-tcp-timeout-close-wait=0",
+                    "--metrics-bind-address=127.0.0.1:10249",
+                    "--healthz-bind-address=127.0.0.1:10256", "--nodeport-addresses=primary",
+                    "--v=1"]
             with open(d / "kube-proxy.log", "ab") as out:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True,
@@ -531,6 +536,28 @@ class Lab:
         from kilo.dataplane.wgdevice import UserspaceDevice
         argv = UserspaceDevice("kilo0", netns=self.ns(node)).wg_argv(*args)
         return netns.run(argv, check=check)
+
+    def service(self, cluster: str, name: str, port: int, backends: Sequence[tuple[str, int]],
+                namespace: str = "default") -> str:
+        """A selector-less Service with an EndpointSlice listing ``backends`` (ip, port), as
+        the (absent) endpoint controllers would make it; returns its ClusterIP. kube-proxy
+        (``kubeProxy: true``) makes it reachable from nodes and pods."""
+        target = backends[0][1] if backends else port
+        svc = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": namespace},
+               "spec": {"ports": [{"name": "p", "port": port, "targetPort": target,
+                                   "protocol": "TCP"}]}}
+        eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": f"{name}-lab", "namespace": namespace,
+                            "labels": {"kubernetes.io/service-name": name}},
+               "addressType": "IPv4",
+               "ports": [{"name": "p", "port": target, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}
+                             for ip, _ in backends]}
+        doc = {"apiVersion": "v1", "kind": "List", "items": [svc, eps]}
+        self.kubectl(cluster, "apply", "-f", "-", input=json.dumps(doc))
+        return self.kubectl(cluster, "get", "service", name, "-n", namespace, "-o",
+                            "jsonpath={.spec.clusterIP}").stdout.strip()
 
     def ping(self, host: str, ip: str, count: int = 1, wait: float = 1.0) -> bool:
         proc = self.exec(host, ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), ip])
