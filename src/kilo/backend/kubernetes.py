@@ -53,9 +53,10 @@ RETRIABLE = frozenset({429, 500, 502, 503, 504})
 class BackendError(RuntimeError):
     """A request to the API server failed; the message says which and why."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after  # the server's Retry-After, when it said one
 
 
 class CRDMissing(BackendError):
@@ -133,10 +134,7 @@ class _Http:
             resp = self.request(method, path, **kwargs)
             if resp.status not in RETRIABLE or time.monotonic() >= deadline:
                 break
-            try:
-                delay = float(resp.headers.get("Retry-After") or 0.5)
-            except ValueError:
-                delay = 0.5
+            delay = _retry_after(resp) or 0.5
             time.sleep(min(max(delay, 0.1), 2.0, max(deadline - time.monotonic(), 0.1)))
         if resp.status == 404 and path.startswith(PEER_PATH):
             raise CRDMissing()
@@ -144,6 +142,13 @@ class _Http:
             raise BackendError(f"{method} {path}: HTTP {resp.status}: {_reason(resp.data)}",
                                resp.status)
         return dict(json.loads(resp.data))
+
+
+def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
+    try:
+        return float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
 
 
 def _reason(data: bytes) -> str:
@@ -302,9 +307,12 @@ class KubernetesBackend:
             except (BackendError, urllib3.exceptions.HTTPError, OSError, ValueError) as err:
                 if self._stop.is_set():
                     return
-                log.warning("watch of %ss failed, retrying in %.1f s: %s", kind, delay, err)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                hint = getattr(err, "retry_after", None)
+                wait = min(hint, 5.0) if hint is not None else delay
+                log.warning("watch of %ss failed, retrying in %.1f s: %s", kind, wait, err)
+                self._stop.wait(wait)
+                if hint is None:
+                    delay = min(delay * 2, 5.0)
 
     def _watch(self, kind: str) -> None:
         timeout = self.watch_timeout + random.randint(0, max(self.watch_timeout // 5, 1))
@@ -320,7 +328,8 @@ class KubernetesBackend:
                 raise _Gone()
             if resp.status == 404 and kind == "Peer":
                 raise CRDMissing()
-            raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status)
+            raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status,
+                               _retry_after(resp))
         self._streams[kind] = resp
         try:
             for line in _lines(resp):
