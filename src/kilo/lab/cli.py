@@ -144,9 +144,10 @@ def cmd_down(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + 120
             while netns.alive(pid, start) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        problems = teardown(name, progress=_say)
+        problems = teardown(name, progress=lambda msg: None)
         for p in problems:
             print(f"warning: {p}", file=sys.stderr)
+        _say(f"lab {name} is down" + (" (with warnings)" if problems else ""))
     return 0
 
 
@@ -209,6 +210,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         cmd = [os.environ.get("SHELL", "/bin/sh")]
     env = dict(os.environ, KPY_LAB=name, KPY_HOST=host)
+    try:  # kubectl (and the rest of the pinned binaries) on PATH
+        from kilo.lab.binaries import locate
+        env["PATH"] = f"{locate('kubectl').parent}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
+    except Exception:  # noqa: BLE001  (not built: the user's PATH as it is)
+        pass
     if cluster is not None:
         env["KUBECONFIG"] = str(state_dir(name) / "clusters" / cluster / "kubeconfig")
     elif host == "admin" and len(state.get("clusters", {})) == 1:

@@ -282,6 +282,9 @@ def _validate(spec: LabSpec) -> None:
         if n in seen or n in reserved:
             raise SpecError(f"name {n!r} is used twice (or reserved: sw, admin); "
                             "cluster, node and peer names must be unique in a lab")
+        if re.search(r"-(cp|p\d+)$", n):
+            raise SpecError(f"name {n!r}: names ending in -cp or -p<number> are kept for "
+                            "control planes and pods")
         seen.add(n)
     nets: list[tuple[str, IPv4Net]] = [(f"internet {n}", n) for n in spec.internet]
     for c in spec.clusters:
@@ -306,10 +309,11 @@ def _validate(spec: LabSpec) -> None:
         owners[ip] = who
     for c in spec.clusters:
         lans: dict[IPv4Addr, str] = {}
-        for n in c.nodes:
-            if n.lan_ip in lans:
-                raise SpecError(f"{n.name}: LAN address {n.lan_ip} is also {lans[n.lan_ip]}'s")
-            lans[n.lan_ip] = n.name
+        for node in c.nodes:
+            if node.lan_ip in lans:
+                raise SpecError(f"{node.name}: LAN address {node.lan_ip} is also "
+                                f"{lans[node.lan_ip]}'s")
+            lans[node.lan_ip] = node.name
 
 
 # --- small readers ------------------------------------------------------------------------
