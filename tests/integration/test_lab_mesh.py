@@ -153,3 +153,23 @@ def test_cluster_ip_service_across_locations(lab: Lab) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_node_joins_and_leaves(lab: Lab) -> None:
+    node = lab.add_node("c1", "gcp", "g3")
+    assert str(node.pod_cidr) == "10.2.4.0/24" and node.lan_ip.exploded == "10.10.2.3"
+    assert lab.pods["g3-p0"].address == "10.2.4.2"
+    assert all_pairs_ping(lab, timeout=60) == []
+    live = parse(lab.wg("a1", "showconf", "kilo0").stdout)
+    assert "10.2.4.0/24" in {str(a.network) for p in live.peers for a in p.allowed_ips}
+    lab.remove_node("g3")
+    assert not netns.exists(lab.ns("g3")) and "g3-p0" not in lab.pods
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        live = parse(lab.wg("a1", "showconf", "kilo0").stdout)
+        if "10.2.4.0/24" not in {str(a.network) for p in live.peers for a in p.allowed_ips}:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the removed node's pod CIDR is still in a1's WireGuard config")
+    assert all_pairs_ping(lab, timeout=30) == []

@@ -22,6 +22,7 @@ crash), kubeconfigs, and per node its key, conflist, host-local leases and ``kg.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -368,19 +369,23 @@ class Lab:
             if not n.agent:
                 self._write_conflist(n, with_range=True)
                 continue
-            while True:
-                conf = cni.read_conflist(self.conflist_path(n.name))
-                if conf is not None and cni.conflist_subnet(conf) == str(n.pod_cidr):
-                    break
-                proc = self.agents.get(n.name)
-                if proc is not None and proc.poll() is not None:
-                    raise LabError(f"kg on {n.name} exited with {proc.returncode}:\n"
-                                   f"{_tail(self.agent_log(n.name))}")
-                if time.monotonic() > deadline:
-                    raise LabError(f"kg on {n.name} did not write the pod CIDR {n.pod_cidr} into "
-                                   f"{self.conflist_path(n.name)} within {self.agent_timeout:.0f} s:"
-                                   f"\n{_tail(self.agent_log(n.name))}")
-                time.sleep(0.1)
+            self._wait_conflist(n, deadline)
+
+    def _wait_conflist(self, n: NodeSpec, deadline: float) -> None:
+        """Wait until kg has put the node's pod CIDR into its conflist."""
+        while True:
+            conf = cni.read_conflist(self.conflist_path(n.name))
+            if conf is not None and cni.conflist_subnet(conf) == str(n.pod_cidr):
+                return
+            proc = self.agents.get(n.name)
+            if proc is not None and proc.poll() is not None:
+                raise LabError(f"kg on {n.name} exited with {proc.returncode}:\n"
+                               f"{_tail(self.agent_log(n.name))}")
+            if time.monotonic() > deadline:
+                raise LabError(f"kg on {n.name} did not write the pod CIDR {n.pod_cidr} into "
+                               f"{self.conflist_path(n.name)} within {self.agent_timeout:.0f} s:"
+                               f"\n{_tail(self.agent_log(n.name))}")
+            time.sleep(0.1)
 
     def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start kg on ``node`` (logging to its kg.log, appended)."""
@@ -472,29 +477,110 @@ class Lab:
         self.state["namespaces"] = [n for n in self.state["namespaces"] if n != pod.netns]
         self._save()
 
+    # ---- nodes joining and leaving a running lab
+
+    def add_node(self, cluster: str, location: str, name: str, *, public: bool = False,
+                 pods: int = 1, agent: bool | None = None,
+                 labels: Mapping[str, str] | None = None,
+                 annotations: Mapping[str, str] | None = None) -> NodeSpec:
+        """A new node joins a running lab: namespace and links, Node object, kg (if the lab runs
+        agents), its pods and kube-proxy. Addresses are the next free ones."""
+        c = self.spec.cluster(cluster)
+        j, loc = next(((j, loc) for j, loc in enumerate(c.locations) if loc.name == location),
+                      (-1, None))
+        if loc is None:
+            raise LabError(f"cluster {cluster} has no location {location!r}")
+        if name in set(self.spec.hosts()) | {x.name for x in self.spec.clusters}:
+            raise LabError(f"name {name!r} is taken")
+        all_nodes = self.spec.nodes
+        used_public = {n.public_ip for n in all_nodes} | {p.public_ip for p in self.spec.peers}
+        public_ip = next((ip for ip in self.spec.internet[0].hosts() if ip not in used_public),
+                         None) if public else None
+        if public and public_ip is None:
+            raise LabError("no public address left")
+        index = max((n.index for n in c.nodes), default=-1) + 1
+        node = NodeSpec(
+            name=name, cluster=cluster, location=location, index=index,
+            lan_ip=next(ip for ip in loc.cidr.hosts() if ip not in {n.lan_ip for n in c.nodes}),
+            mgmt_ip=next(ip for ip in list(c.mgmt_cidr.hosts())[10:-1]
+                         if ip not in {n.mgmt_ip for n in c.nodes}),
+            pod_cidr=list(c.pod_cidr.subnets(new_prefix=c.node_prefix))[index],
+            public_ip=public_ip, pods=pods,
+            labels={"topology.kubernetes.io/region": location, **(labels or {})},
+            annotations=dict(annotations or {}), agent=self.agent if agent is None else agent)
+        new_loc = dataclasses.replace(loc, nodes=(*loc.nodes, node))
+        locs = tuple(new_loc if x is loc else x for x in c.locations)
+        clusters = tuple(dataclasses.replace(x, locations=locs) if x is c else x
+                         for x in self.spec.clusters)
+        self.spec = dataclasses.replace(self.spec, clusters=clusters)
+        self._build_node(c, node, f"kpy-l{c.index}-{j}", loc.cidr.prefixlen)
+        self._save()
+        self.kubectl(cluster, "create", "-f", "-", input=json.dumps(node_object(node)))
+        self._write_conflist(node, with_range=not (self.agent and node.agent))
+        if self.agent and node.agent:
+            self.start_agent(name)
+            self._wait_conflist(node, time.monotonic() + self.agent_timeout)
+        for i in range(pods):
+            self.add_pod(name, i)
+        if self.spec.kube_proxy:
+            self._start_proxy(node)
+        return node
+
+    def remove_node(self, name: str, delete_object: bool = True) -> None:
+        """A node leaves: its agent, kube-proxy, pods and namespace go (and, by default, its
+        Node object, as when a node is deleted from the cluster)."""
+        node = self.spec.node(name)
+        self.stop_agent(name)
+        proxy = self.proxies.pop(name, None)
+        if proxy is not None:
+            _stop_popens([proxy])
+            self.state["processes"].pop(f"kube-proxy/{name}", None)
+        for pod in [p for p in self.pods if self.pods[p].node == name]:
+            self.delete_pod(pod)
+        ns = self.ns(name)
+        ino = netns.inode(ns)
+        netns.kill_all_in(ns)
+        netns.delete(ns)
+        if ino is not None:
+            shutil.rmtree(f"{WG_SOCKET_ROOT}/net-{ino}", ignore_errors=True)
+        self.state["namespaces"] = [n for n in self.state["namespaces"] if n != ns]
+        self.state["nodes"].pop(name, None)
+        self._save()
+        if delete_object:
+            self.kubectl(node.cluster, "delete", "node", name, "--wait=false")
+        c = self.spec.cluster(node.cluster)
+        locs = tuple(dataclasses.replace(loc, nodes=tuple(n for n in loc.nodes if n.name != name))
+                     for loc in c.locations)
+        self.spec = dataclasses.replace(self.spec, clusters=tuple(
+            dataclasses.replace(x, locations=locs) if x is c else x for x in self.spec.clusters))
+        shutil.rmtree(self.node_dir(name), ignore_errors=True)
+
     # ---- kube-proxy (ClusterIP Services)
 
     def _start_proxies(self) -> None:
-        binary = str(locate("kube-proxy"))
         for n in self.spec.nodes:
-            c = self.spec.cluster(n.cluster)
-            d = self.node_dir(n.name)
-            argv = ["ip", "netns", "exec", self.ns(n.name), binary,
-                    f"--kubeconfig={self.kubeconfig(c.name)}", f"--hostname-override={n.name}",
-                    f"--cluster-cidr={c.pod_cidr}", f"--proxy-mode={self.proxy_mode}",
-                    # leave the machine-wide conntrack settings alone
-                    "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
-                    "--conntrack-tcp-timeout-close-wait=0",
-                    "--metrics-bind-address=127.0.0.1:10249",
-                    "--healthz-bind-address=127.0.0.1:10256", "--nodeport-addresses=primary",
-                    "--v=1"]
-            with open(d / "kube-proxy.log", "ab") as out:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        env=dict(os.environ, GOMAXPROCS="1",
-                                                 GOMEMLIMIT="128MiB"))
-            self.proxies[n.name] = proc
-            self._record_proc(f"kube-proxy/{n.name}", proc.pid, n.name)
+            self._start_proxy(n)
+
+    def _start_proxy(self, n: NodeSpec) -> None:
+        binary = str(locate("kube-proxy"))
+        c = self.spec.cluster(n.cluster)
+        d = self.node_dir(n.name)
+        argv = ["ip", "netns", "exec", self.ns(n.name), binary,
+                f"--kubeconfig={self.kubeconfig(c.name)}", f"--hostname-override={n.name}",
+                f"--cluster-cidr={c.pod_cidr}", f"--proxy-mode={self.proxy_mode}",
+                # leave the machine-wide conntrack settings alone
+                "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
+                "--conntrack-tcp-timeout-close-wait=0",
+                "--metrics-bind-address=127.0.0.1:10249",
+                "--healthz-bind-address=127.0.0.1:10256", "--nodeport-addresses=primary",
+                "--v=1"]
+        with open(d / "kube-proxy.log", "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env=dict(os.environ, GOMAXPROCS="1",
+                                             GOMEMLIMIT="128MiB"))
+        self.proxies[n.name] = proc
+        self._record_proc(f"kube-proxy/{n.name}", proc.pid, n.name)
 
     # ---- helpers for tests, the demo and the CLI
 
