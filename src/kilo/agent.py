@@ -142,6 +142,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self._dirty.set()
+        self.backend.events.put(None)  # wake the loop now, not at the next event or resync
 
     def request_reconcile(self) -> None:
         self._dirty.set()
