@@ -9,7 +9,7 @@ import base64
 import ipaddress
 import socket
 
-from kilo.dataplane import uapi, wgdevice
+from kilo.dataplane import uapi, wg_kernel, wgdevice
 from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
@@ -119,10 +119,10 @@ def test_kernel_message_parsing() -> None:
     m.encode()
     d = wgmsg(m.data)
     d.decode()
-    assert wgdevice._kernel_key(d.get_attr("WGDEVICE_A_PRIVATE_KEY")) == K1
+    assert wg_kernel._kernel_key(d.get_attr("WGDEVICE_A_PRIVATE_KEY")) == K1
     dev = DeviceState()
     for p in d.get_attr("WGDEVICE_A_PEERS"):
-        wgdevice._merge_kernel_peer(dev, p)
+        wg_kernel._merge_kernel_peer(dev, p)
     p = dev.peers[K2]
     assert p.endpoint == (A("198.51.100.2"), 51820) and p.persistent_keepalive == 25
     assert p.last_handshake == 1700000000 and p.rx_bytes == 10
