@@ -8,14 +8,12 @@ live cluster; ``graph --format svg|png`` renders through Graphviz's ``dot``; the
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from kilo import __version__
 from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix

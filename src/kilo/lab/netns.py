@@ -91,7 +91,7 @@ def inode(name: str) -> int | None:
 
 def sysctl(netns: str, key: str, value: str) -> None:
     path = "/proc/sys/" + key.replace(".", "/")
-    run(["sh", "-c", f'echo "$1" > "$2"', "sh", value, path], netns=netns)
+    run(["sh", "-c", 'echo "$1" > "$2"', "sh", value, path], netns=netns)
 
 
 # --- links --------------------------------------------------------------------------------
