@@ -128,6 +128,21 @@ build() {
   log "built $name in $((SECONDS - start)) s: $out"
 }
 
+# usable_from_path NAME PATH: whether a binary found on PATH will do. Kubernetes 1.31+ needs
+# etcd >= 3.5.11 for its health checks (Debian's etcd-server is 3.4), so an older etcd is passed by.
+usable_from_path() {
+  case "$1" in
+    etcd)
+      local v
+      v=$("$2" --version 2>/dev/null | sed -n 's/^etcd Version: \([0-9.]*\).*/\1/p')
+      if [ -z "$v" ] || [ "$(printf '%s\n3.5.11\n' "$v" | sort -V | head -n1)" != 3.5.11 ]; then
+        log "ignoring $2 (etcd ${v:-of unknown version}; kube-apiserver needs >= 3.5.11)"
+        return 1
+      fi ;;
+  esac
+  return 0
+}
+
 locate() {
   local name=$1 cached
   cached="$CACHE/bin/$(version_of "$name")/$name"
@@ -135,7 +150,8 @@ locate() {
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/$name" ]; then
     echo "$KUBEBUILDER_ASSETS/$name"; return
   fi
-  if [ "${KILO_IGNORE_PATH:-0}" != 1 ] && [ "$name" != kubectl ] && command -v "$name" >/dev/null 2>&1; then
+  if [ "${KILO_IGNORE_PATH:-0}" != 1 ] && [ "$name" != kubectl ] && command -v "$name" >/dev/null 2>&1 \
+     && usable_from_path "$name" "$(command -v "$name")"; then
     command -v "$name"; return
   fi
   mkdir -p "$CACHE"
