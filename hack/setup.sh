@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-PKGS=(iproute2 nftables iptables wireguard-tools containernetworking-plugins graphviz iputils-ping curl procps util-linux)
+PKGS=(iproute2 nftables iptables wireguard-tools containernetworking-plugins graphviz iputils-ping curl procps util-linux iperf3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
