@@ -34,6 +34,7 @@ from kilo.model import (
     Node,
     Peer,
     Prefix,
+    Problem,
 )
 from kilo.routes import Encapsulation, Interfaces, Strategy, routes
 from kilo.topology import Topology, TopologyError, new_topology
@@ -44,6 +45,20 @@ log = logging.getLogger("kilo.agent")
 
 #: How recent a handshake must be for its source address to count as a discovered endpoint.
 NAT_HANDSHAKE_WINDOW = 180
+#: Seconds between attempts after a failed check-in (an API outage), instead of a full period.
+CHECK_IN_RETRY_SECONDS = 5.0
+
+
+def unreachable_seconds(since: float, now: float, outages: list[tuple[float, float | None]]) -> float:
+    """How many seconds of [since, now] fall into the API server's outages (end None: still
+    away). A node cannot check in while the API server is away, so that time does not count
+    against its readiness: an outage alone never makes a working node look gone."""
+    total = 0.0
+    for start, end in outages:
+        lo, hi = max(start, since), min(now if end is None else end, now)
+        if hi > lo:
+            total += hi - lo
+    return total
 
 
 @dataclass
@@ -111,7 +126,10 @@ class Agent:
         self.last_reconcile_ok = False
         self._published: dict[str, str] | None = None
         self._last_checkin = 0.0
+        self._checkin_ok = True
         self._problems_seen: set[str] = set()
+        self._problems: list[Problem] = []  # values of the cluster's objects that could not be read
+        self._refused: list[Problem] = []  # Peers' allowed IPs the topology refused
         self._translated: dict[tuple[str, str, str], tuple[Any, list[Any]]] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -163,7 +181,7 @@ class Agent:
         next_resync = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            timeout = max(0.0, min(next_resync, self._last_checkin + CHECK_IN_PERIOD_SECONDS) - now)
+            timeout = max(0.0, min(next_resync, self._next_checkin()) - now)
             try:
                 self.backend.events.get(timeout=timeout)
                 self._drain_events()
@@ -180,8 +198,13 @@ class Agent:
                 self.reconcile()
                 if now >= next_resync:
                     next_resync = now + self.cfg.resync_period
-            if time.monotonic() >= self._last_checkin + CHECK_IN_PERIOD_SECONDS:
+            if time.monotonic() >= self._next_checkin():
                 self.check_in()
+
+    def _next_checkin(self) -> float:
+        """Every check-in period; sooner after a failed one, so that the node is seen again
+        soon after the API server returns."""
+        return self._last_checkin + (CHECK_IN_PERIOD_SECONDS if self._checkin_ok else CHECK_IN_RETRY_SECONDS)
 
     def _drain_events(self) -> None:
         while True:
@@ -235,12 +258,32 @@ class Agent:
             if peer is not None:
                 peers[peer.name] = peer
         self._translated = {k: v for k, v in self._translated.items() if k in seen_keys}
+        self._problems = problems
+        self.report()
+        return nodes, peers, nodes.get(self.cfg.hostname)
+
+    def report(self) -> None:
+        """Export the number of current problems (unreadable values, refused claims); log each
+        one once."""
+        problems = self._problems + self._refused
         self.m_problems.set(len(problems))
         for pr in problems:
             if str(pr) not in self._problems_seen:
                 self._problems_seen.add(str(pr))
                 log.warning("ignoring a bad value: %s", pr)
-        return nodes, peers, nodes.get(self.cfg.hostname)
+
+    def refused_claims(self, peers: dict[str, Peer], t: Topology) -> list[Problem]:
+        """The Peers' allowed IPs the topology refused (inside the mesh's own addresses, or
+        claimed by another peer first), as problems to report."""
+        kept = {p.name: {str(a) for a in p.allowed_ips} for p in t.peers}
+        out = []
+        for name, p in sorted(peers.items()):
+            for a in p.allowed_ips:
+                if str(a) not in kept.get(name, set()):
+                    out.append(Problem("Peer", name, "spec.allowedIPs", str(a),
+                                       "lies in a node's pod CIDR, internal IP or WireGuard IP, or "
+                                       "another peer claims it; ignored"))
+        return out
 
     def local_node(self, api: Node) -> Node:
         """The local node as the agent knows it: the API's view plus our key, IPs and state."""
@@ -262,21 +305,32 @@ class Agent:
         )
 
     # -- writing back ----------------------------------------------------------------------
-    def publish(self, node: Node, force: bool = False) -> None:
+    def publish(self, node: Node, force: bool = False) -> bool:
+        """Write the local node's annotations if they differ from the last written (always
+        with ``force``); False if the API server refused or could not be reached."""
         ann = node_annotations(node)
         comparable = {k: v for k, v in ann.items() if not k.endswith("/last-seen")}
         if not force and comparable == self._published:
-            return
+            return True
         try:
             self.backend.set_node_annotations(self.cfg.hostname, ann)
-            self._published = comparable
-            self._last_checkin = time.monotonic()
         except Exception as e:  # noqa: BLE001 - the API may be away; retry at the next check-in
             self.m_errors.inc(event="local")
-            log.error("failed to update the local node's annotations: %s", e)
+            if self._checkin_ok:
+                log.error("failed to update the local node's annotations: %s", e)
+            else:
+                log.debug("still failing to update the local node's annotations: %s", e)
+            self._checkin_ok = False
+            return False
+        if not self._checkin_ok:
+            log.info("updated the local node's annotations again")
+        self._published = comparable
+        self._last_checkin = time.monotonic()
+        self._checkin_ok = True
+        return True
 
     def check_in(self) -> None:
-        self._last_checkin = time.monotonic()  # at most one attempt per period, even on errors
+        self._last_checkin = time.monotonic()  # one attempt per period (or retry interval)
         with self._lock:
             for obj in self.backend.nodes():
                 if (obj.get("metadata") or {}).get("name") == self.cfg.hostname:
@@ -316,8 +370,7 @@ class Agent:
             from kilo.dataplane import ipip
 
             changes += ipip.ensure(me.subnet)
-        now = int(time.time())
-        ready = {k: n for k, n in nodes.items() if n.ready(now)}
+        ready = self.ready_nodes(nodes)
         ready_peers = {k: p for k, p in peers.items() if p.ready()}
         self.m_nodes.set(len(ready))
         self.m_peers.set(len(ready_peers))
@@ -336,6 +389,8 @@ class Agent:
             log.error("cannot compute the topology, leaving the data plane as it is: %s", e)
             return changes
         self.topology = t
+        self._refused = self.refused_claims(ready_peers, t)
+        self.report()
         self.m_leader.set(1 if t.leader else 0)
         self.wireguard_ip = t.wireguard_cidr if t.leader else None
         mtu = self.cfg.mtu
@@ -360,6 +415,20 @@ class Agent:
         self.publish(replace(me, wireguard_ip=self.wireguard_ip))
         self.update_peer_metrics()
         return changes
+
+    def ready_nodes(self, nodes: dict[str, Node]) -> dict[str, Node]:
+        """Kilo's readiness, except that time in which the API server could not be reached is
+        not held against a node's last check-in (it could not check in either)."""
+        now = time.time()
+        outages: list[tuple[float, float | None]] = []
+        if hasattr(self.backend, "outages"):
+            outages = self.backend.outages()
+        ready = {}
+        for k, n in nodes.items():
+            credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
+            if n.ready(int(now - credit)):
+                ready[k] = n
+        return ready
 
     def discover_nat_endpoints(self, nodes: dict[str, Node], peers: dict[str, Peer]) -> dict[str, Endpoint]:
         """Where handshakes with NATed nodes and peers (keepalive > 0) really come from."""

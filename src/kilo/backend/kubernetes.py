@@ -48,6 +48,7 @@ KINDS: dict[str, tuple[str, str]] = {  # kind -> (collection path, apiVersion)
 }
 Obj = dict[str, Any]
 RETRIABLE = frozenset({429, 500, 502, 503, 504})
+OUTAGE_MEMORY = 600.0  # seconds an ended outage is remembered
 
 
 class BackendError(RuntimeError):
@@ -196,6 +197,9 @@ class KubernetesBackend:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._streams: dict[str, urllib3.BaseHTTPResponse] = {}
+        # wall-clock [start, end] of the spells in which the watches could not reach the API
+        # server (end None: still away); the cache is not current then
+        self._outages: list[list[float | None]] = []
 
     # one-shot reads
 
@@ -217,6 +221,25 @@ class KubernetesBackend:
     def peers(self) -> list[Obj]:
         with self._lock:
             return list(self._cache["Peer"].values())
+
+    def outages(self) -> list[tuple[float, float | None]]:
+        """The recent spells (wall-clock start, end; end None while it lasts) in which the API
+        server could not be reached, oldest first: the agent does not hold them against a
+        node's check-in, which could not get through either."""
+        with self._lock:
+            return [(float(s or 0.0), e) for s, e in self._outages]
+
+    def _unreachable(self) -> None:
+        with self._lock:
+            if not self._outages or self._outages[-1][1] is not None:
+                self._outages.append([time.time(), None])
+
+    def _reached(self) -> None:
+        with self._lock:
+            if self._outages and self._outages[-1][1] is None:
+                self._outages[-1][1] = time.time()
+            horizon = time.time() - OUTAGE_MEMORY
+            self._outages = [o for o in self._outages if o[1] is None or float(o[1]) > horizon]
 
     # the local node
 
@@ -278,6 +301,7 @@ class KubernetesBackend:
 
     def _relist(self, kind: str) -> None:
         items, rv = self.list_kind(kind)
+        self._reached()
         fresh = {_name(obj): obj for obj in items}
         with self._lock:
             old = self._cache[kind]
@@ -307,6 +331,7 @@ class KubernetesBackend:
             except (BackendError, urllib3.exceptions.HTTPError, OSError, ValueError) as err:
                 if self._stop.is_set():
                     return
+                self._unreachable()
                 hint = getattr(err, "retry_after", None)
                 wait = min(hint, 5.0) if hint is not None else delay
                 log.warning("watch of %ss failed, retrying in %.1f s: %s", kind, wait, err)
@@ -330,6 +355,7 @@ class KubernetesBackend:
                 raise CRDMissing()
             raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status,
                                _retry_after(resp))
+        self._reached()
         self._streams[kind] = resp
         try:
             for line in _lines(resp):
