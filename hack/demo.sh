@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# The demo. Today it shows the core on a saved four-node, two-location cluster
-# (examples/cluster.yaml): the mesh graph, a leader's WireGuard configuration, a peer's
-# configuration, and a node exported as a Peer for another cluster, all through `kgctl`.
-# The live lab (network namespaces, real tunnels, the talk's three acts) is not built yet.
+# The demo: the talk's three acts on a lab of network namespaces (lab/demo.yaml: clusters c1 and
+# c2 with real kube-apiservers, kg and wireguard-go on every node, CNI pods, kube-proxy; peers
+# laptop and bare-metal-1). Run as root on a Linux machine:
+#
+#   bash hack/demo.sh [--keep] [--lab FILE] [--out DIR]
+#
+# It installs what is missing (hack/setup.sh: packages, the Python package, the pinned binaries,
+# built once), then python3 -m kilo.lab.demo plays the acts, prints a summary table and tears the
+# lab down (--keep leaves it up; `kilo-lab down demo` removes it). Exit code 0 iff every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash hack/setup.sh
-F=examples/cluster.yaml
-step() { printf '\n\033[1m== %s\033[0m\n$ %s\n' "$1" "$2"; eval "$2"; }
-step "The mesh as Graphviz (two locations, eu and us; a laptop peer)" "kgctl --from-file $F graph"
-step "The eu leader's WireGuard configuration" "kgctl --from-file $F showconf node eu-1"
-step "A non-leader has no tunnels of its own" "kgctl --from-file $F showconf node eu-2"
-step "What the laptop peer needs (act 2)" "kgctl --from-file $F showconf peer laptop"
-step "The eu location exported as a Peer for a second cluster (act 3)" \
-  "kgctl --from-file $F showconf node eu-1 --as-peer -o yaml --allowed-ips 10.96.0.0/12"
-out=${TMPDIR:-/tmp}/kilo-demo-graph.svg
-step "The graph rendered to SVG" "kgctl --from-file $F graph --format svg > $out && ls -l $out"
-printf '\nThe live lab demo (namespaces, wireguard-go tunnels, pods pinging across locations) is not available yet.\n'
+
+say() { printf '[demo] %s\n' "$*" >&2; }
+
+[ "$(id -u)" -eq 0 ] || { say "run me as root (the lab uses network namespaces)"; exit 1; }
+
+# hack/setup.sh prints what it installs or builds; a first run builds the control plane from
+# source (minutes), so show that it is alive meanwhile.
+say "setting up (packages, Python package, control-plane binaries)"
+start=$SECONDS
+bash hack/setup.sh &
+setup=$!
+trap 'kill "$setup" 2>/dev/null; wait "$setup" 2>/dev/null; exit 130' INT TERM
+while kill -0 "$setup" 2>/dev/null; do
+  for _ in $(seq 30); do kill -0 "$setup" 2>/dev/null || break; sleep 1; done
+  kill -0 "$setup" 2>/dev/null && say "still setting up ($((SECONDS - start)) s)"
+done
+wait "$setup" || { say "setup failed"; exit 1; }
+trap - INT TERM
+say "setup done in $((SECONDS - start)) s"
+
+eval "$(bash hack/binaries.sh --env)"
+export PYTHONUNBUFFERED=1
+exec "${PYTHON:-python3}" -m kilo.lab.demo "$@"
