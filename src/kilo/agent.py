@@ -293,13 +293,16 @@ class Agent:
         internal = api.internal_ip
         if internal is None and not api.no_internal_ip and self.private_ip is not None:
             internal = self.private_ip.prefix
+        # until our first topology, the WireGuard IP the API holds (a restarted agent would
+        # otherwise clear it for a moment, and every other agent would see the node change)
+        wireguard_ip = self.wireguard_ip if self.topology is not None else api.wireguard_ip
         return replace(
             api,
             endpoint=endpoint,
             key=self.public_key,
             internal_ip=internal,
             last_seen=int(time.time()),
-            wireguard_ip=self.wireguard_ip,
+            wireguard_ip=wireguard_ip,
             discovered_endpoints=dict(self.discovered),
             granularity=self.cfg.granularity,
         )
@@ -340,11 +343,12 @@ class Agent:
     def reconcile(self) -> list[str]:
         with self._lock:
             self.m_reconciles.inc()
-            changes: list[str] = []
+            changes: list[str] = []  # filled as we go: a failure later keeps what was done
             try:
-                changes = self._reconcile()
+                self._reconcile(changes)
                 self.last_reconcile_ok = True
             except Exception as e:  # noqa: BLE001 - keep running; the last good state stays
+                changes += getattr(e, "changes", None) or []  # e.g. routes made before a failure
                 self.last_reconcile_ok = False
                 self.m_errors.inc(event="apply")
                 log.exception("reconcile failed: %s", e)
@@ -355,7 +359,7 @@ class Agent:
                     log.info("changed: %s", c)
             return changes
 
-    def _reconcile(self) -> list[str]:
+    def _reconcile(self, changes: list[str]) -> list[str]:
         nodes, peers, api_self = self.cluster()
         if api_self is None:
             log.warning("node %s is not in the cluster (yet); nothing to do", self.cfg.hostname)
@@ -363,7 +367,6 @@ class Agent:
         me = self.local_node(api_self)
         self.publish(me)
         nodes[me.name] = me
-        changes: list[str] = []
         if self.cfg.cni:
             changes += self.update_cni(me)
         if self.cfg.encapsulation.strategy is not Strategy.NEVER and self.private_ip is not None and not self.cfg.encapsulation.compatibility:

@@ -13,11 +13,15 @@ leaders' tunnels:
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from typing import IO
 
 import pytest
 
+from kilo.lab.binaries import locate
 from kilo.lab.lab import Lab
 from tests.integration.test_agent_support import (
     LEADERS,
@@ -74,27 +78,46 @@ def check_flood(what: str, result: PingResult) -> None:
     assert result.rate >= 80, f"only {result.rate:.0f} pings/s: the machine is too busy"
 
 
+def watch_annotation(lab: Lab, node: str, key: str, out: IO[str]) -> subprocess.Popen[str]:
+    """``kubectl get node -w``, printing one annotation's value at every change."""
+    path = "{.metadata.annotations." + key.replace(".", "\\.") + '}{"\\n"}'
+    return lab.popen("admin", [str(locate("kubectl")), f"--kubeconfig={lab.kubeconfig('c1')}",
+                               "get", "node", node, "-w", "-o", f"jsonpath={path}"],
+                     stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
 def test_leader_restart_loses_no_packet(lab: Lab) -> None:
     node = "a1"
-    flood = Flood(lab, SRC, lab.pods[DST].address)
-    try:
-        time.sleep(2)
-        t0 = time.monotonic()
-        lab.restart_agent(node)
-        wait_healthy(lab, node, timeout=30)
-        print(f"\n[{NAME}] kg on {node} restarted and reconciled in {time.monotonic() - t0:.1f} s")
-        # the new agent has made its first reconcile and a resync after it
-        wait_for(f"{node} resynced after the restart", lambda: reconciles_total(lab, node) >= 2,
-                 timeout=15)
-        time.sleep(2)
-        assert flood.running(), "the pings stopped by themselves"
-    finally:
-        result = flood.stop()
+    others = {n.name: changes_total(lab, n.name) for n in lab.spec.nodes if n.name != node}
+    with tempfile.TemporaryFile("w+") as seen:
+        watch = watch_annotation(lab, node, "kilo.squat.ai/wireguard-ip", seen)
+        flood = Flood(lab, SRC, lab.pods[DST].address)
+        try:
+            time.sleep(2)
+            t0 = time.monotonic()
+            lab.restart_agent(node)
+            wait_healthy(lab, node, timeout=30)
+            print(f"\n[{NAME}] kg on {node} restarted and reconciled in "
+                  f"{time.monotonic() - t0:.1f} s")
+            # the new agent has made its first reconcile and a resync after it
+            wait_for(f"{node} resynced after the restart",
+                     lambda: reconciles_total(lab, node) >= 2, 15)
+            time.sleep(2)
+            assert flood.running(), "the pings stopped by themselves"
+        finally:
+            result = flood.stop()
+            watch.terminate()
+            watch.wait(10)
+        seen.seek(0)
+        values = seen.read().splitlines()
     check_flood(f"the restart of {node}'s agent", result)
     assert result.sent > 500
     assert changes_total(lab, node) == 0, \
         "the restarted agent changed things:\n" + "\n".join(log_lines(lab, node, "changed:")[-20:])
     assert log_lines(lab, node, "adopting running wireguard-go")
+    assert values and all(v == "10.4.0.1/16" for v in values), \
+        f"{node}'s WireGuard IP annotation flapped during the restart: {values}"
+    assert {n: changes_total(lab, n) for n in others} == others, "other agents changed things"
 
 
 def test_api_server_outage_loses_no_packet(lab: Lab) -> None:

@@ -331,7 +331,9 @@ class KubernetesBackend:
             except (BackendError, urllib3.exceptions.HTTPError, OSError, ValueError) as err:
                 if self._stop.is_set():
                     return
-                self._unreachable()
+                if not isinstance(err, (BackendError, ValueError)) or (
+                        isinstance(err, BackendError) and err.status in RETRIABLE):
+                    self._unreachable()  # not a refusal (a missing CRD, RBAC): the server is away
                 hint = getattr(err, "retry_after", None)
                 wait = min(hint, 5.0) if hint is not None else delay
                 log.warning("watch of %ss failed, retrying in %.1f s: %s", kind, wait, err)
