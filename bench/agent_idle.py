@@ -96,7 +96,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds to wait before measuring")
     args = ap.parse_args()
-    say(machine_note())
+    note = machine_note()
+    say(note)
     rows = []
     with lab_session(spec(lab_name("bidle"))) as lab:
         wait_until(lambda: all_pods_reach(lab), 60, step=0.5, what="every pod to reach every pod")
@@ -138,6 +139,7 @@ def main() -> None:
     print(f"mean per node: kg {sum(r[2] for r in rows) / k:.1f} MiB RSS, "
           f"{sum(r[4] for r in rows) / k:.2f} % CPU; wireguard-go "
           f"{sum(r[7] for r in rows) / k:.1f} MiB RSS, {sum(r[9] for r in rows) / k:.2f} % CPU")
+    print(note)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark in bench/ one after the other (as root) and prints their tables.
-#   bash bench/run_all.sh            # about 10 minutes; the lab benchmarks need hack/setup.sh
+#   bash bench/run_all.sh            # about 7 minutes; the lab benchmarks need hack/setup.sh
 # Each lab benchmark brings up its own lab under a random name and always tears it down.
 set -uo pipefail
 cd "$(dirname "$0")/.."
