@@ -26,6 +26,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # The stdlib looks up the host's FQDN here; where no DNS answers (a node namespace, an
+        # air-gapped host) that stalls the agent's start for seconds. The name is never used.
+        import socketserver
+
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
 def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, fmt: str, *args: object) -> None:
@@ -65,8 +78,7 @@ def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
                 self._send(404, b"not found\n")
 
     host, port = parse_listen(listen)
-    srv = ThreadingHTTPServer((host, port), Handler)
-    srv.daemon_threads = True
+    srv = _Server((host, port), Handler)
     threading.Thread(target=srv.serve_forever, name="kilo-http", daemon=True).start()
     log.info("serving /health, /metrics and /graph on %s:%d", host, port)
     return srv
