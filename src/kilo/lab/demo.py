@@ -385,24 +385,25 @@ class Story:
             self.check("2", "a laptop peer in the lab", lambda: _fail("the lab has no peers"))
             return
         web = self.pod_far(c1)
-        self.start_server(web.name, web.address, WEB_PORT)
         self.join_peer("2", laptop, CLIENT_PEER, CLIENT_IP, endpoint=False)
         url = _url(web.address, WEB_PORT)
+        self.note(f"pod {web.name} on node {web.node} serves HTTP on {web.address}:{WEB_PORT}")
+        self.start_server(web.name, web.address, WEB_PORT)
 
         def curl_pod() -> str:
             took = wait_http(lab, laptop, url, self.timeout)
             return f"HTTP 200 after {took:.1f} s"
-        self.note(f"pod {web.name} on node {web.node} serves HTTP on {web.address}:{WEB_PORT}")
         ok = self.check("2", f"{laptop} curls pod {web.name} ({web.address})", curl_pod)
         if ok:
             self.sh(laptop, f"curl -sS -m 5 {url} | head -n 3")
         if bare is None:
             return
         bm = self.join_peer("2", bare, bare, BARE_METAL_IP, endpoint=True)
+        self.note(f"{bare} serves HTTP on its WireGuard address {bm.ip}:{BARE_METAL_PORT}")
         self.start_server(bare, bm.ip, BARE_METAL_PORT)
-        self.note(f"{bare} serves HTTP on {bm.ip}:{BARE_METAL_PORT}; the cluster gets a Service "
-                  f"without a selector and its Endpoints, as in the talk (and the EndpointSlice "
-                  f"kube-controller-manager would mirror from them: the lab runs none)")
+        self.note("the cluster gets a Service without a selector and its Endpoints, as in the "
+                  "talk, and the EndpointSlice that kube-controller-manager would mirror from "
+                  "them (the lab runs none; kube-proxy reads EndpointSlices)")
         manifest = yaml.safe_dump_all(_service_docs(bare, [bm.ip], BARE_METAL_PORT),
                                       sort_keys=False)
         self.sh("admin", "kubectl apply -f -",
@@ -496,16 +497,15 @@ class Story:
         return ph
 
     def start_server(self, host: str, ip: str, port: int) -> None:
-        """``python3 -m http.server`` bound to ``ip:port`` in ``host``, ready when this returns."""
-        www = self.work / "www" / host
-        www.mkdir(parents=True, exist_ok=True)
-        (www / "index.html").write_text(f"<h1>hello from {host} ({ip})</h1>\n")
-        proc = self.lab.popen(host, [sys.executable, "-m", "http.server", str(port), "--bind", ip,
-                                     "--directory", str(www)],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        """A tiny HTTP server (``kilo.lab.httpd``) on ``ip:port`` in ``host``, in the
+        background; it answers when this returns."""
+        text = f"hello from {host} ({ip})"
+        argv = [sys.executable, "-m", "kilo.lab.httpd", str(port), "--bind", ip, "--text", text]
+        self.say(self._c("1", f"[{host}] $ python3 -m kilo.lab.httpd {port} --bind {ip} &"))
+        proc = self.lab.popen(host, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
         self.servers.append(proc)
-        url = f"http://{ip}:{port}/"
+        url = _url(ip, port)
         wait_for(f"HTTP server on {host}", lambda: http_code(self.lab, host, url) == "200"
                  or proc.poll() is not None, 15, 0.1)
         if proc.poll() is not None:
@@ -564,9 +564,9 @@ class Story:
                             lambda: lab.ping(b.name, a.address, wait=0.5), self.timeout)
             return f"reply after {took:.1f} s"
         self.check("3", f"pod {b.name} ({c2.name}) pings pod {a.name} ({c1.name})", back)
-        self.start_server(b.name, b.address, WEB_PORT)
         svc = "web"
-        self.note(f"{c2.name}: Service {svc} in front of pod {b.name} ({b.address}:{WEB_PORT})")
+        self.note(f"{c2.name}: pod {b.name} serves HTTP, behind Service {svc}")
+        self.start_server(b.name, b.address, WEB_PORT)
         manifest = yaml.safe_dump_all(_service_docs(svc, [b.address], WEB_PORT, with_endpoints=False),
                                       sort_keys=False)
         self.sh("admin", "kubectl --kubeconfig $KUBECONFIG2 apply -f -", input=manifest,
