@@ -140,8 +140,13 @@ def test_api_server_outage_loses_no_packet(lab: Lab) -> None:
             wait_for(f"kg on {n.name} healthy", lambda x: health(lab, x) == 200, 30, n.name)
         wait_for("every node checked in after the outage",
                  lambda: all(v >= int(back) - 1 for v in last_seen(lab).values()), timeout=40)
+        seen = last_seen(lab)
         print(f"[{NAME}] every node checked in again {time.time() - back:.1f} s after the API "
-              "server returned")
+              "server returned (" + ", ".join(f"{n} at {v - back:+.0f} s" for n, v in seen.items())
+              + ")")
+        for n in seen:
+            for line in log_lines(lab, n, "annotations")[-4:]:
+                print(f"[{NAME}]   {n}: {line}")
         time.sleep(RESYNC + 1)  # a resync with the fresh check-ins
         assert flood.running(), "the pings stopped by themselves"
     finally:
