@@ -144,9 +144,9 @@ def test_api_server_outage_loses_no_packet(lab: Lab) -> None:
         print(f"[{NAME}] every node checked in again {time.time() - back:.1f} s after the API "
               "server returned (" + ", ".join(f"{n} at {v - back:+.0f} s" for n, v in seen.items())
               + ")")
-        for n in seen:
-            for line in log_lines(lab, n, "annotations")[-4:]:
-                print(f"[{NAME}]   {n}: {line}")
+        for host in seen:
+            for line in log_lines(lab, host, "annotations")[-4:]:
+                print(f"[{NAME}]   {host}: {line}")
         time.sleep(RESYNC + 1)  # a resync with the fresh check-ins
         assert flood.running(), "the pings stopped by themselves"
     finally:
