@@ -77,3 +77,12 @@ def test_kg_flags_defaults_like_kilo() -> None:
     a = parser().parse_args(["--hostname", "n1", "--cni=false", "--local", "false", "--clean-up"])
     assert not a.cni and not a.local and a.clean_up
     assert _duration("30s") == 30 and _duration("1m") == 60 and _duration("500ms") == 0.5
+
+
+def test_outage_time_not_held_against_check_ins() -> None:
+    from kilo.agent import unreachable_seconds
+
+    assert unreachable_seconds(100, 200, []) == 0
+    assert unreachable_seconds(100, 200, [(120, 150)]) == 30
+    assert unreachable_seconds(100, 200, [(50, 110), (190, None)]) == 20  # clipped at both ends
+    assert unreachable_seconds(100, 200, [(10, 20), (300, None)]) == 0
