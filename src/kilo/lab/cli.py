@@ -53,7 +53,14 @@ class _Stop(Exception):
     pass
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_stop(signum: int, frame: Any) -> None:
+    # pyroute2 forks helpers to enter namespaces and stops them with SIGTERM; they inherit this
+    # handler, and must simply exit rather than tear the lab down from inside the child.
+    if os.getpid() != _MAIN_PID:
+        os._exit(0)
     raise _Stop(signal.Signals(signum).name)
 
 
