@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kilo.lab import netns
+from kilo.lab.signals import raise_on
 from kilo.lab.lab import (
     STATE_ROOT, Lab, LabError, list_labs, load_state, load_yaml, state_dir, status, teardown,
 )
@@ -53,24 +54,12 @@ class _Stop(Exception):
     pass
 
 
-_MAIN_PID = os.getpid()
-
-
-def _raise_stop(signum: int, frame: Any) -> None:
-    # pyroute2 forks helpers to enter namespaces and stops them with SIGTERM; they inherit this
-    # handler, and must simply exit rather than tear the lab down from inside the child.
-    if os.getpid() != _MAIN_PID:
-        os._exit(0)
-    raise _Stop(signal.Signals(signum).name)
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     data = load_yaml(args.file)
     if args.keep:
         return _up_detached(args)
     lab = Lab(data, agent=False if args.no_agent else None, progress=_say)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    raise_on((signal.SIGTERM, signal.SIGINT), _Stop)
     if args.serve:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

@@ -44,6 +44,7 @@ from kilo.keys import generate_private_key, key_str, parse_key, public_key
 from kilo.lab import netns
 from kilo.lab.binaries import locate, repo_root
 from kilo.lab.lab import Lab, LabError, Pod, load_state, load_yaml, state_dir, teardown
+from kilo.lab.signals import raise_on
 from kilo.lab.topology_spec import ClusterSpec
 from kilo.mesh import Options, read_cluster, showconf_node
 from kilo.model import Granularity
@@ -713,19 +714,6 @@ class _Interrupted(BaseException):
     pass
 
 
-_MAIN_PID = os.getpid()
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    if os.getpid() != _MAIN_PID:
-        # a forked child (pyroute2 forks to enter a namespace) that is being stopped: it must
-        # not run the demo's clean-up, which belongs to the main process
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise _Interrupted(signal.Signals(signum).name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     root = repo_root() or pathlib.Path.cwd()
     p = argparse.ArgumentParser(prog="kilo-demo", description=__doc__.split("\n\n")[0])
@@ -745,10 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = load_yaml(args.lab)
     name = str(data.get("name", ""))
-    global _MAIN_PID
-    _MAIN_PID = os.getpid()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    raise_on((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), _Interrupted)
     say(f"Kilo in Python: the talk's three acts on lab {args.lab}")
     state = load_state(name)
     owner = (state or {}).get("owner") or {}
