@@ -25,6 +25,22 @@ from kilo.lab import netns
 from kilo.lab.lab import Lab, LabError
 
 
+def two_locations(name: str, peers: Sequence[str] = ()) -> dict[str, Any]:
+    """The benchmarks' usual lab: one cluster, locations aws and gcp of two nodes each, one
+    public leader per location, a pod on every node, and the given peers."""
+    return {
+        "name": name,
+        "clusters": [{
+            "name": "c1", "granularity": "location",
+            "locations": [
+                {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
+                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
+            ],
+        }],
+        "peers": [{"name": p} for p in peers],
+    }
+
+
 def lab_name(prefix: str) -> str:
     """A unique lab name (at most 12 characters)."""
     return f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"

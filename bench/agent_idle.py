@@ -24,26 +24,26 @@ import argparse
 import os
 import re
 import time
-
-from _common import lab_name, lab_session, machine_note, say, table, wait_until
+from typing import Any
 
 from kilo.dataplane.wgdevice import UserspaceDevice
 from kilo.lab.lab import METRICS_PORT, Lab, LabError
 
+from _common import (
+    lab_name,
+    lab_session,
+    machine_note,
+    say,
+    table,
+    two_locations,
+    wait_until,
+)
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def spec(name: str) -> dict:
-    return {
-        "name": name,
-        "clusters": [{
-            "name": "c1", "granularity": "location",
-            "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
-            ],
-        }],
-    }
+def spec(name: str) -> dict[str, Any]:
+    return two_locations(name)
 
 
 def status_kib(pid: int, field: str) -> int:

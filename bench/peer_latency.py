@@ -28,6 +28,12 @@ import argparse
 import ipaddress
 import json
 import time
+from typing import Any
+
+from kilo.dataplane.wgdevice import UserspaceDevice
+from kilo.keys import generate_private_key, key_str, public_key
+from kilo.lab.lab import Lab, LabError
+from kilo.wireguard import parse
 
 from _common import (
     first_replies,
@@ -38,31 +44,17 @@ from _common import (
     percentile,
     say,
     table,
+    two_locations,
     wait_until,
 )
-
-from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.keys import generate_private_key, key_str, public_key
-from kilo.lab.lab import Lab, LabError
-from kilo.wireguard import parse
 
 TARGET_P95 = 1.0
 PEER_IP = "10.5.0.1"
 PODS = ("a2-p0", "g2-p0")
 
 
-def spec(name: str) -> dict:
-    return {
-        "name": name,
-        "clusters": [{
-            "name": "c1", "granularity": "location",
-            "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
-            ],
-        }],
-        "peers": [{"name": "laptop"}],
-    }
+def spec(name: str) -> dict[str, Any]:
+    return two_locations(name, ("laptop",))
 
 
 def peer_object(pub: bytes, laptop_ip: str) -> str:

@@ -30,8 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-
-from _common import lab_name, lab_session, machine_note, say, table
+from typing import Any
 
 from kilo.dataplane.wgdevice import UserspaceDevice
 from kilo.keys import generate_private_key, public_key
@@ -40,6 +39,8 @@ from kilo.lab.binaries import locate, repo_root
 from kilo.lab.lab import Lab, LabError
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
+
+from _common import lab_name, lab_session, machine_note, say, table, two_locations
 
 TARGET = 0.90
 VETH = ("kpy-bv0", "kpy-bv1")
@@ -50,17 +51,8 @@ WG_PORT = 51900
 A, B = "a1-p0", "g1-p0"
 
 
-def spec(name: str) -> dict:
-    return {
-        "name": name,
-        "clusters": [{
-            "name": "c1", "granularity": "location",
-            "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
-            ],
-        }],
-    }
+def spec(name: str) -> dict[str, Any]:
+    return two_locations(name)
 
 
 def wireguard_go_note() -> str:
