@@ -40,6 +40,18 @@ def need_root() -> None:
         unavailable("needs root (network namespaces)")
 
 
+def need_lab(*binaries: str) -> None:
+    """What a lab needs: root, the CNI plugins, etcd + kube-apiserver + kubectl and ``binaries``
+    (the agent's labs add wireguard-go, kube-proxy)."""
+    from kilo.lab import cni
+
+    need_root()
+    need_binaries("etcd", "kube-apiserver", "kubectl", *binaries)
+    reason = cni.plugins_available()
+    if reason:
+        unavailable(reason)
+
+
 def install_crd(cp: ControlPlane) -> None:
     cp.kubectl("apply", "-f", str(CRDS))
     cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",

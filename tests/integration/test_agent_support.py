@@ -6,7 +6,6 @@ loss count, a snapshot of a node's data plane, and the check that a lab left not
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -21,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from kilo.lab import cni, netns
+from kilo.lab import netns
 from kilo.lab.lab import METRICS_PORT, Lab, state_dir
-from tests.integration.conftest import need_binaries, need_root, unavailable
+from tests.integration.conftest import need_lab
 
 PEER_API = "kilo.squat.ai/v1alpha1"
 
@@ -66,13 +65,7 @@ FOLLOWERS = ("a2", "g2")
 
 
 def preconditions() -> None:
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go")
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
-    if importlib.util.find_spec("kilo.cli.kg") is None:
-        unavailable("the agent kg (kilo.cli.kg) is not there yet")
+    need_lab("wireguard-go")
 
 
 # --- the root namespace and leftovers ------------------------------------------------------

@@ -10,7 +10,6 @@ well, so that it can take over when the leader a1 is lost.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,13 +18,13 @@ from typing import Any
 import pytest
 
 from kilo.keys import key_str
-from kilo.lab import cni, netns
+from kilo.lab import netns
 from kilo.lab.demo import (
     CLIENT_PEER, Story, allowed_ips, leaders, leftovers, node_keys, unreachable_pairs, wait_for,
 )
 from kilo.lab.lab import Lab
 from kilo.wireguard import parse as parse_wg
-from tests.integration.conftest import need_binaries, need_root, unavailable
+from tests.integration.conftest import need_lab
 
 pytestmark = pytest.mark.integration
 
@@ -64,13 +63,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="module")
 def story(request: pytest.FixtureRequest) -> Iterator[Story]:
     granularity: str = request.param
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go", "kube-proxy")
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
-    if importlib.util.find_spec("kilo.cli.kg") is None:
-        unavailable("the agent kg (kilo.cli.kg) is not there yet")
+    need_lab("wireguard-go", "kube-proxy")
     name = f"e2e{granularity[:3]}{uuid.uuid4().hex[:5]}"
     lab = Lab(e2e_spec(name, granularity))
     t0 = time.monotonic()

@@ -5,7 +5,6 @@ are there, the exit code says so, and nothing is left behind, also when it is in
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -19,22 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from kilo.lab import cni
 from kilo.lab.demo import leftovers
-from tests.integration.conftest import REPO, need_binaries, need_root, unavailable
+from tests.integration.conftest import need_lab, REPO
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def demo_lab(tmp_path: pathlib.Path) -> tuple[str, pathlib.Path]:
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go", "kube-proxy")
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
-    if importlib.util.find_spec("kilo.cli.kg") is None:
-        unavailable("the agent kg (kilo.cli.kg) is not there yet")
+    need_lab("wireguard-go", "kube-proxy")
     data: dict[str, Any] = yaml.safe_load((REPO / "lab" / "demo.yaml").read_text())
     name = f"demo{uuid.uuid4().hex[:6]}"
     data["name"] = name

@@ -7,7 +7,6 @@ leader's live WireGuard config matches ``kgctl showconf node``, and an agent res
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import subprocess
 import time
@@ -20,7 +19,7 @@ import pytest
 from kilo.lab import cni, netns
 from kilo.lab.lab import Lab, state_dir
 from kilo.wireguard import WgConf, parse
-from tests.integration.conftest import need_binaries, need_root, unavailable
+from tests.integration.conftest import need_lab
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +41,7 @@ LEADERS = {"aws": "a1", "gcp": "g1"}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", "wireguard-go", "kube-proxy")
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
-    if importlib.util.find_spec("kilo.cli.kg") is None:
-        unavailable("the agent kg (kilo.cli.kg) is not there yet")
+    need_lab("wireguard-go", "kube-proxy")
     lab = Lab(SPEC, agent=True)
     lab.up()
     try:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from kilo.lab import cni, netns
+from kilo.lab import netns
 from kilo.lab.lab import Lab, LabError, load_state, state_dir
-from tests.integration.conftest import REPO, need_binaries, need_root, unavailable
+from tests.integration.conftest import need_lab, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +40,7 @@ SPEC: dict[str, Any] = {
 
 
 def _requirements() -> None:
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl")
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
+    need_lab()
 
 
 def root_view() -> dict[str, str]:
