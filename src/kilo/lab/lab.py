@@ -515,6 +515,7 @@ class Lab:
         self.spec = dataclasses.replace(self.spec, clusters=clusters)
         self._build_node(c, node, f"kpy-l{c.index}-{j}", loc.cidr.prefixlen)
         self._save()
+        self._forget_neighbours(node)
         self.kubectl(cluster, "create", "-f", "-", input=json.dumps(node_object(node)))
         self._write_conflist(node, with_range=not (self.agent and node.agent))
         if self.agent and node.agent:
@@ -525,6 +526,17 @@ class Lab:
         if self.spec.kube_proxy:
             self._start_proxy(node)
         return node
+
+    def _forget_neighbours(self, node: NodeSpec) -> None:
+        """A joining node may reuse the address of one that left: drop the other hosts' cached
+        link-layer entries for it, as the gratuitous ARP of a booting machine would."""
+        for host in self.spec.hosts():
+            if host == node.name:
+                continue
+            for ip in (node.lan_ip, node.public_ip):
+                if ip is not None:
+                    subprocess.run(["ip", "-n", self.ns(host), "neigh", "flush", "to", str(ip)],
+                                   capture_output=True, check=False)
 
     def remove_node(self, name: str, delete_object: bool = True) -> None:
         """A node leaves: its agent, kube-proxy, pods and namespace go (and, by default, its
