@@ -23,6 +23,7 @@ from typing import Any
 
 from kilo.lab import netns
 from kilo.lab.lab import Lab, LabError
+from kilo.lab.signals import raise_on
 
 
 def two_locations(name: str, peers: Sequence[str] = ()) -> dict[str, Any]:
@@ -58,22 +59,12 @@ class _Stop(BaseException):
 _OWNER = os.getpid()
 
 
-def _raise_stop(signum: int, _frame: object) -> None:
-    if os.getpid() != _OWNER:
-        # a forked helper (pyroute2 forks to enter a namespace) inherits this handler: it must
-        # die as it would have, not unwind into our teardown
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise _Stop(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def lab_session(spec: Mapping[str, Any], **kw: Any) -> Iterator[Lab]:
     """``Lab(spec)`` up, yielded, and always down (also on Ctrl-C, SIGTERM, SIGHUP)."""
     need_root()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = raise_on((signal.SIGTERM, signal.SIGHUP), _Stop)
     lab = Lab(spec, progress=lambda m: say(f"  lab: {m}"), **kw)
     try:
         t0 = time.monotonic()

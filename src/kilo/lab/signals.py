@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def raise_on(signals: Iterable[signal.Signals], exc: type[BaseException]) -> None:
-    """From now on each of ``signals`` raises ``exc(<signal name>)`` in this process."""
+def raise_on(signals: Iterable[signal.Signals], exc: type[BaseException]) -> dict[signal.Signals, Any]:
+    """From now on each of ``signals`` raises ``exc(<signal name>)`` in this process; returns the
+    handlers it replaced."""
     owner = os.getpid()
 
     def handler(signum: int, _frame: Any) -> None:
@@ -25,5 +26,4 @@ def raise_on(signals: Iterable[signal.Signals], exc: type[BaseException]) -> Non
             return
         raise exc(signal.Signals(signum).name)
 
-    for s in signals:
-        signal.signal(s, handler)
+    return {s: signal.signal(s, handler) for s in signals}
