@@ -31,20 +31,23 @@ def two_locations(name: str, peers: Sequence[str] = ()) -> dict[str, Any]:
     public leader per location, a pod on every node, and the given peers."""
     return {
         "name": name,
-        "clusters": [{
-            "name": "c1", "granularity": "location",
-            "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
-            ],
-        }],
+        "clusters": [
+            {
+                "name": "c1",
+                "granularity": "location",
+                "locations": [
+                    {"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]},
+                    {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
+                ],
+            }
+        ],
         "peers": [{"name": p} for p in peers],
     }
 
 
 def lab_name(prefix: str) -> str:
     """A unique lab name (at most 12 characters)."""
-    return f"{prefix}{uuid.uuid4().hex[:12 - len(prefix)]}"
+    return f"{prefix}{uuid.uuid4().hex[: 12 - len(prefix)]}"
 
 
 def need_root() -> None:
@@ -95,6 +98,7 @@ def say(msg: str) -> None:
 
 # --- statistics and tables ------------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty sample."""
     xs = sorted(values)
@@ -112,8 +116,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = []
     for j, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
-                               for i, c in enumerate(r)).rstrip())
+        lines.append(
+            "  ".join(
+                c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+            ).rstrip()
+        )
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -129,8 +136,10 @@ def _fmt(c: Any) -> str:
 
 def machine_note() -> str:
     load = os.getloadavg()
-    return (f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
-            f"{load[2]:.2f} at the start (other work on the machine skews these figures)")
+    return (
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} at the start (other work on the machine skews these figures)"
+    )
 
 
 # --- pings ----------------------------------------------------------------------------------
@@ -147,10 +156,26 @@ class FirstReply:
         self.at: float | None = None
         self.done = threading.Event()
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns(host), "ping", "-n", "-D", "-i", str(interval),
-             "-W", "1", ip],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-            start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.ns(host),
+                "ping",
+                "-n",
+                "-D",
+                "-i",
+                str(interval),
+                "-W",
+                "1",
+                ip,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -181,8 +206,9 @@ class FirstReply:
 
 
 @contextlib.contextmanager
-def first_replies(lab: Lab, probes: Sequence[tuple[str, str]],
-                  interval: float = 0.05) -> Iterator[list[FirstReply]]:
+def first_replies(
+    lab: Lab, probes: Sequence[tuple[str, str]], interval: float = 0.05
+) -> Iterator[list[FirstReply]]:
     """Several ``FirstReply`` probes ``(host, ip)`` at once, always stopped afterwards."""
     started: list[FirstReply] = []
     try:
@@ -194,8 +220,9 @@ def first_replies(lab: Lab, probes: Sequence[tuple[str, str]],
             p.stop()
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.2,
-               what: str = "condition") -> float:
+def wait_until(
+    cond: Callable[[], bool], timeout: float, step: float = 0.2, what: str = "condition"
+) -> float:
     """Poll ``cond`` until true; the seconds it took (LabError after ``timeout``)."""
     t0 = time.monotonic()
     while True:

@@ -87,8 +87,9 @@ def wg_pid(lab: Lab, node: str) -> int:
 
 
 def all_pods_reach(lab: Lab) -> bool:
-    return all(lab.ping(a, lab.pods[b].address, wait=0.5)
-               for a in lab.pods for b in lab.pods if a != b)
+    return all(
+        lab.ping(a, lab.pods[b].address, wait=0.5) for a in lab.pods for b in lab.pods if a != b
+    )
 
 
 def main() -> None:
@@ -123,22 +124,49 @@ def main() -> None:
             wg_cpu = (cpu1[n][1] - cpu0[n][1]) / TICK
             r0, r1 = rec0[n], rec1[n]
             rec = r1 - r0 if r0 is not None and r1 is not None else None
-            rows.append((
-                n, "leader" if n in leaders else "follower",
-                status_kib(kg, "VmRSS") / 1024, status_kib(kg, "VmHWM") / 1024,
-                100 * kg_cpu / dt, round(1000 * kg_cpu * 60 / dt), rec,
-                status_kib(wg, "VmRSS") / 1024, status_kib(wg, "VmHWM") / 1024,
-                100 * wg_cpu / dt, round(1000 * wg_cpu * 60 / dt),
-            ))
-    print(f"agent at idle, per node, over {dt:.0f} s (4 nodes, 2 locations; CPU % of one core; "
-          f"CPU time resolution {1000 / TICK:.0f} ms)")
-    print(table(["node", "role", "kg RSS MiB", "kg peak MiB", "kg CPU %", "kg CPU ms/min",
-                 "reconciles", "wg-go RSS MiB", "wg-go peak MiB", "wg-go CPU %",
-                 "wg-go CPU ms/min"], rows))
+            rows.append(
+                (
+                    n,
+                    "leader" if n in leaders else "follower",
+                    status_kib(kg, "VmRSS") / 1024,
+                    status_kib(kg, "VmHWM") / 1024,
+                    100 * kg_cpu / dt,
+                    round(1000 * kg_cpu * 60 / dt),
+                    rec,
+                    status_kib(wg, "VmRSS") / 1024,
+                    status_kib(wg, "VmHWM") / 1024,
+                    100 * wg_cpu / dt,
+                    round(1000 * wg_cpu * 60 / dt),
+                )
+            )
+    print(
+        f"agent at idle, per node, over {dt:.0f} s (4 nodes, 2 locations; CPU % of one core; "
+        f"CPU time resolution {1000 / TICK:.0f} ms)"
+    )
+    print(
+        table(
+            [
+                "node",
+                "role",
+                "kg RSS MiB",
+                "kg peak MiB",
+                "kg CPU %",
+                "kg CPU ms/min",
+                "reconciles",
+                "wg-go RSS MiB",
+                "wg-go peak MiB",
+                "wg-go CPU %",
+                "wg-go CPU ms/min",
+            ],
+            rows,
+        )
+    )
     k = len(rows)
-    print(f"mean per node: kg {sum(r[2] for r in rows) / k:.1f} MiB RSS, "
-          f"{sum(r[4] for r in rows) / k:.2f} % CPU; wireguard-go "
-          f"{sum(r[7] for r in rows) / k:.1f} MiB RSS, {sum(r[9] for r in rows) / k:.2f} % CPU")
+    print(
+        f"mean per node: kg {sum(r[2] for r in rows) / k:.1f} MiB RSS, "
+        f"{sum(r[4] for r in rows) / k:.2f} % CPU; wireguard-go "
+        f"{sum(r[7] for r in rows) / k:.1f} MiB RSS, {sum(r[9] for r in rows) / k:.2f} % CPU"
+    )
     print(note)
 
 

@@ -50,14 +50,23 @@ READY_WINDOW = 60  # Kilo: a node is ready while its last check-in is < 2 x 30 s
 def spec(name: str) -> dict:
     return {
         "name": name,
-        "clusters": [{
-            "name": "c1", "granularity": "location",
-            "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True},
-                                          {"name": "a2", "public": True}, "a3"]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
-            ],
-        }],
+        "clusters": [
+            {
+                "name": "c1",
+                "granularity": "location",
+                "locations": [
+                    {
+                        "name": "aws",
+                        "nodes": [
+                            {"name": "a1", "public": True},
+                            {"name": "a2", "public": True},
+                            "a3",
+                        ],
+                    },
+                    {"name": "gcp", "nodes": [{"name": "g1", "public": True}, "g2"]},
+                ],
+            }
+        ],
     }
 
 
@@ -101,8 +110,10 @@ def join_run(lab: Lab, i: int, location: str) -> tuple:
 
 def switch_ends(lab: Lab, host: str) -> list[str]:
     """The switch namespace's ends of ``host``'s veth links."""
-    sw = {link["ifindex"]: link["ifname"]
-          for link in json.loads(netns.ip(lab.ns("sw"), "-j", "link", "show").stdout)}
+    sw = {
+        link["ifindex"]: link["ifname"]
+        for link in json.loads(netns.ip(lab.ns("sw"), "-j", "link", "show").stdout)
+    }
     ends = []
     for dev in LAN_LINKS:
         out = netns.ip(lab.ns(host), "-j", "link", "show", dev, check=False)
@@ -127,8 +138,14 @@ def peer_endpoint_of(lab: Lab, node: str, allowed: str) -> str | None:
 
 
 def last_seen(lab: Lab, node: str) -> int:
-    out = lab.kubectl("c1", "get", "node", node, "-o",
-                      r"jsonpath={.metadata.annotations.kilo\.squat\.ai/last-seen}").stdout
+    out = lab.kubectl(
+        "c1",
+        "get",
+        "node",
+        node,
+        "-o",
+        r"jsonpath={.metadata.annotations.kilo\.squat\.ai/last-seen}",
+    ).stdout
     return int(out or 0)
 
 
@@ -137,8 +154,11 @@ def leader_run(lab: Lab, i: int) -> tuple:
     a2_pub = str(lab.spec.node("a2").public_ip)
     a3_cidr = str(lab.spec.node("a3").pod_cidr)
     ends = switch_ends(lab, "a1")
-    wait_until(lambda: (peer_endpoint_of(lab, "g1", a3_cidr) or "").startswith(a1_pub + ":"),
-               90, what="a1 to be the aws leader")
+    wait_until(
+        lambda: (peer_endpoint_of(lab, "g1", a3_cidr) or "").startswith(a1_pub + ":"),
+        90,
+        what="a1 to be the aws leader",
+    )
     lab.stop_agent("a1")
     t0 = time.time()
     cables(lab, ends, "down")
@@ -148,7 +168,8 @@ def leader_run(lab: Lab, i: int) -> tuple:
     with first_replies(lab, probes_spec, interval=0.1) as probes:
         while time.time() - t0 < 150:
             if switched is None and (peer_endpoint_of(lab, "g1", a3_cidr) or "").startswith(
-                    a2_pub + ":"):
+                a2_pub + ":"
+            ):
                 switched = time.time() - t0
             if switched is not None and all(p.done.is_set() for p in probes):
                 break
@@ -160,8 +181,11 @@ def leader_run(lab: Lab, i: int) -> tuple:
     # a1 comes back; it is the first public node by name, so it leads aws again
     cables(lab, ends, "up")
     lab.start_agent("a1")
-    wait_until(lambda: (peer_endpoint_of(lab, "g1", a3_cidr) or "").startswith(a1_pub + ":"),
-               90, what="a1 to lead aws again")
+    wait_until(
+        lambda: (peer_endpoint_of(lab, "g1", a3_cidr) or "").startswith(a1_pub + ":"),
+        90,
+        what="a1 to lead aws again",
+    )
     all_pods_reach(lab, 60)
     both = max(a_to_g, g_to_a)
     return (i, age, switched, a_to_g, g_to_a, both, both - (READY_WINDOW - age))
@@ -186,22 +210,51 @@ def main() -> None:
         for i in range(1, args.leader_runs + 1):
             losses.append(leader_run(lab, i))
             r = losses[-1]
-            say(f"leader lost {i}: last check-in {r[1]:.0f} s old, traffic back after "
-                f"{r[5]:.1f} s")
+            say(f"leader lost {i}: last check-in {r[1]:.0f} s old, traffic back after {r[5]:.1f} s")
     if joins:
         print("Node joins -> reachable from all: seconds from the start of lab.add_node")
-        print(table(["run", "node", "pods pinging", "add_node s", "first reply s",
-                     "all replied s", "after add_node s"], joins))
-        print(f"median: add_node {median([r[3] for r in joins]):.2f} s, reachable from all "
-              f"{median([r[5] for r in joins]):.2f} s")
+        print(
+            table(
+                [
+                    "run",
+                    "node",
+                    "pods pinging",
+                    "add_node s",
+                    "first reply s",
+                    "all replied s",
+                    "after add_node s",
+                ],
+                joins,
+            )
+        )
+        print(
+            f"median: add_node {median([r[3] for r in joins]):.2f} s, reachable from all "
+            f"{median([r[5] for r in joins]):.2f} s"
+        )
         print()
     if losses:
-        print("Leader lost (aws leader a1: kg stopped, cables cut) -> traffic between locations "
-              "again; seconds from the cut")
-        print(table(["run", "last check-in age s", "g1 -> new leader s", "a3-p0->g2-p0 s",
-                     "g2-p0->a3-p0 s", "both s", "after expiry s"], losses))
-        print(f"median: traffic flows again after {median([r[5] for r in losses]):.1f} s "
-              f"(bound: 60 s readiness window - check-in age + reaction)")
+        print(
+            "Leader lost (aws leader a1: kg stopped, cables cut) -> traffic between locations "
+            "again; seconds from the cut"
+        )
+        print(
+            table(
+                [
+                    "run",
+                    "last check-in age s",
+                    "g1 -> new leader s",
+                    "a3-p0->g2-p0 s",
+                    "g2-p0->a3-p0 s",
+                    "both s",
+                    "after expiry s",
+                ],
+                losses,
+            )
+        )
+        print(
+            f"median: traffic flows again after {median([r[5] for r in losses]):.1f} s "
+            f"(bound: 60 s readiness window - check-in age + reaction)"
+        )
     print(note)
 
 

@@ -58,19 +58,27 @@ def spec(name: str) -> dict[str, Any]:
 
 
 def peer_object(pub: bytes, laptop_ip: str) -> str:
-    return json.dumps({
-        "apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
-        "metadata": {"name": "laptop"},
-        "spec": {"allowedIPs": [f"{PEER_IP}/32"], "publicKey": key_str(pub),
-                 "endpoint": {"dnsOrIP": {"ip": laptop_ip}, "port": 51820},
-                 "persistentKeepalive": 10},
-    })
+    return json.dumps(
+        {
+            "apiVersion": "kilo.squat.ai/v1alpha1",
+            "kind": "Peer",
+            "metadata": {"name": "laptop"},
+            "spec": {
+                "allowedIPs": [f"{PEER_IP}/32"],
+                "publicKey": key_str(pub),
+                "endpoint": {"dnsOrIP": {"ip": laptop_ip}, "port": 51820},
+                "persistentKeepalive": 10,
+            },
+        }
+    )
 
 
 def leaders_have(lab: Lab, pub: bytes) -> tuple[bool, bool]:
     k = key_str(pub)
-    return tuple(k in lab.wg(n, "show", "kilo0", "peers", check=False).stdout  # type: ignore
-                 for n in ("a1", "g1"))
+    return tuple(
+        k in lab.wg(n, "show", "kilo0", "peers", check=False).stdout  # type: ignore
+        for n in ("a1", "g1")
+    )
 
 
 def configure_laptop(lab: Lab, priv: bytes) -> UserspaceDevice:
@@ -83,8 +91,7 @@ def configure_laptop(lab: Lab, priv: bytes) -> UserspaceDevice:
     dev.apply(conf)
     for p in conf.peers:
         for a in p.allowed_ips:
-            lab.exec("laptop", ["ip", "route", "replace", str(a.network), "dev", "wg0"],
-                     check=True)
+            lab.exec("laptop", ["ip", "route", "replace", str(a.network), "dev", "wg0"], check=True)
     return dev
 
 
@@ -110,8 +117,9 @@ def main() -> None:
             say("peer configured; the pods reach the laptop")
             for i in range(args.runs):
                 lab.kubectl("c1", "delete", "peer", "laptop", "--wait=true")
-                wait_until(lambda: not any(leaders_have(lab, pub)), 60,
-                           what="the leaders to drop the peer")
+                wait_until(
+                    lambda: not any(leaders_have(lab, pub)), 60, what="the leaders to drop the peer"
+                )
                 if any(lab.ping(pod, PEER_IP, wait=0.3) for pod in PODS):
                     raise LabError("the laptop is still reachable after the Peer was deleted")
                 with first_replies(lab, [(pod, PEER_IP) for pod in PODS]) as probes:
@@ -124,8 +132,10 @@ def main() -> None:
                     raise LabError(f"run {i + 1}: no reply within 30 s ({got})")
                 aws, gcp = (g - t0 for g in got)  # type: ignore[operator]
                 rows.append((i + 1, applied, aws, gcp, max(aws, gcp)))
-                say(f"run {i + 1:2d}: apply {applied:.2f} s, aws pod {aws:.2f} s, "
-                    f"gcp pod {gcp:.2f} s")
+                say(
+                    f"run {i + 1:2d}: apply {applied:.2f} s, aws pod {aws:.2f} s, "
+                    f"gcp pod {gcp:.2f} s"
+                )
         finally:
             if dev is not None:
                 dev.close()
@@ -140,8 +150,10 @@ def main() -> None:
     print(table(["", "p50 s", "p95 s", "max s"], summary))
     p95 = percentile([r[4] for r in rows], 95)
     verdict = "met" if p95 <= TARGET_P95 else "MISSED"
-    print(f"\ntarget: p95 <= {TARGET_P95:.1f} s; result: p95 {p95:.2f} s over {len(rows)} runs "
-          f"({verdict})")
+    print(
+        f"\ntarget: p95 <= {TARGET_P95:.1f} s; result: p95 {p95:.2f} s over {len(rows)} runs "
+        f"({verdict})"
+    )
     print(note)
 
 

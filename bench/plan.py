@@ -29,28 +29,44 @@ def key(s: str) -> str:
     return base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()
 
 
-def cluster(n_nodes: int, n_locations: int, n_peers: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def cluster(
+    n_nodes: int, n_locations: int, n_peers: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     nodes = []
     for i in range(n_nodes):
         loc = i % n_locations
-        nodes.append({
-            "kind": "Node",
-            "metadata": {
-                "name": f"node-{i:05d}",
-                "labels": {"topology.kubernetes.io/region": f"loc-{loc:03d}"},
-                "annotations": {
-                    "kilo.squat.ai/endpoint": f"198.51.{100 + (i >> 8) % 100}.{i % 256}:51820",
-                    "kilo.squat.ai/internal-ip": f"10.{100 + loc % 100}.{i >> 8}.{i % 256}/16",
-                    "kilo.squat.ai/key": key(f"n{i}"),
-                    "kilo.squat.ai/last-seen": str(NOW),
-                    "kilo.squat.ai/granularity": "location",
+        nodes.append(
+            {
+                "kind": "Node",
+                "metadata": {
+                    "name": f"node-{i:05d}",
+                    "labels": {"topology.kubernetes.io/region": f"loc-{loc:03d}"},
+                    "annotations": {
+                        "kilo.squat.ai/endpoint": f"198.51.{100 + (i >> 8) % 100}.{i % 256}:51820",
+                        "kilo.squat.ai/internal-ip": f"10.{100 + loc % 100}.{i >> 8}.{i % 256}/16",
+                        "kilo.squat.ai/key": key(f"n{i}"),
+                        "kilo.squat.ai/last-seen": str(NOW),
+                        "kilo.squat.ai/granularity": "location",
+                    },
                 },
-            },
-            "spec": {"podCIDR": f"10.{(i >> 8) % 50}.{i % 256}.0/24".replace("10.", "172.", 0) if False else f"10.{20 + (i >> 8)}.{i % 256}.0/24"},
-        })
+                "spec": {
+                    "podCIDR": f"10.{(i >> 8) % 50}.{i % 256}.0/24".replace("10.", "172.", 0)
+                    if False
+                    else f"10.{20 + (i >> 8)}.{i % 256}.0/24"
+                },
+            }
+        )
     peers = [
-        {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer", "metadata": {"name": f"peer-{j:05d}"},
-         "spec": {"allowedIPs": [f"10.5.{j >> 8}.{j % 256}/32"], "publicKey": key(f"p{j}"), "persistentKeepalive": 25}}
+        {
+            "apiVersion": "kilo.squat.ai/v1alpha1",
+            "kind": "Peer",
+            "metadata": {"name": f"peer-{j:05d}"},
+            "spec": {
+                "allowedIPs": [f"10.5.{j >> 8}.{j % 256}/32"],
+                "publicKey": key(f"p{j}"),
+                "persistentKeepalive": 25,
+            },
+        }
         for j in range(n_peers)
     ]
     return nodes, peers
@@ -97,12 +113,18 @@ def measure(n: int, locs: int, peers: int, repeat: int = 5) -> tuple[float, floa
 
 
 def main() -> None:
-    print("one node's plan (topology, WireGuard config, routes, nftables ruleset); median of 5 runs")
+    print(
+        "one node's plan (topology, WireGuard config, routes, nftables ruleset); median of 5 runs"
+    )
     print("plan: from the agent's cache of translated objects; read+plan: from raw API objects")
-    print(f"{'nodes':>6} {'locations':>9} {'peers':>6} {'plan ms':>9} {'read+plan ms':>13} {'peak MiB':>9}")
+    print(
+        f"{'nodes':>6} {'locations':>9} {'peers':>6} {'plan ms':>9} {'read+plan ms':>13} {'peak MiB':>9}"
+    )
     for n, locs in [(100, 10), (100, 50), (1000, 10), (1000, 50), (5000, 10), (5000, 50)]:
         plan_ms, full_ms, peak = measure(n, locs, 1000)
-        print(f"{n:>6} {locs:>9} {1000:>6} {plan_ms:>9.1f} {full_ms:>13.1f} {peak:>9.1f}", flush=True)
+        print(
+            f"{n:>6} {locs:>9} {1000:>6} {plan_ms:>9.1f} {full_ms:>13.1f} {peak:>9.1f}", flush=True
+        )
     sys.stdout.flush()
 
 

@@ -62,29 +62,37 @@ def wireguard_go_note() -> str:
     if root is not None:
         m = re.search(r"^WG_VERSION=(\S+)", (root / "hack/binaries.sh").read_text(), re.MULTILINE)
         pinned = m.group(1) if m else "?"
-    ver = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                         check=False).stdout
+    ver = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, check=False
+    ).stdout
     ver = ver.splitlines()[0].strip() if ver else "?"
     gover = "?"
     if shutil.which("go"):
-        out = subprocess.run(["go", "version", str(binary)], capture_output=True, text=True,
-                             check=False)
+        out = subprocess.run(
+            ["go", "version", str(binary)], capture_output=True, text=True, check=False
+        )
         gover = out.stdout.rsplit(":", 1)[-1].strip() or "?"
-    return (f"wireguard-go: {ver} (module golang.zx2c4.com/wireguard {pinned}, pinned in "
-            f"hack/binaries.sh; built with {gover}, CGO off, -trimpath; GOMAXPROCS unset)\n"
-            f"  binary: {binary}")
+    return (
+        f"wireguard-go: {ver} (module golang.zx2c4.com/wireguard {pinned}, pinned in "
+        f"hack/binaries.sh; built with {gover}, CGO off, -trimpath; GOMAXPROCS unset)\n"
+        f"  binary: {binary}"
+    )
 
 
 def iperf(lab: Lab, client: str, server_ip: str, seconds: int) -> float:
     """Gbit/s received by the server in one ``iperf3 -c`` run."""
     for attempt in range(10):
-        out = lab.exec(client, ["iperf3", "-c", server_ip, "-t", str(seconds), "-J",
-                                "--connect-timeout", "5000"], timeout=seconds + 30)
+        out = lab.exec(
+            client,
+            ["iperf3", "-c", server_ip, "-t", str(seconds), "-J", "--connect-timeout", "5000"],
+            timeout=seconds + 30,
+        )
         try:
             data = json.loads(out.stdout)
         except ValueError as e:
-            raise LabError(f"iperf3 {client} -> {server_ip}: "
-                           f"{out.stderr.strip() or out.stdout[-300:]}") from e
+            raise LabError(
+                f"iperf3 {client} -> {server_ip}: {out.stderr.strip() or out.stdout[-300:]}"
+            ) from e
         if "busy" in data.get("error", "") and attempt < 9:
             time.sleep(1)  # the server is still closing the previous test
             continue
@@ -116,10 +124,19 @@ def bare_tunnel(lab: Lab) -> list[UserspaceDevice]:
         dev.ensure()
         dev.configure_link([ipaddress.ip_interface(f"{WG_IPS[i]}/30")], 1420)
         j = 1 - i
-        dev.apply(WgConf(private_key=keys[i], listen_port=WG_PORT, peers=[WgPeer(
-            public_key=public_key(keys[j]),
-            allowed_ips=[ipaddress.ip_interface(f"{WG_IPS[j]}/32")],
-            endpoint=Endpoint(ip=ipaddress.ip_address(VETH_IPS[j]), port=WG_PORT))]))
+        dev.apply(
+            WgConf(
+                private_key=keys[i],
+                listen_port=WG_PORT,
+                peers=[
+                    WgPeer(
+                        public_key=public_key(keys[j]),
+                        allowed_ips=[ipaddress.ip_interface(f"{WG_IPS[j]}/32")],
+                        endpoint=Endpoint(ip=ipaddress.ip_address(VETH_IPS[j]), port=WG_PORT),
+                    )
+                ],
+            )
+        )
     return devs
 
 
@@ -129,8 +146,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     if shutil.which("iperf3") is None:
-        sys.exit("iperf3 is missing: apt-get install -y --no-install-recommends iperf3 "
-                 "(hack/setup.sh installs it)")
+        sys.exit(
+            "iperf3 is missing: apt-get install -y --no-install-recommends iperf3 "
+            "(hack/setup.sh installs it)"
+        )
     note = machine_note()
     say(note)
     results: list[tuple[str, list[float]]] = []
@@ -140,8 +159,15 @@ def main() -> None:
     with lab_session(spec(lab_name("btput"))) as lab:
         try:
             for pod in (B, "g2-p0"):
-                servers.append(lab.popen(pod, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, start_new_session=True))
+                servers.append(
+                    lab.popen(
+                        pod,
+                        ["iperf3", "-s"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
             lab.wait_ping(A, lab.pods[B].address, timeout=60)
             lab.wait_ping("a2-p0", lab.pods["g2-p0"].address, timeout=60)
             plain_veth(lab)
@@ -149,8 +175,10 @@ def main() -> None:
             lab.wait_ping(A, VETH_IPS[1], timeout=10)
             lab.wait_ping(A, WG_IPS[1], timeout=10)
             time.sleep(1)  # the servers listen
-            notes.append(f"MTUs: pod eth0 {mtu(lab, A, 'eth0')}, kilo0 {mtu(lab, 'a1', 'kilo0')}, "
-                         f"bare tunnel {mtu(lab, A, WG_IF)}, veth {mtu(lab, A, VETH[0])}")
+            notes.append(
+                f"MTUs: pod eth0 {mtu(lab, A, 'eth0')}, kilo0 {mtu(lab, 'a1', 'kilo0')}, "
+                f"bare tunnel {mtu(lab, A, WG_IF)}, veth {mtu(lab, A, VETH[0])}"
+            )
             paths = [
                 ("mesh, leaders' pods (a1-p0 -> g1-p0)", A, lab.pods[B].address),
                 ("mesh, followers' pods (a2-p0 -> g2-p0)", "a2-p0", lab.pods["g2-p0"].address),
@@ -182,20 +210,44 @@ def main() -> None:
     mean = {name: sum(xs) / len(xs) for name, xs in results}
     bare = next(v for k, v in best.items() if k.startswith("bare"))
     bare_mean = next(v for k, v in mean.items() if k.startswith("bare"))
-    print(f"pod -> pod TCP throughput across locations: iperf3, 1 stream, {args.seconds} s, "
-          f"{args.reps} repetitions taken in turn (Gbit/s received)")
-    rows = [(name, *xs, mean[name], best[name], f"{100 * mean[name] / bare_mean:.0f} %",
-             f"{100 * best[name] / bare:.0f} %") for name, xs in results]
-    print(table(["path", *[f"rep {i + 1}" for i in range(args.reps)], "mean", "best",
-                 "mean/bare", "best/bare"], rows))
+    print(
+        f"pod -> pod TCP throughput across locations: iperf3, 1 stream, {args.seconds} s, "
+        f"{args.reps} repetitions taken in turn (Gbit/s received)"
+    )
+    rows = [
+        (
+            name,
+            *xs,
+            mean[name],
+            best[name],
+            f"{100 * mean[name] / bare_mean:.0f} %",
+            f"{100 * best[name] / bare:.0f} %",
+        )
+        for name, xs in results
+    ]
+    print(
+        table(
+            [
+                "path",
+                *[f"rep {i + 1}" for i in range(args.reps)],
+                "mean",
+                "best",
+                "mean/bare",
+                "best/bare",
+            ],
+            rows,
+        )
+    )
     for n in notes:
         print(n)
     print(wireguard_go_note())
     mesh = next(v for k, v in best.items() if k.startswith("mesh, leaders"))
     pct = mesh / bare
-    print(f"\ntarget: mesh (leaders' pods) >= {100 * TARGET:.0f} % of the bare wireguard-go "
-          f"tunnel, best repetition of each (other load only ever lowers a figure); result: "
-          f"{100 * pct:.0f} % ({'met' if pct >= TARGET else 'MISSED'})")
+    print(
+        f"\ntarget: mesh (leaders' pods) >= {100 * TARGET:.0f} % of the bare wireguard-go "
+        f"tunnel, best repetition of each (other load only ever lowers a figure); result: "
+        f"{100 * pct:.0f} % ({'met' if pct >= TARGET else 'MISSED'})"
+    )
     print(note)
 
 

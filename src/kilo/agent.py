@@ -49,7 +49,9 @@ NAT_HANDSHAKE_WINDOW = 180
 CHECK_IN_RETRY_SECONDS = 5.0
 
 
-def unreachable_seconds(since: float, now: float, outages: list[tuple[float, float | None]]) -> float:
+def unreachable_seconds(
+    since: float, now: float, outages: list[tuple[float, float | None]]
+) -> float:
     """How many seconds of [since, now] fall into the API server's outages (end None: still
     away). A node cannot check in while the API server is away, so that time does not count
     against its readiness: an outage alone never makes a working node look gone."""
@@ -96,7 +98,9 @@ def load_or_create_key(path: str) -> bytes:
     except FileNotFoundError:
         pass
     except ValueError:
-        log.warning("the private key file %s does not hold a WireGuard key; generating a new one", path)
+        log.warning(
+            "the private key file %s does not hold a WireGuard key; generating a new one", path
+        )
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = generate_private_key()
     tmp = p.with_name(p.name + ".tmp")
@@ -138,13 +142,29 @@ class Agent:
         self.m_leader = self.metrics.gauge("kilo_leader", "Leadership status of the node.")
         self.m_nodes = self.metrics.gauge("kilo_nodes", "Number of nodes in the mesh.")
         self.m_peers = self.metrics.gauge("kilo_peers", "Number of peers in the mesh.")
-        self.m_reconciles = self.metrics.counter("kilo_reconciles_total", "Number of reconciliation attempts.")
-        self.m_errors = self.metrics.counter("kilo_errors_total", "Number of errors that occurred while administering the mesh.")
-        self.m_changes = self.metrics.counter("kilo_reconcile_changes_total", "Changes made to devices, routes, rules and the firewall.")
-        self.m_problems = self.metrics.gauge("kilo_object_problems", "Values of Node and Peer objects that could not be read.")
-        self.m_handshake = self.metrics.gauge("kilo_peer_last_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.")
-        self.m_rx = self.metrics.gauge("kilo_peer_receive_bytes", "Bytes received from a WireGuard peer.")
-        self.m_tx = self.metrics.gauge("kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer.")
+        self.m_reconciles = self.metrics.counter(
+            "kilo_reconciles_total", "Number of reconciliation attempts."
+        )
+        self.m_errors = self.metrics.counter(
+            "kilo_errors_total", "Number of errors that occurred while administering the mesh."
+        )
+        self.m_changes = self.metrics.counter(
+            "kilo_reconcile_changes_total",
+            "Changes made to devices, routes, rules and the firewall.",
+        )
+        self.m_problems = self.metrics.gauge(
+            "kilo_object_problems", "Values of Node and Peer objects that could not be read."
+        )
+        self.m_handshake = self.metrics.gauge(
+            "kilo_peer_last_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with a peer.",
+        )
+        self.m_rx = self.metrics.gauge(
+            "kilo_peer_receive_bytes", "Bytes received from a WireGuard peer."
+        )
+        self.m_tx = self.metrics.gauge(
+            "kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer."
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -169,7 +189,9 @@ class Agent:
         addrs = host_addresses()
         private, public = choose_ips(addrs, self.cfg.internal_cidrs, skip=(self.cfg.interface,))
         self.private_ip = private
-        self.external_ip = private if self.cfg.prioritise_private and private is not None else public
+        self.external_ip = (
+            private if self.cfg.prioritise_private and private is not None else public
+        )
         log.info(
             "private IP %s, public IP %s",
             f"{private.prefix} on {private.ifname}" if private else "none",
@@ -204,7 +226,9 @@ class Agent:
     def _next_checkin(self) -> float:
         """Every check-in period; sooner after a failed one, so that the node is seen again
         soon after the API server returns."""
-        return self._last_checkin + (CHECK_IN_PERIOD_SECONDS if self._checkin_ok else CHECK_IN_RETRY_SECONDS)
+        return self._last_checkin + (
+            CHECK_IN_PERIOD_SECONDS if self._checkin_ok else CHECK_IN_RETRY_SECONDS
+        )
 
     def _drain_events(self) -> None:
         while True:
@@ -236,7 +260,11 @@ class Agent:
         k = (kind, str(meta.get("name")), str(meta.get("resourceVersion", "")))
         hit = self._translated.get(k)
         if hit is None:
-            hit = node_from_object(obj, self.cfg.topology_label) if kind == "Node" else peer_from_object(obj)
+            hit = (
+                node_from_object(obj, self.cfg.topology_label)
+                if kind == "Node"
+                else peer_from_object(obj)
+            )
             self._translated[k] = hit
         return hit
 
@@ -247,7 +275,9 @@ class Agent:
         seen_keys: set[tuple[str, str, str]] = set()
         for obj in self.backend.nodes():
             n, p = self._translate("Node", obj)
-            seen_keys.add(("Node", n.name, str((obj.get("metadata") or {}).get("resourceVersion", ""))))
+            seen_keys.add(
+                ("Node", n.name, str((obj.get("metadata") or {}).get("resourceVersion", "")))
+            )
             nodes[n.name] = n
             problems += p
         for obj in self.backend.peers():
@@ -280,16 +310,25 @@ class Agent:
         for name, p in sorted(peers.items()):
             for a in p.allowed_ips:
                 if str(a) not in kept.get(name, set()):
-                    out.append(Problem("Peer", name, "spec.allowedIPs", str(a),
-                                       "lies in a node's pod CIDR, internal IP or WireGuard IP, or "
-                                       "another peer claims it; ignored"))
+                    out.append(
+                        Problem(
+                            "Peer",
+                            name,
+                            "spec.allowedIPs",
+                            str(a),
+                            "lies in a node's pod CIDR, internal IP or WireGuard IP, or "
+                            "another peer claims it; ignored",
+                        )
+                    )
         return out
 
     def local_node(self, api: Node) -> Node:
         """The local node as the agent knows it: the API's view plus our key, IPs and state."""
         endpoint = api.endpoint
         if endpoint is None or not endpoint.ready():
-            endpoint = Endpoint(self.cfg.port, self.external_ip.prefix.ip) if self.external_ip else None
+            endpoint = (
+                Endpoint(self.cfg.port, self.external_ip.prefix.ip) if self.external_ip else None
+            )
         internal = api.internal_ip
         if internal is None and not api.no_internal_ip and self.private_ip is not None:
             internal = self.private_ip.prefix
@@ -337,7 +376,10 @@ class Agent:
         with self._lock:
             for obj in self.backend.nodes():
                 if (obj.get("metadata") or {}).get("name") == self.cfg.hostname:
-                    self.publish(self.local_node(node_from_object(obj, self.cfg.topology_label)[0]), force=True)
+                    self.publish(
+                        self.local_node(node_from_object(obj, self.cfg.topology_label)[0]),
+                        force=True,
+                    )
 
     # -- reconcile -------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
@@ -369,7 +411,11 @@ class Agent:
         nodes[me.name] = me
         if self.cfg.cni:
             changes += self.update_cni(me)
-        if self.cfg.encapsulation.strategy is not Strategy.NEVER and self.private_ip is not None and not self.cfg.encapsulation.compatibility:
+        if (
+            self.cfg.encapsulation.strategy is not Strategy.NEVER
+            and self.private_ip is not None
+            and not self.cfg.encapsulation.compatibility
+        ):
             from kilo.dataplane import ipip
 
             changes += ipip.ensure(me.subnet)
@@ -378,15 +424,28 @@ class Agent:
         self.m_nodes.set(len(ready))
         self.m_peers.set(len(ready_peers))
         if me.name not in ready:
-            log.warning("the local node is not ready (endpoint %s, pod CIDR %s); waiting", me.endpoint, me.subnet)
+            log.warning(
+                "the local node is not ready (endpoint %s, pod CIDR %s); waiting",
+                me.endpoint,
+                me.subnet,
+            )
             return changes
         self.discovered = self.discover_nat_endpoints(ready, ready_peers)
         me = replace(me, discovered_endpoints=dict(self.discovered))
         ready[me.name] = me
         port = me.endpoint.port if me.endpoint is not None else self.cfg.port
         try:
-            t = new_topology(ready, ready_peers, self.cfg.granularity, me.name, port, self.private_key,
-                             self.cfg.subnet, self.cfg.service_cidrs, me.persistent_keepalive)
+            t = new_topology(
+                ready,
+                ready_peers,
+                self.cfg.granularity,
+                me.name,
+                port,
+                self.private_key,
+                self.cfg.subnet,
+                self.cfg.service_cidrs,
+                me.persistent_keepalive,
+            )
         except TopologyError as e:
             self.m_errors.inc(event="apply")
             log.error("cannot compute the topology, leaving the data plane as it is: %s", e)
@@ -407,7 +466,9 @@ class Agent:
         else:
             changes += self.device.apply(WgConf(private_key=self.private_key, listen_port=port))
             changes += self.device.configure_link([], mtu)
-        changes += self.nft.apply(ruleset(t, self.cfg.cni, self.cfg.forward_rules, self.cfg.nft_table))
+        changes += self.nft.apply(
+            ruleset(t, self.cfg.cni, self.cfg.forward_rules, self.cfg.nft_table)
+        )
         ifs = Interfaces(
             kilo=self.cfg.interface,
             private=self.private_ip.ifname if self.private_ip is not None else self.cfg.interface,
@@ -433,7 +494,9 @@ class Agent:
                 ready[k] = n
         return ready
 
-    def discover_nat_endpoints(self, nodes: dict[str, Node], peers: dict[str, Peer]) -> dict[str, Endpoint]:
+    def discover_nat_endpoints(
+        self, nodes: dict[str, Node], peers: dict[str, Peer]
+    ) -> dict[str, Endpoint]:
         """Where handshakes with NATed nodes and peers (keepalive > 0) really come from."""
         try:
             states = {p.public_key: p for p in self.device.peers()}
@@ -441,11 +504,16 @@ class Agent:
             return {}
         out: dict[str, Endpoint] = {}
         now = time.time()
-        for key, keepalive, ep in [(n.key, n.persistent_keepalive, n.endpoint) for n in nodes.values()] + [
-            (p.public_key, p.persistent_keepalive, p.endpoint) for p in peers.values()
-        ]:
+        for key, keepalive, ep in [
+            (n.key, n.persistent_keepalive, n.endpoint) for n in nodes.values()
+        ] + [(p.public_key, p.persistent_keepalive, p.endpoint) for p in peers.values()]:
             st = states.get(key) if key is not None else None
-            if st is None or not keepalive or st.endpoint is None or now - st.last_handshake > NAT_HANDSHAKE_WINDOW:
+            if (
+                st is None
+                or not keepalive
+                or st.endpoint is None
+                or now - st.last_handshake > NAT_HANDSHAKE_WINDOW
+            ):
                 continue
             ip, port = st.endpoint
             if ep is None or ep.ip != ip or ep.port != port:

@@ -71,11 +71,37 @@ class Ruleset:
             {"add": {"table": {"family": fam, "name": self.table}}},
         ]
         for c in self.base_chains:
-            cmds.append({"add": {"chain": {"family": fam, "table": self.table, "name": c.name, "type": c.type, "hook": c.hook, "prio": c.priority, "policy": "accept"}}})
+            cmds.append(
+                {
+                    "add": {
+                        "chain": {
+                            "family": fam,
+                            "table": self.table,
+                            "name": c.name,
+                            "type": c.type,
+                            "hook": c.hook,
+                            "prio": c.priority,
+                            "policy": "accept",
+                        }
+                    }
+                }
+            )
         for name in self.chains:
             cmds.append({"add": {"chain": {"family": fam, "table": self.table, "name": name}}})
         for r in self.rules:
-            cmds.append({"add": {"rule": {"family": fam, "table": self.table, "chain": r.chain, "expr": _expr(r), **({"comment": r.comment} if r.comment else {})}}})
+            cmds.append(
+                {
+                    "add": {
+                        "rule": {
+                            "family": fam,
+                            "table": self.table,
+                            "chain": r.chain,
+                            "expr": _expr(r),
+                            **({"comment": r.comment} if r.comment else {}),
+                        }
+                    }
+                }
+            )
         return {"nftables": cmds}
 
 
@@ -84,8 +110,20 @@ def _expr(r: FwRule) -> list[dict[str, Any]]:
     if r.match is not None:
         proto = "ip" if r.match.prefix.version == 4 else "ip6"
         net = r.match.prefix.network
-        right: Any = str(net.network_address) if net.prefixlen == net.max_prefixlen else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
-        out.append({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": r.match.field}}, "right": right}})
+        right: Any = (
+            str(net.network_address)
+            if net.prefixlen == net.max_prefixlen
+            else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+        )
+        out.append(
+            {
+                "match": {
+                    "op": "==",
+                    "left": {"payload": {"protocol": proto, "field": r.match.field}},
+                    "right": right,
+                }
+            }
+        )
     if r.verdict.startswith("jump "):
         out.append({"jump": {"target": r.verdict.split(" ", 1)[1]}})
     elif r.verdict == "masquerade":
@@ -100,37 +138,104 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
     rs.base_chains.append(BaseChain("postrouting", "nat", "postrouting", 100))
     rs.chains.append(NAT_CHAIN)
     if cni and t.subnet is not None:
-        rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", t.subnet), "Kilo: jump to KILO-NAT chain")
+        rs.add(
+            "postrouting",
+            f"jump {NAT_CHAIN}",
+            Match("saddr", t.subnet),
+            "Kilo: jump to KILO-NAT chain",
+        )
     if cni and forward_rules:
         rs.base_chains.append(BaseChain("forward", "filter", "forward", 0))
         own = t.local_segment()
         if t.leader and own is not None:
             for c in own.cidrs:
                 if c is not None:
-                    rs.add("forward", "accept", Match("saddr", c), "Kilo: forward packets from the pod subnet")
-                    rs.add("forward", "accept", Match("daddr", c), "Kilo: forward packets to the pod subnet")
+                    rs.add(
+                        "forward",
+                        "accept",
+                        Match("saddr", c),
+                        "Kilo: forward packets from the pod subnet",
+                    )
+                    rs.add(
+                        "forward",
+                        "accept",
+                        Match("daddr", c),
+                        "Kilo: forward packets to the pod subnet",
+                    )
             for c in own.allowed_location_ips:
-                rs.add("forward", "accept", Match("saddr", c), "Kilo: forward packets from allowed location IPs")
-                rs.add("forward", "accept", Match("daddr", c), "Kilo: forward packets to allowed location IPs")
+                rs.add(
+                    "forward",
+                    "accept",
+                    Match("saddr", c),
+                    "Kilo: forward packets from allowed location IPs",
+                )
+                rs.add(
+                    "forward",
+                    "accept",
+                    Match("daddr", c),
+                    "Kilo: forward packets to allowed location IPs",
+                )
             for ip in own.private_ips or []:
-                rs.add("forward", "accept", Match("saddr", host_prefix(ip)), "Kilo: forward packets from private IPs")
-                rs.add("forward", "accept", Match("daddr", host_prefix(ip)), "Kilo: forward packets to private IPs")
+                rs.add(
+                    "forward",
+                    "accept",
+                    Match("saddr", host_prefix(ip)),
+                    "Kilo: forward packets from private IPs",
+                )
+                rs.add(
+                    "forward",
+                    "accept",
+                    Match("daddr", host_prefix(ip)),
+                    "Kilo: forward packets to private IPs",
+                )
         elif t.subnet is not None:
-            rs.add("forward", "accept", Match("saddr", t.subnet), "Kilo: forward packets from the node's pod subnet")
-            rs.add("forward", "accept", Match("daddr", t.subnet), "Kilo: forward packets to the node's pod subnet")
+            rs.add(
+                "forward",
+                "accept",
+                Match("saddr", t.subnet),
+                "Kilo: forward packets from the node's pod subnet",
+            )
+            rs.add(
+                "forward",
+                "accept",
+                Match("daddr", t.subnet),
+                "Kilo: forward packets to the node's pod subnet",
+            )
     for s in t.segments:
         if s.wireguard_ip is not None:
-            rs.add(NAT_CHAIN, "return", Match("daddr", host_prefix(s.wireguard_ip)), "Kilo: do not NAT packets destined for WireGuard IPs")
+            rs.add(
+                NAT_CHAIN,
+                "return",
+                Match("daddr", host_prefix(s.wireguard_ip)),
+                "Kilo: do not NAT packets destined for WireGuard IPs",
+            )
         for a in s.allowed_ips:
-            rs.add(NAT_CHAIN, "return", Match("daddr", a), "Kilo: do not NAT packets destined for known IPs")
+            rs.add(
+                NAT_CHAIN,
+                "return",
+                Match("daddr", a),
+                "Kilo: do not NAT packets destined for known IPs",
+            )
         if s.location == t.location:
             for a in s.allowed_location_ips:
-                rs.add("postrouting", f"jump {NAT_CHAIN}", Match("daddr", a), "Kilo: jump to NAT chain")
+                rs.add(
+                    "postrouting", f"jump {NAT_CHAIN}", Match("daddr", a), "Kilo: jump to NAT chain"
+                )
     for p in t.peers:
         for a in p.allowed_ips:
             rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", a), "Kilo: jump to NAT chain")
-            rs.add(NAT_CHAIN, "return", Match("daddr", a), "Kilo: do not NAT packets destined for peers")
+            rs.add(
+                NAT_CHAIN,
+                "return",
+                Match("daddr", a),
+                "Kilo: do not NAT packets destined for peers",
+            )
     for c in t.service_cidrs:
-        rs.add(NAT_CHAIN, "return", Match("daddr", c), "Kilo: do not NAT packets destined for service CIDRs")
+        rs.add(
+            NAT_CHAIN,
+            "return",
+            Match("daddr", c),
+            "Kilo: do not NAT packets destined for service CIDRs",
+        )
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs

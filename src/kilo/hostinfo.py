@@ -44,7 +44,10 @@ def choose_ips(
             if public is None:
                 public = a
         elif private is None and (
-            not internal_cidrs or any(a.prefix.version == c.version and a.prefix.ip in c.network for c in internal_cidrs)
+            not internal_cidrs
+            or any(
+                a.prefix.version == c.version and a.prefix.ip in c.network for c in internal_cidrs
+            )
         ):
             private = a
     return private, public or private
@@ -61,5 +64,10 @@ def host_addresses() -> list[HostAddress]:
             addr = msg.get_attr("IFA_ADDRESS")
             if addr is None:
                 continue
-            out.append(HostAddress(names.get(msg["index"], "?"), ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")))
+            out.append(
+                HostAddress(
+                    names.get(msg["index"], "?"),
+                    ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"),
+                )
+            )
     return out

@@ -44,7 +44,9 @@ class ClusterState:
     problems: list[Problem]
 
 
-def read_cluster(node_objs: Sequence[dict[str, Any]], peer_objs: Sequence[dict[str, Any]], topology_label: str) -> ClusterState:
+def read_cluster(
+    node_objs: Sequence[dict[str, Any]], peer_objs: Sequence[dict[str, Any]], topology_label: str
+) -> ClusterState:
     nodes: list[Node] = []
     peers: list[Peer] = []
     problems: list[Problem] = []
@@ -72,7 +74,9 @@ def determine_granularity(g: Granularity, nodes: Sequence[Node]) -> Granularity:
         raise UserError("failed to determine granularity: could not get any nodes")
     ret = nodes[0].granularity
     if ret is None:
-        raise UserError(f"failed to determine granularity: mesh granularity {g.value} is not supported")
+        raise UserError(
+            f"failed to determine granularity: mesh granularity {g.value} is not supported"
+        )
     return ret
 
 
@@ -104,7 +108,17 @@ def _ready(state: ClusterState, now: int) -> _Ready:
 def graph_text(state: ClusterState, opts: Options, now: int) -> str:
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
-    t = new_topology(r.nodes, r.peers, g, r.last_ready, 0, None, r.subnet, (), r.nodes[r.last_ready].persistent_keepalive)
+    t = new_topology(
+        r.nodes,
+        r.peers,
+        g,
+        r.last_ready,
+        0,
+        None,
+        r.subnet,
+        (),
+        r.nodes[r.last_ready].persistent_keepalive,
+    )
     return graph.dot(t) + "\n"
 
 
@@ -119,7 +133,9 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     r = _ready(state, now)
     if name not in r.nodes:
         raise UserError(f"did not find any node named {_goq(name)} in the cluster")
-    t = new_topology(r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive)
+    t = new_topology(
+        r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive
+    )
     if not any(p.public_key == r.nodes[name].key for p in t.peer_conf("").peers):
         return Output(stderr=f"Node {_goq(name)} is not a leader node\n")
     if not opts.as_peer:
@@ -138,7 +154,9 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     if name not in r.peers:
         raise UserError(f"did not find any peer named {_goq(name)} in the cluster")
     peer = r.peers[name]
-    t = new_topology(r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive)
+    t = new_topology(
+        r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive
+    )
     if not opts.as_peer:
         return Output(stdout=t.peer_conf(name).render())
     p = WgPeer(
@@ -155,12 +173,19 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
 def _peer_output(name: str, p: WgPeer, output: str) -> str:
     if output == "wireguard":
         return WgConf(peers=[p]).render()
-    obj = peer_object(name, p.public_key, p.allowed_ips, p.endpoint, p.persistent_keepalive, p.preshared_key)
+    obj = peer_object(
+        name, p.public_key, p.allowed_ips, p.endpoint, p.persistent_keepalive, p.preshared_key
+    )
     if output == "yaml":
         return yaml.safe_dump(obj, default_flow_style=False, sort_keys=True)
     # The JSON Kubernetes' serializer prints: Go struct order, two-space indent.
     # Kubernetes' serializer: Go struct order, two-space indent, no trailing newline.
-    ordered = {"kind": obj["kind"], "apiVersion": obj["apiVersion"], "metadata": {"name": name}, "spec": obj["spec"]}
+    ordered = {
+        "kind": obj["kind"],
+        "apiVersion": obj["apiVersion"],
+        "metadata": {"name": name},
+        "spec": obj["spec"],
+    }
     text = json.dumps(ordered, indent=2, ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 

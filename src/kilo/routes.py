@@ -39,7 +39,9 @@ class Encapsulation:
     strategy: Strategy = Strategy.ALWAYS
     compatibility: Compatibility = Compatibility.NONE
 
-    def gw(self, internal: IPAddress | None, cni_ip: Prefix | None, subnet: Prefix | None) -> IPAddress | None:
+    def gw(
+        self, internal: IPAddress | None, cni_ip: Prefix | None, subnet: Prefix | None
+    ) -> IPAddress | None:
         if self.compatibility is Compatibility.FLANNEL:
             return None if subnet is None else subnet.network.network_address
         if self.compatibility is Compatibility.CILIUM:
@@ -119,11 +121,15 @@ def _local_routes(
         if priv == t.private_ip.ip or cidr is None:
             continue
         gw = enc.gw(priv, s.cni_compatibility_ips[i], cidr)
-        routes.append(_encapsulate(Route(cidr, ifs.private, gw, onlink=True), enc, t.private_ip, ifs.tunnel))
+        routes.append(
+            _encapsulate(Route(cidr, ifs.private, gw, onlink=True), enc, t.private_ip, ifs.tunnel)
+        )
         if enc.strategy is Strategy.ALWAYS or (
             enc.strategy is Strategy.CROSS_SUBNET and not contains(t.private_ip, priv)
         ):
-            routes.append(Route(host_prefix(priv), ifs.tunnel, gw, t.private_ip.ip, True, KILO_TABLE))
+            routes.append(
+                Route(host_prefix(priv), ifs.tunnel, gw, t.private_ip.ip, True, KILO_TABLE)
+            )
             if t.subnet is not None:
                 rules.append(Rule(KILO_TABLE, src=t.subnet, dst=host_prefix(priv)))
             if leader:
@@ -131,7 +137,9 @@ def _local_routes(
     return routes, rules
 
 
-def routes(t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation) -> tuple[list[Route], list[Rule]]:
+def routes(
+    t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation
+) -> tuple[list[Route], list[Rule]]:
     """The routes and rules of the local node of ``t``."""
     if not t.leader:
         return _follower_routes(t, ifs, local, enc)
@@ -144,7 +152,12 @@ def routes(t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation) -> tup
                 r, ru = _local_routes(t, s, ifs, enc, leader=True)
                 out += r
                 rules += ru
-            elif s.location == t.location and t.private_ip is not None and enc.strategy is not Strategy.NEVER and s.private_ips:
+            elif (
+                s.location == t.location
+                and t.private_ip is not None
+                and enc.strategy is not Strategy.NEVER
+                and s.private_ips
+            ):
                 for i, cidr in enumerate(s.cidrs):
                     priv = s.private_ips[i]
                     if priv == t.private_ip.ip:
@@ -161,7 +174,9 @@ def routes(t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation) -> tup
                 out.append(Route(cidr, ifs.kilo, s.wireguard_ip, src, onlink=True))
             if s.private_ips is None or s.private_ips[i] == (ep.ip if ep is not None else None):
                 continue
-            out.append(Route(host_prefix(s.private_ips[i]), ifs.kilo, s.wireguard_ip, src, onlink=True))
+            out.append(
+                Route(host_prefix(s.private_ips[i]), ifs.kilo, s.wireguard_ip, src, onlink=True)
+            )
         for a in s.allowed_location_ips:
             out.append(Route(a, ifs.kilo, s.wireguard_ip, src, onlink=True))
     for p in t.peers:
@@ -170,13 +185,19 @@ def routes(t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation) -> tup
     return out, rules
 
 
-def _follower_routes(t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation) -> tuple[list[Route], list[Rule]]:
+def _follower_routes(
+    t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation
+) -> tuple[list[Route], list[Rule]]:
     out: list[Route] = []
     rules: list[Rule] = []
     own = t.local_segment()
     gw: IPAddress | None = None
     if own is not None and own.private_ips is not None:
-        gw = enc.gw(own.private_ips[own.leader], own.cni_compatibility_ips[own.leader], own.cidrs[own.leader])
+        gw = enc.gw(
+            own.private_ips[own.leader],
+            own.cni_compatibility_ips[own.leader],
+            own.cidrs[own.leader],
+        )
 
     def via_leader(dst: Prefix) -> Route:
         return _encapsulate(Route(dst, ifs.private, gw, onlink=True), enc, t.private_ip, ifs.tunnel)

@@ -70,10 +70,19 @@ def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
                     return
                 exe = shutil.which("dot")
                 if fmt not in ("svg", "png") or exe is None:
-                    self._send(400, f"format {fmt!r} needs Graphviz's dot program (formats: dot, svg, png)\n".encode())
+                    self._send(
+                        400,
+                        f"format {fmt!r} needs Graphviz's dot program (formats: dot, svg, png)\n".encode(),
+                    )
                     return
-                r = subprocess.run([exe, f"-T{fmt}"], input=dot.encode(), capture_output=True, check=False)
-                self._send(200 if r.returncode == 0 else 500, r.stdout or r.stderr, "image/svg+xml" if fmt == "svg" else "image/png")
+                r = subprocess.run(
+                    [exe, f"-T{fmt}"], input=dot.encode(), capture_output=True, check=False
+                )
+                self._send(
+                    200 if r.returncode == 0 else 500,
+                    r.stdout or r.stderr,
+                    "image/svg+xml" if fmt == "svg" else "image/png",
+                )
             else:
                 self._send(404, b"not found\n")
 

@@ -94,7 +94,9 @@ class Topology:
             return s.logical_location != self.logical_location
         return True
 
-    def update_endpoint(self, endpoint: Endpoint | None, key: bytes | None, keepalive: int | None) -> Endpoint | None:
+    def update_endpoint(
+        self, endpoint: Endpoint | None, key: bytes | None, keepalive: int | None
+    ) -> Endpoint | None:
         """A discovered endpoint replaces the given one only for peers behind NAT (keepalive > 0)."""
         if not keepalive or key is None:
             return endpoint
@@ -103,7 +105,9 @@ class Topology:
     # -- WireGuard configurations -------------------------------------------------------
     def conf(self) -> WgConf:
         """The local node's WireGuard device configuration."""
-        c = WgConf(private_key=self.key if self.key is not None else bytes(32), listen_port=self.port)
+        c = WgConf(
+            private_key=self.key if self.key is not None else bytes(32), listen_port=self.port
+        )
         for s in self.segments:
             if not self.is_tunnelled(s):
                 continue
@@ -132,7 +136,9 @@ class Topology:
         s = self.local_segment()
         if s is None:
             return None
-        return WgPeer(public_key=s.key or bytes(32), allowed_ips=list(s.allowed_ips), endpoint=s.endpoint)
+        return WgPeer(
+            public_key=s.key or bytes(32), allowed_ips=list(s.allowed_ips), endpoint=s.endpoint
+        )
 
     def peer_conf(self, name: str) -> WgConf:
         """The configuration a peer ``name`` needs: every segment and every other peer."""
@@ -211,7 +217,9 @@ def deduplicate_peer_ips(peers: Iterable[Peer]) -> list[Peer]:
         keep: list[Prefix] = []
         for ip in p.allowed_ips:
             if ip in seen:
-                log.warning("peer %s: allowed IP %s is already claimed by another peer; ignored", p.name, ip)
+                log.warning(
+                    "peer %s: allowed IP %s is already claimed by another peer; ignored", p.name, ip
+                )
                 continue
             seen.add(ip)
             keep.append(ip)
@@ -229,7 +237,11 @@ class _Allocator:
             return None
         self.current += 1
         try:
-            ip = ipaddress.ip_address(self.current) if self.network.version == 4 else ipaddress.IPv6Address(self.current)
+            ip = (
+                ipaddress.ip_address(self.current)
+                if self.network.version == 4
+                else ipaddress.IPv6Address(self.current)
+            )
         except ValueError:
             self.current = None
             return None
@@ -311,13 +323,17 @@ def new_topology(
             )
         )
     t.segments.sort(key=lambda s: s.location)
-    t.peers = _drop_claims_on_nodes(deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name)), t.segments, subnet)
+    t.peers = _drop_claims_on_nodes(
+        deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name)), t.segments, subnet
+    )
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
     for s in t.segments:
         ip = alloc.next()
         if ip is None:
-            raise TopologyError(f"failed to allocate an IP address from {subnet}; ran out of IP addresses")
+            raise TopologyError(
+                f"failed to allocate an IP address from {subnet}; ran out of IP addresses"
+            )
         s.wireguard_ip = ip
         s.allowed_ips.append(host_prefix(ip))
         if t.leader and s.location == t.location:
@@ -364,7 +380,9 @@ def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Pr
                     if owner is not None:
                         break
             if owner is not None:
-                log.warning("peer %s: allowed IP %s lies in the mesh's %s; ignored", p.name, a, owner)
+                log.warning(
+                    "peer %s: allowed IP %s lies in the mesh's %s; ignored", p.name, a, owner
+                )
                 continue
             keep.append(a)
         out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)

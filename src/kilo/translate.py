@@ -58,6 +58,7 @@ OWNED_ANNOTATIONS = (
 PEER_API_VERSION = "kilo.squat.ai/v1alpha1"
 PEER_KIND = "Peer"
 
+
 def parse_cidr(text: str) -> Prefix:
     """A CIDR that keeps its host bits (Kilo's ``normalizeIP``); raises ValueError."""
     if "/" not in text:
@@ -74,7 +75,9 @@ class _Reader:
         self.problems.append(Problem(self.kind, self.name, field, str(value), reason))
 
 
-def node_from_object(obj: Mapping[str, Any], topology_label: str = REGION_LABEL) -> tuple[Node, list[Problem]]:
+def node_from_object(
+    obj: Mapping[str, Any], topology_label: str = REGION_LABEL
+) -> tuple[Node, list[Problem]]:
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", ""))
     ann: Mapping[str, str] = meta.get("annotations") or {}
@@ -118,7 +121,11 @@ def node_from_object(obj: Mapping[str, Any], topology_label: str = REGION_LABEL)
         try:
             keepalive = int(v, 10)
         except ValueError:
-            r.problem(f"metadata.annotations[{PERSISTENT_KEEPALIVE}]", v, "not an integer number of seconds")
+            r.problem(
+                f"metadata.annotations[{PERSISTENT_KEEPALIVE}]",
+                v,
+                "not an integer number of seconds",
+            )
         if keepalive < 0:
             r.problem(f"metadata.annotations[{PERSISTENT_KEEPALIVE}]", v, "negative; read as 0")
             keepalive = 0
@@ -212,7 +219,7 @@ def peer_validation_error(spec: Mapping[str, Any]) -> str | None:
             return f"spec.allowedIPs: {ip!r} is not a CIDR: {e}"
     ep = spec.get("endpoint")
     if ep is not None:
-        d = (ep.get("dnsOrIP") or {})
+        d = ep.get("dnsOrIP") or {}
         dns, ip = d.get("dns") or "", d.get("ip") or ""
         if not dns and not ip:
             return "spec.endpoint.dnsOrIP: either a DNS name or an IP address must be given"
@@ -294,7 +301,9 @@ def node_annotations(node: Node) -> dict[str, str]:
         if node.discovered_endpoints is None
         else discovered_endpoints_json(node.discovered_endpoints),
         GRANULARITY: "" if node.granularity is None else node.granularity.value,
-        CNI_COMPATIBILITY_IP: "" if node.cni_compatibility_ip is None else str(node.cni_compatibility_ip),
+        CNI_COMPATIBILITY_IP: ""
+        if node.cni_compatibility_ip is None
+        else str(node.cni_compatibility_ip),
     }
 
 

@@ -54,8 +54,7 @@ def need_lab(*binaries: str) -> None:
 
 def install_crd(cp: ControlPlane) -> None:
     cp.kubectl("apply", "-f", str(CRDS))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/peers.kilo.squat.ai")
+    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/peers.kilo.squat.ai")
 
 
 @pytest.fixture(scope="session")

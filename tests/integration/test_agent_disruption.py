@@ -66,14 +66,19 @@ def lab(lab_tracker: tuple[Lab, Tracker]) -> Lab:
 
 def last_seen(lab: Lab) -> dict[str, int]:
     out = lab.kubectl("c1", "get", "nodes", "-o", "json").stdout
-    return {n["metadata"]["name"]: int(n["metadata"].get("annotations", {})
-                                       .get("kilo.squat.ai/last-seen", 0))
-            for n in json.loads(out)["items"]}
+    return {
+        n["metadata"]["name"]: int(
+            n["metadata"].get("annotations", {}).get("kilo.squat.ai/last-seen", 0)
+        )
+        for n in json.loads(out)["items"]
+    }
 
 
 def check_flood(what: str, result: PingResult) -> None:
-    print(f"[{NAME}] {result.sent} pings across {what} ({result.rate:.0f}/s over "
-          f"{result.seconds:.0f} s): {result.lost} lost")
+    print(
+        f"[{NAME}] {result.sent} pings across {what} ({result.rate:.0f}/s over "
+        f"{result.seconds:.0f} s): {result.lost} lost"
+    )
     assert result.lost == 0, f"lost across {what}: {result.gaps()}\n{result.output[-800:]}"
     assert result.rate >= 80, f"only {result.rate:.0f} pings/s: the machine is too busy"
 
@@ -81,9 +86,22 @@ def check_flood(what: str, result: PingResult) -> None:
 def watch_annotation(lab: Lab, node: str, key: str, out: IO[str]) -> subprocess.Popen[str]:
     """``kubectl get node -w``, printing one annotation's value at every change."""
     path = "{.metadata.annotations." + key.replace(".", "\\.") + '}{"\\n"}'
-    return lab.popen("admin", [str(locate("kubectl")), f"--kubeconfig={lab.kubeconfig('c1')}",
-                               "get", "node", node, "-w", "-o", f"jsonpath={path}"],
-                     stdout=out, stderr=subprocess.STDOUT, text=True)
+    return lab.popen(
+        "admin",
+        [
+            str(locate("kubectl")),
+            f"--kubeconfig={lab.kubeconfig('c1')}",
+            "get",
+            "node",
+            node,
+            "-w",
+            "-o",
+            f"jsonpath={path}",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_leader_restart_loses_no_packet(lab: Lab) -> None:
@@ -97,11 +115,13 @@ def test_leader_restart_loses_no_packet(lab: Lab) -> None:
             t0 = time.monotonic()
             lab.restart_agent(node)
             wait_healthy(lab, node, timeout=30)
-            print(f"\n[{NAME}] kg on {node} restarted and reconciled in "
-                  f"{time.monotonic() - t0:.1f} s")
+            print(
+                f"\n[{NAME}] kg on {node} restarted and reconciled in {time.monotonic() - t0:.1f} s"
+            )
             # the new agent has made its first reconcile and a resync after it
-            wait_for(f"{node} resynced after the restart",
-                     lambda: reconciles_total(lab, node) >= 2, 15)
+            wait_for(
+                f"{node} resynced after the restart", lambda: reconciles_total(lab, node) >= 2, 15
+            )
             time.sleep(2)
             assert flood.running(), "the pings stopped by themselves"
         finally:
@@ -112,11 +132,13 @@ def test_leader_restart_loses_no_packet(lab: Lab) -> None:
         values = seen.read().splitlines()
     check_flood(f"the restart of {node}'s agent", result)
     assert result.sent > 500
-    assert changes_total(lab, node) == 0, \
-        "the restarted agent changed things:\n" + "\n".join(log_lines(lab, node, "changed:")[-20:])
+    assert changes_total(lab, node) == 0, "the restarted agent changed things:\n" + "\n".join(
+        log_lines(lab, node, "changed:")[-20:]
+    )
     assert log_lines(lab, node, "adopting running wireguard-go")
-    assert values and all(v == "10.4.0.1/16" for v in values), \
+    assert values and all(v == "10.4.0.1/16" for v in values), (
         f"{node}'s WireGuard IP annotation flapped during the restart: {values}"
+    )
     assert {n: changes_total(lab, n) for n in others} == others, "other agents changed things"
 
 
@@ -138,12 +160,18 @@ def test_api_server_outage_loses_no_packet(lab: Lab) -> None:
         for n in lab.spec.nodes:
             assert lab.agent_running(n.name)
             wait_for(f"kg on {n.name} healthy", lambda x: health(lab, x) == 200, 30, n.name)
-        wait_for("every node checked in after the outage",
-                 lambda: all(v >= int(back) - 1 for v in last_seen(lab).values()), timeout=40)
+        wait_for(
+            "every node checked in after the outage",
+            lambda: all(v >= int(back) - 1 for v in last_seen(lab).values()),
+            timeout=40,
+        )
         seen = last_seen(lab)
-        print(f"[{NAME}] every node checked in again {time.time() - back:.1f} s after the API "
-              "server returned (" + ", ".join(f"{n} at {v - back:+.0f} s" for n, v in seen.items())
-              + ")")
+        print(
+            f"[{NAME}] every node checked in again {time.time() - back:.1f} s after the API "
+            "server returned ("
+            + ", ".join(f"{n} at {v - back:+.0f} s" for n, v in seen.items())
+            + ")"
+        )
         for host in seen:
             for line in log_lines(lab, host, "annotations")[-4:]:
                 print(f"[{NAME}]   {host}: {line}")
@@ -155,8 +183,13 @@ def test_api_server_outage_loses_no_packet(lab: Lab) -> None:
     assert result.seconds > OUTAGE
     # ...and a Peer created now reaches every leader
     _, public = genkey()
-    lab.kubectl("c1", "apply", "-f", "-",
-                input=json.dumps(peer_object("after-outage", public, ["10.5.0.9/32"])))
+    lab.kubectl(
+        "c1",
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(peer_object("after-outage", public, ["10.5.0.9/32"])),
+    )
     for leader in LEADERS:
         wait_for(f"the new Peer on {leader}", lambda x: public in wg_keys(lab, x), 30, leader)
 

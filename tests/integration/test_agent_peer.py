@@ -48,7 +48,9 @@ def lab(lab_tracker: tuple[Lab, Tracker]) -> Lab:
     return lab_tracker[0]
 
 
-def configure_laptop(lab: Lab, device: UserspaceDevice, private_key: str, showconf: str) -> list[str]:
+def configure_laptop(
+    lab: Lab, device: UserspaceDevice, private_key: str, showconf: str
+) -> list[str]:
     """wireguard-go in the laptop namespace, set from ``kgctl showconf peer laptop`` plus the
     laptop's private key; its address and a route for every allowed IP through it. Returns
     the routed prefixes."""
@@ -77,9 +79,11 @@ def test_a_peer_reaches_pods_and_leaves(lab: Lab) -> None:
         assert "10.2.1.0/24" in routed and "10.2.3.0/24" in routed, routed
         first = lab.wait_ping("laptop", targets["a"], timeout=30)
         first_reply = time.monotonic() - t0
-        print(f"\n[{NAME}] Peer created -> first ping reply from a pod: {first_reply:.2f} s "
-              f"(kgctl showconf and configuring the laptop: {first_reply - first:.2f} s; "
-              f"then pinging until the reply: {first:.2f} s)")
+        print(
+            f"\n[{NAME}] Peer created -> first ping reply from a pod: {first_reply:.2f} s "
+            f"(kgctl showconf and configuring the laptop: {first_reply - first:.2f} s; "
+            f"then pinging until the reply: {first:.2f} s)"
+        )
         lab.wait_ping("laptop", targets["g"], timeout=30)
         for leader in LEADERS:
             assert public in wg_keys(lab, leader), f"{leader} has no WireGuard peer for laptop"
@@ -87,13 +91,20 @@ def test_a_peer_reaches_pods_and_leaves(lab: Lab) -> None:
         lab.kubectl("c1", "delete", "peer", "laptop")
         t1 = time.monotonic()
         for node in lab.spec.nodes:
-            wait_for(f"laptop's key gone from {node.name}'s kilo0",
-                     lambda x: public not in wg_keys(lab, x), 30, node.name)
-        print(f"[{NAME}] Peer deleted -> gone from every node's WireGuard: "
-              f"{time.monotonic() - t1:.2f} s")
+            wait_for(
+                f"laptop's key gone from {node.name}'s kilo0",
+                lambda x: public not in wg_keys(lab, x),
+                30,
+                node.name,
+            )
+        print(
+            f"[{NAME}] Peer deleted -> gone from every node's WireGuard: "
+            f"{time.monotonic() - t1:.2f} s"
+        )
         for loc, ip in targets.items():
-            assert not lab.ping("laptop", ip, count=3, wait=1), \
+            assert not lab.ping("laptop", ip, count=3, wait=1), (
                 f"the laptop still reaches the pod {ip} in {loc} after its Peer was deleted"
+            )
         # and the routes to the laptop's address are gone from every node
         for node in lab.spec.nodes:
             routes = lab.exec(node.name, ["ip", "route", "show", "proto", "107"]).stdout

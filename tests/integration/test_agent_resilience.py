@@ -94,7 +94,7 @@ def assert_still(lab: Lab, periods: float = 2.5) -> None:
     logged = {n: len(log_lines(lab, n, "changed:")) for n in nodes}
     time.sleep(periods * RESYNC)
     for n in nodes:
-        new_lines = log_lines(lab, n, "changed:")[logged[n]:]
+        new_lines = log_lines(lab, n, "changed:")[logged[n] :]
         assert new_lines == [], f"{n} changed things on a no-op resync:\n" + "\n".join(new_lines)
         assert changes_total(lab, n) == counts[n], f"{n}: kilo_reconcile_changes_total moved"
         assert reconciles_total(lab, n) >= reconciles[n] + 2, f"{n} did not resync twice"
@@ -113,10 +113,21 @@ def test_bad_annotations_are_reported_and_hurt_nobody(lab: Lab) -> None:
     args = [f"{k}={v}" for k, v in BAD_ANNOTATIONS.items()]
     lab.kubectl("c1", "annotate", "node", BAD_NODE, "--overwrite", *args)
     for n in lab.spec.nodes:
-        wait_for(f"{n.name} reports the bad annotations",
-                 lambda x: len([line for line in log_lines(lab, x, "ignoring a bad value")
-                                if f"Node '{BAD_NODE}'" in line]) >= len(BAD_ANNOTATIONS),
-                 20, n.name)
+        wait_for(
+            f"{n.name} reports the bad annotations",
+            lambda x: (
+                len(
+                    [
+                        line
+                        for line in log_lines(lab, x, "ignoring a bad value")
+                        if f"Node '{BAD_NODE}'" in line
+                    ]
+                )
+                >= len(BAD_ANNOTATIONS)
+            ),
+            20,
+            n.name,
+        )
         assert metrics(lab, n.name)["kilo_object_problems"] >= len(BAD_ANNOTATIONS)
     lines = log_lines(lab, "a1", "ignoring a bad value")
     for key, value in BAD_ANNOTATIONS.items():
@@ -142,18 +153,33 @@ def test_a_peer_kilo_refuses_is_reported_and_hurts_nobody(lab: Lab) -> None:
     _, bad_key = genkey()
     _, good_key = genkey()
     before = metrics(lab, "a1")["kilo_object_problems"]
-    lab.kubectl("c1", "apply", "-f", "-", input=json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": [
-            peer_object("thief", bad_key, [f"{stolen}/32", "10.5.0.5/32"]),
-            peer_object("good", good_key, ["10.5.0.6/32"]),
-        ]}))
+    lab.kubectl(
+        "c1",
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    peer_object("thief", bad_key, [f"{stolen}/32", "10.5.0.5/32"]),
+                    peer_object("good", good_key, ["10.5.0.6/32"]),
+                ],
+            }
+        ),
+    )
     for leader in LEADERS:
-        wait_for(f"the good Peer on {leader}", lambda x: good_key in wg_keys(lab, x), 30,
-                 leader)
-        wait_for(f"{leader} reports the refused claim",
-                 lambda x: any("Peer 'thief'" in line and stolen in line
-                               for line in log_lines(lab, x, "ignoring a bad value")),
-                 20, leader)
+        wait_for(f"the good Peer on {leader}", lambda x: good_key in wg_keys(lab, x), 30, leader)
+        wait_for(
+            f"{leader} reports the refused claim",
+            lambda x: any(
+                "Peer 'thief'" in line and stolen in line
+                for line in log_lines(lab, x, "ignoring a bad value")
+            ),
+            20,
+            leader,
+        )
         assert metrics(lab, leader)["kilo_object_problems"] >= before + 1
         live = lab.wg(leader, "show", "kilo0", "allowed-ips").stdout
         assert f"{stolen}/32" not in live, f"{leader} hands the pod's address to a peer:\n{live}"

@@ -32,9 +32,14 @@ def lab_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"[:12]
 
 
-def two_locations(name: str, *, agent_args: list[str] | None = None, peers: list[str] | None = None,
-                  kube_proxy: bool = False,
-                  annotations: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+def two_locations(
+    name: str,
+    *,
+    agent_args: list[str] | None = None,
+    peers: list[str] | None = None,
+    kube_proxy: bool = False,
+    annotations: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
     """Two locations x two nodes (a1, g1 public: the leaders; a2, g2 private), one pod each."""
     ann = annotations or {}
 
@@ -47,15 +52,17 @@ def two_locations(name: str, *, agent_args: list[str] | None = None, peers: list
     return {
         "name": name,
         "kubeProxy": kube_proxy,
-        "clusters": [{
-            "name": "c1",
-            "granularity": "location",
-            "agentArgs": list(agent_args or []),
-            "locations": [
-                {"name": "aws", "nodes": [node("a1", True), node("a2", False)]},
-                {"name": "gcp", "nodes": [node("g1", True), node("g2", False)]},
-            ],
-        }],
+        "clusters": [
+            {
+                "name": "c1",
+                "granularity": "location",
+                "agentArgs": list(agent_args or []),
+                "locations": [
+                    {"name": "aws", "nodes": [node("a1", True), node("a2", False)]},
+                    {"name": "gcp", "nodes": [node("g1", True), node("g2", False)]},
+                ],
+            }
+        ],
         "peers": [{"name": p} for p in (peers or [])],
     }
 
@@ -70,11 +77,14 @@ def preconditions() -> None:
 
 # --- the root namespace and leftovers ------------------------------------------------------
 
+
 def root_snapshot() -> dict[str, str]:
     """What a lab must not change in the root namespace: links, routes, rules, nft tables."""
+
     def out(*argv: str) -> str:
         r = subprocess.run(argv, capture_output=True, text=True, check=False)
         return r.stdout
+
     links = sorted(re.findall(r"^\d+: ([^:@]+)", out("ip", "-o", "link", "show"), re.MULTILINE))
     return {
         "links": "\n".join(links),
@@ -112,8 +122,14 @@ class Leftovers:
     root_changes: list[str]
 
     def empty(self) -> bool:
-        return not (self.namespaces or self.processes or self.named_processes or self.wg_dirs
-                    or self.state_dir or self.root_changes)
+        return not (
+            self.namespaces
+            or self.processes
+            or self.named_processes
+            or self.wg_dirs
+            or self.state_dir
+            or self.root_changes
+        )
 
 
 class Tracker:
@@ -140,8 +156,11 @@ class Tracker:
             processes=sorted(p for p in self.pids if netns.alive(p)),
             named_processes=processes_mentioning(f"/kpy-lab/{name}/")
             + processes_mentioning(f"kpy-{name}-"),
-            wg_dirs=[f"/run/kilo/wireguard/net-{i}" for i in sorted(self.inodes)
-                     if os.path.exists(f"/run/kilo/wireguard/net-{i}")],
+            wg_dirs=[
+                f"/run/kilo/wireguard/net-{i}"
+                for i in sorted(self.inodes)
+                if os.path.exists(f"/run/kilo/wireguard/net-{i}")
+            ],
             state_dir=state_dir(name).exists(),
             root_changes=[k for k, v in after.items() if v != self.root_before[k]],
         )
@@ -173,6 +192,7 @@ def check_nothing_left(lab: Lab, tracker: Tracker) -> None:
 
 # --- talking to agents ----------------------------------------------------------------------
 
+
 def metrics(lab: Lab, node: str) -> dict[str, float]:
     """The agent's /metrics as {"name{labels}": value} (fetched from the admin namespace)."""
     ip = lab.spec.node(node).mgmt_ip
@@ -189,13 +209,26 @@ def metrics(lab: Lab, node: str) -> dict[str, float]:
 
 def health(lab: Lab, node: str) -> int:
     ip = lab.spec.node(node).mgmt_ip
-    r = lab.exec("admin", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5",
-                           f"http://{ip}:{METRICS_PORT}/health"])
+    r = lab.exec(
+        "admin",
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "5",
+            f"http://{ip}:{METRICS_PORT}/health",
+        ],
+    )
     return int(r.stdout or 0)
 
 
-def wait_for(what: str, cond: Callable[..., bool], timeout: float, *args: Any,
-             interval: float = 0.25) -> float:
+def wait_for(
+    what: str, cond: Callable[..., bool], timeout: float, *args: Any, interval: float = 0.25
+) -> float:
     """Poll ``cond(*args)`` until true; returns the seconds it took (fails the test on
     timeout)."""
     t0 = time.monotonic()
@@ -218,6 +251,7 @@ def wg_keys(lab: Lab, node: str) -> set[str]:
 
 
 # --- pings ------------------------------------------------------------------------------------
+
 
 @dataclass
 class PingResult:
@@ -270,8 +304,12 @@ class Flood:
         self.started = time.monotonic()
         # a file, not a pipe: a full pipe would stall ping (a line per reply)
         self.out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
-        self.proc = lab.popen(host, ["ping", "-n", "-i", self.INTERVAL, "-W", "2", "-c", str(limit),
-                                     ip], stdout=self.out, stderr=subprocess.STDOUT)
+        self.proc = lab.popen(
+            host,
+            ["ping", "-n", "-i", self.INTERVAL, "-W", "2", "-c", str(limit), ip],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -294,9 +332,11 @@ class Flood:
 
 # --- the data plane of a node -------------------------------------------------------------------
 
+
 def dataplane(lab: Lab, node: str) -> dict[str, str]:
     """What the agent manages on ``node``, without counters: routes (protocol 107), rules, the
     nft table, kilo0's addresses and MTU, the WireGuard config."""
+
     def run(*argv: str) -> str:
         return lab.exec(node, list(argv), check=True).stdout
 
@@ -304,8 +344,9 @@ def dataplane(lab: Lab, node: str) -> dict[str, str]:
     # interface: private key, public key, port, fwmark; peers: key, psk, endpoint, allowed IPs,
     # [handshake, rx, tx], keepalive - the bracketed counters are dropped
     wg = [dump[0]] + ["\t".join(f[:4] + f[7:]) for f in (line.split("\t") for line in dump[1:])]
-    link = re.sub(r"\s+(?:valid_lft|preferred_lft)\s+\S+", "",
-                  run("ip", "-d", "addr", "show", "dev", "kilo0"))
+    link = re.sub(
+        r"\s+(?:valid_lft|preferred_lft)\s+\S+", "", run("ip", "-d", "addr", "show", "dev", "kilo0")
+    )
     return {
         "routes": run("ip", "route", "show", "table", "all", "proto", "107"),
         "rules": run("ip", "rule", "show") + run("ip", "-6", "rule", "show"),
@@ -331,8 +372,9 @@ def log_lines(lab: Lab, node: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
 
 
-def peer_object(name: str, public_key: str, allowed_ips: list[str],
-                keepalive: int = 0) -> dict[str, Any]:
+def peer_object(
+    name: str, public_key: str, allowed_ips: list[str], keepalive: int = 0
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"allowedIPs": allowed_ips, "publicKey": public_key}
     if keepalive:
         spec["persistentKeepalive"] = keepalive
@@ -341,7 +383,10 @@ def peer_object(name: str, public_key: str, allowed_ips: list[str],
 
 def genkey() -> tuple[str, str]:
     """A WireGuard key pair (private, public) from ``wg genkey`` / ``wg pubkey``."""
-    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    priv = subprocess.run(
+        ["wg", "genkey"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    pub = subprocess.run(
+        ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return priv, pub

@@ -88,8 +88,9 @@ def netns_pair(require: Any) -> Iterator[tuple[str, str]]:
     try:
         run("ip", "netns", "add", a)
         run("ip", "netns", "add", b)
-        run("ip", "-n", a, "link", "add", "kpy0", "type", "veth", "peer", "name", "kpy1",
-            "netns", b)
+        run(
+            "ip", "-n", a, "link", "add", "kpy0", "type", "veth", "peer", "name", "kpy1", "netns", b
+        )
         for ns, dev, addr in ((a, "kpy0", "10.123.0.1/24"), (b, "kpy1", "10.123.0.2/24")):
             run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
@@ -107,9 +108,22 @@ def test_in_a_network_namespace(netns_pair: tuple[str, str], require: Any) -> No
     with ControlPlane(netns=a, bind_address="10.123.0.1") as cp:
         assert cp.server.startswith("https://10.123.0.1:")
         assert cp.kubectl("get", "namespace", "default").returncode == 0
-        other = subprocess.run(["ip", "netns", "exec", b, str(locate("kubectl")),
-                                f"--kubeconfig={cp.kubeconfig}", "get", "--raw", "/readyz"],
-                               capture_output=True, text=True, timeout=60)
+        other = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                b,
+                str(locate("kubectl")),
+                f"--kubeconfig={cp.kubeconfig}",
+                "get",
+                "--raw",
+                "/readyz",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other.returncode == 0 and other.stdout.strip() == "ok", other.stderr
         pids = cp.pids
     assert not any(alive(pid) for pid in pids.values())

@@ -31,8 +31,11 @@ def endpoint(port: Any = 51820, **dns_or_ip: str) -> dict[str, Any]:
 
 
 def peer(name: str, spec: dict[str, Any] | None) -> str:
-    obj: dict[str, Any] = {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
-                           "metadata": {"name": name}}
+    obj: dict[str, Any] = {
+        "apiVersion": "kilo.squat.ai/v1alpha1",
+        "kind": "Peer",
+        "metadata": {"name": name},
+    }
     if spec is not None:
         obj["spec"] = spec
     return json.dumps(obj)
@@ -60,17 +63,28 @@ INVALID: list[tuple[str, dict[str, Any] | None, str]] = [
     ("port-missing", with_(endpoint={"dnsOrIP": {"ip": "192.0.2.1"}}), "spec.endpoint.port"),
     ("keepalive-negative", with_(persistentKeepalive=-1), "spec.persistentKeepalive"),
     ("keepalive-not-integer", with_(persistentKeepalive="25s"), "spec.persistentKeepalive"),
-    ("dns-underscore", with_(endpoint=endpoint(dns="bad_name.example.com")),
-     "spec.endpoint.dnsOrIP.dns"),
-    ("dns-upper-case", with_(endpoint=endpoint(dns="Peer.Example.com")),
-     "spec.endpoint.dnsOrIP.dns"),
-    ("dns-leading-dash", with_(endpoint=endpoint(dns="-peer.example.com")),
-     "spec.endpoint.dnsOrIP.dns"),
-    ("ip-out-of-range", with_(endpoint=endpoint(ip="203.0.113.300")),
-     "spec.endpoint.dnsOrIP.ip"),
+    (
+        "dns-underscore",
+        with_(endpoint=endpoint(dns="bad_name.example.com")),
+        "spec.endpoint.dnsOrIP.dns",
+    ),
+    (
+        "dns-upper-case",
+        with_(endpoint=endpoint(dns="Peer.Example.com")),
+        "spec.endpoint.dnsOrIP.dns",
+    ),
+    (
+        "dns-leading-dash",
+        with_(endpoint=endpoint(dns="-peer.example.com")),
+        "spec.endpoint.dnsOrIP.dns",
+    ),
+    ("ip-out-of-range", with_(endpoint=endpoint(ip="203.0.113.300")), "spec.endpoint.dnsOrIP.ip"),
     ("ip-with-zone", with_(endpoint=endpoint(ip="fe80::1%eth0")), "spec.endpoint.dnsOrIP.ip"),
-    ("dns-and-ip", with_(endpoint=endpoint(dns="peer.example.com", ip="203.0.113.7")),
-     "spec.endpoint.dnsOrIP"),
+    (
+        "dns-and-ip",
+        with_(endpoint=endpoint(dns="peer.example.com", ip="203.0.113.7")),
+        "spec.endpoint.dnsOrIP",
+    ),
     ("neither-dns-nor-ip", with_(endpoint=endpoint()), "spec.endpoint.dnsOrIP"),
 ]
 
@@ -79,8 +93,7 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("host-bits-kept", with_(allowedIPs=["10.5.0.1/24", "10.6.0.0/16"])),
     ("ipv6", with_(allowedIPs=["fd00:5::1/128"], endpoint=endpoint(ip="2001:db8::7"))),
     ("ip-endpoint", with_(endpoint=endpoint(51820, ip="203.0.113.7"), persistentKeepalive=25)),
-    ("dns-endpoint", with_(endpoint=endpoint(1, dns="peer-1.example.com"),
-                           persistentKeepalive=0)),
+    ("dns-endpoint", with_(endpoint=endpoint(1, dns="peer-1.example.com"), persistentKeepalive=0)),
     ("preshared-key", with_(presharedKey=KEY2, endpoint=endpoint(65535, ip="198.51.100.4"))),
     ("empty-preshared-key", with_(presharedKey="")),
 ]
@@ -91,10 +104,12 @@ def test_enough_invalid_cases() -> None:
 
 
 @pytest.mark.parametrize("name,spec,field", INVALID, ids=[c[0] for c in INVALID])
-def test_invalid_peer_is_rejected(control_plane: ControlPlane, name: str,
-                                  spec: dict[str, Any] | None, field: str) -> None:
-    result = control_plane.kubectl("create", "-f", "-", input=peer(f"bad-{name}", spec),
-                                   check=False)
+def test_invalid_peer_is_rejected(
+    control_plane: ControlPlane, name: str, spec: dict[str, Any] | None, field: str
+) -> None:
+    result = control_plane.kubectl(
+        "create", "-f", "-", input=peer(f"bad-{name}", spec), check=False
+    )
     assert result.returncode != 0, f"accepted: {spec}"
     assert "is invalid" in result.stderr
     assert f"{field}:" in result.stderr, result.stderr
@@ -103,12 +118,12 @@ def test_invalid_peer_is_rejected(control_plane: ControlPlane, name: str,
 
 
 @pytest.mark.parametrize("name,spec", VALID, ids=[c[0] for c in VALID])
-def test_valid_peer_round_trips(control_plane: ControlPlane, name: str,
-                                spec: dict[str, Any]) -> None:
+def test_valid_peer_round_trips(
+    control_plane: ControlPlane, name: str, spec: dict[str, Any]
+) -> None:
     control_plane.kubectl("create", "-f", "-", input=peer(f"good-{name}", spec))
     try:
-        got = json.loads(control_plane.kubectl("get", "peer", f"good-{name}", "-o",
-                                               "json").stdout)
+        got = json.loads(control_plane.kubectl("get", "peer", f"good-{name}", "-o", "json").stdout)
         assert got["spec"] == spec
     finally:
         control_plane.kubectl("delete", "peer", f"good-{name}", "--wait=false")

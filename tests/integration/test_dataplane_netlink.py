@@ -43,8 +43,12 @@ def ns() -> Iterator[str]:
 
 
 def ours(ns: str) -> list[str]:
-    v4 = sh("ip", "-n", ns, "-4", "route", "show", "table", "all", "proto", str(RTPROT_KILO)).splitlines()
-    v6 = sh("ip", "-n", ns, "-6", "route", "show", "table", "all", "proto", str(RTPROT_KILO)).splitlines()
+    v4 = sh(
+        "ip", "-n", ns, "-4", "route", "show", "table", "all", "proto", str(RTPROT_KILO)
+    ).splitlines()
+    v6 = sh(
+        "ip", "-n", ns, "-6", "route", "show", "table", "all", "proto", str(RTPROT_KILO)
+    ).splitlines()
     return sorted(v4 + v6)
 
 
@@ -59,8 +63,10 @@ ROUTES = [
     Route(P("10.88.1.5/32"), "kpy-r0", A("10.88.0.5"), table=KILO_TABLE),
     Route(P("fd99::/64"), "kpy-r0", A("fd88::2")),
 ]
-RULES = [Rule(KILO_TABLE, src=P("10.2.1.0/24"), dst=P("10.88.1.5/32")),
-         Rule(KILO_TABLE, dst=P("10.88.1.5/32"), iif="kpy-r1")]
+RULES = [
+    Rule(KILO_TABLE, src=P("10.2.1.0/24"), dst=P("10.88.1.5/32")),
+    Rule(KILO_TABLE, dst=P("10.88.1.5/32"), iif="kpy-r1"),
+]
 
 
 def test_add_noop_restore_stale(ns: str) -> None:
@@ -70,10 +76,16 @@ def test_add_noop_restore_stale(ns: str) -> None:
     assert all(c.startswith(("add route", "add rule")) for c in changes)
     got = ours(ns)
     assert len(got) == len(ROUTES)
-    assert any(l.startswith("10.2.2.0/24 via 10.88.0.3 dev kpy-r0") and "src 10.88.0.1" in l
-               and "onlink" in l for l in got)
-    assert any(l.startswith("10.88.1.5 via 10.88.0.5 dev kpy-r0") for l in
-               sh("ip", "-n", ns, "route", "show", "table", str(KILO_TABLE)).splitlines())
+    assert any(
+        l.startswith("10.2.2.0/24 via 10.88.0.3 dev kpy-r0")
+        and "src 10.88.0.1" in l
+        and "onlink" in l
+        for l in got
+    )
+    assert any(
+        l.startswith("10.88.1.5 via 10.88.0.5 dev kpy-r0")
+        for l in sh("ip", "-n", ns, "route", "show", "table", str(KILO_TABLE)).splitlines()
+    )
     assert len(rules(ns)) == 2
     assert {r.dst.network for r in nl.routes()} == {r.dst.network for r in ROUTES}
 
@@ -83,7 +95,8 @@ def test_add_noop_restore_stale(ns: str) -> None:
     sh("ip", "-n", ns, "rule", "del", "iif", "kpy-r1", "to", "10.88.1.5", "lookup", str(KILO_TABLE))
     assert nl.reconcile(ROUTES, RULES) == [
         "add route 10.2.1.0/24 dev kpy-r0 via 10.88.0.2",
-        f"add rule from all to 10.88.1.5/32 iif kpy-r1 lookup {KILO_TABLE}"]
+        f"add rule from all to 10.88.1.5/32 iif kpy-r1 lookup {KILO_TABLE}",
+    ]
     assert nl.reconcile(ROUTES, RULES) == []
 
     changes = nl.reconcile(ROUTES[1:], RULES[:1])  # stale ones go
@@ -94,7 +107,9 @@ def test_add_noop_restore_stale(ns: str) -> None:
     assert len(ours(ns)) == len(ROUTES) - 1 and len(rules(ns)) == 1
 
     changed = [Route(P("10.4.0.2/32"), "kpy-r0", A("10.4.0.3"), onlink=True)] + ROUTES[2:]
-    assert nl.reconcile(changed, RULES[:1]) == ["replace route 10.4.0.2/32 dev kpy-r0 via 10.4.0.3 onlink"]
+    assert nl.reconcile(changed, RULES[:1]) == [
+        "replace route 10.4.0.2/32 dev kpy-r0 via 10.4.0.3 onlink"
+    ]
     assert nl.reconcile(changed, RULES[:1]) == []
 
 

@@ -45,12 +45,37 @@ def ruleset(*extra: str) -> Ruleset:
     rs.base_chains.append(BaseChain("postrouting", "nat", "postrouting", 100))
     rs.base_chains.append(BaseChain("forward", "filter", "forward", 0))
     rs.chains.append(NAT_CHAIN)
-    rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", P("10.2.1.0/24")), "Kilo: jump to KILO-NAT chain")
-    rs.add("forward", "accept", Match("saddr", P("10.2.1.0/24")), "Kilo: forward packets from the pod subnet")
-    rs.add(NAT_CHAIN, "return", Match("daddr", P("10.4.0.1/32")), "Kilo: do not NAT packets destined for WireGuard IPs")
-    rs.add(NAT_CHAIN, "return", Match("daddr", P("fd00:4::/64")), "Kilo: do not NAT packets destined for known IPs")
+    rs.add(
+        "postrouting",
+        f"jump {NAT_CHAIN}",
+        Match("saddr", P("10.2.1.0/24")),
+        "Kilo: jump to KILO-NAT chain",
+    )
+    rs.add(
+        "forward",
+        "accept",
+        Match("saddr", P("10.2.1.0/24")),
+        "Kilo: forward packets from the pod subnet",
+    )
+    rs.add(
+        NAT_CHAIN,
+        "return",
+        Match("daddr", P("10.4.0.1/32")),
+        "Kilo: do not NAT packets destined for WireGuard IPs",
+    )
+    rs.add(
+        NAT_CHAIN,
+        "return",
+        Match("daddr", P("fd00:4::/64")),
+        "Kilo: do not NAT packets destined for known IPs",
+    )
     for cidr in extra:
-        rs.add(NAT_CHAIN, "return", Match("daddr", P(cidr)), "Kilo: do not NAT packets destined for peers")
+        rs.add(
+            NAT_CHAIN,
+            "return",
+            Match("daddr", P(cidr)),
+            "Kilo: do not NAT packets destined for peers",
+        )
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs
 
@@ -81,7 +106,9 @@ def test_apply_noop_change_remove(ns: str) -> None:
     assert fw.remove() == ["delete nft table inet kilo"]
     assert fw.remove() == []
     tables = json.loads(nft(ns, "-j", "list", "tables"))["nftables"]
-    assert [(t["table"]["family"], t["table"]["name"]) for t in tables if "table" in t] == [("ip", "other")]
+    assert [(t["table"]["family"], t["table"]["name"]) for t in tables if "table" in t] == [
+        ("ip", "other")
+    ]
     assert nft(ns, "list", "table", "ip", "other") == foreign_before
 
 
@@ -98,11 +125,23 @@ def test_dropped_chain_and_foreign_tables_refused(ns: str) -> None:
         fw.apply({"nftables": [{"add": {"table": {"family": "ip", "name": "other"}}}]})
     # A table we own but no longer want is deleted in the same transaction.
     both = Nftables(owned=[("inet", "kilo"), ("ip", "kilo")], netns=ns)
-    ip_only = [{"add": {"table": {"family": "ip", "name": "kilo"}}},
-               {"add": {"chain": {"family": "ip", "table": "kilo", "name": "c"}}},
-               {"add": {"rule": {"family": "ip", "table": "kilo", "chain": "c",
-                                 "expr": [{"counter": None}, {"accept": None}]}}}]
-    assert both.apply(ip_only) == ["create nft table ip kilo (1 objects, 1 rules)",
-                                   "delete nft table inet kilo"]
+    ip_only = [
+        {"add": {"table": {"family": "ip", "name": "kilo"}}},
+        {"add": {"chain": {"family": "ip", "table": "kilo", "name": "c"}}},
+        {
+            "add": {
+                "rule": {
+                    "family": "ip",
+                    "table": "kilo",
+                    "chain": "c",
+                    "expr": [{"counter": None}, {"accept": None}],
+                }
+            }
+        },
+    ]
+    assert both.apply(ip_only) == [
+        "create nft table ip kilo (1 objects, 1 rules)",
+        "delete nft table inet kilo",
+    ]
     assert both.apply(ip_only) == []  # counters' values do not count as a change
     assert both.remove() == ["delete nft table ip kilo"]

@@ -66,17 +66,33 @@ class Node:
         return keys.public_key(self.private_key)
 
     def peer(self, keepalive: int = 0) -> WgPeer:
-        return WgPeer(public_key=self.public_key,
-                      allowed_ips=[ipaddress.ip_interface(f"{self.wg_ip.ip}/32")],
-                      endpoint=Endpoint(port=PORT, ip=ipaddress.ip_address(self.underlay)),
-                      persistent_keepalive=keepalive)
+        return WgPeer(
+            public_key=self.public_key,
+            allowed_ips=[ipaddress.ip_interface(f"{self.wg_ip.ip}/32")],
+            endpoint=Endpoint(port=PORT, ip=ipaddress.ip_address(self.underlay)),
+            persistent_keepalive=keepalive,
+        )
 
     def conf(self, *peers: WgPeer) -> WgConf:
         return WgConf(private_key=self.private_key, listen_port=PORT, peers=list(peers))
 
     def ping(self, ip: str, count: int = 3) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.ns, "ping", "-n", "-c", str(count), "-i", "0.2",
-                  "-W", "1", ip, check=False)
+        return sh(
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            "ping",
+            "-n",
+            "-c",
+            str(count),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            ip,
+            check=False,
+        )
 
 
 @pytest.fixture
@@ -90,13 +106,28 @@ def pair() -> Iterator[tuple[Node, Node]]:
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", names[0], "link", "add", "kpy-veth", "type", "veth", "peer", "name",
-           "kpy-veth", "netns", names[1])
+        sh(
+            "ip",
+            "-n",
+            names[0],
+            "link",
+            "add",
+            "kpy-veth",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "kpy-veth",
+            "netns",
+            names[1],
+        )
         for ns, ip, wg_ip in zip(names, UNDERLAY, WG_IPS):
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "kpy-veth")
             sh("ip", "-n", ns, "link", "set", "kpy-veth", "up")
             dev = UserspaceDevice("kilo0", netns=ns)
-            nodes.append(Node(ns, ip, ipaddress.ip_interface(wg_ip), keys.generate_private_key(), dev))
+            nodes.append(
+                Node(ns, ip, ipaddress.ip_interface(wg_ip), keys.generate_private_key(), dev)
+            )
             dev.start()
             dev.configure_link([ipaddress.ip_interface(wg_ip)], mtu=1420)
         yield nodes[0], nodes[1]
@@ -130,7 +161,9 @@ def test_private_sockets_do_not_clash(pair: tuple[Node, Node]) -> None:
     assert a.dev.socket_dir != b.dev.socket_dir
     assert os.path.exists(a.dev.socket_path) and os.path.exists(b.dev.socket_path)
     assert not os.path.exists(uapi.socket_path("kilo0")) or uapi.socket_path("kilo0") not in (
-        a.dev.socket_path, b.dev.socket_path)
+        a.dev.socket_path,
+        b.dev.socket_path,
+    )
     assert wgdevice.link_kind("kilo0", a.ns) == "tun"
     assert sh("ip", "-n", a.ns, "-o", "link", "show", "kilo0").stdout.count("mtu 1420") == 1
 
@@ -141,8 +174,10 @@ def test_ping_through_tunnel(pair: tuple[Node, Node]) -> None:
     out = a.ping(str(b.wg_ip.ip), count=10)
     assert out.returncode == 0, out.stdout + out.stderr
     rtt = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
-    print(f"\nhandshake {delay * 1000:.1f} ms after configuring; "
-          f"ping RTT avg {rtt.group(1) if rtt else '?'} ms through wireguard-go")
+    print(
+        f"\nhandshake {delay * 1000:.1f} ms after configuring; "
+        f"ping RTT avg {rtt.group(1) if rtt else '?'} ms through wireguard-go"
+    )
     st = a.dev.state().peers[b.public_key]
     assert st.rx_bytes > 0 and st.tx_bytes > 0
     assert st.endpoint == (ipaddress.ip_address(b.underlay), PORT)
@@ -160,8 +195,11 @@ def test_noop_and_unrelated_changes_keep_the_handshake(pair: tuple[Node, Node]) 
     assert b.dev.apply(b.conf(a.peer())) == []
 
     other = keys.public_key(keys.generate_private_key())
-    extra = WgPeer(public_key=other, allowed_ips=[ipaddress.ip_interface("10.4.0.9/32")],
-                   endpoint=Endpoint(port=PORT, dns="localhost"))
+    extra = WgPeer(
+        public_key=other,
+        allowed_ips=[ipaddress.ip_interface("10.4.0.9/32")],
+        endpoint=Endpoint(port=PORT, dns="localhost"),
+    )
     changes = a.dev.apply(a.conf(b.peer(keepalive=25), extra))
     assert len(changes) == 1 and changes[0].startswith("add peer " + keys.key_str(other))
     peers = a.dev.state().peers
@@ -170,7 +208,10 @@ def test_noop_and_unrelated_changes_keep_the_handshake(pair: tuple[Node, Node]) 
     extra.allowed_ips.append(ipaddress.ip_interface("10.99.0.0/24"))
     changes = a.dev.apply(a.conf(b.peer(keepalive=25), extra))
     assert changes == [f"update peer {keys.key_str(other)}: allowed IPs 10.4.0.9/32,10.99.0.0/24"]
-    assert {str(x) for x in a.dev.state().peers[other].allowed_ips} == {"10.4.0.9/32", "10.99.0.0/24"}
+    assert {str(x) for x in a.dev.state().peers[other].allowed_ips} == {
+        "10.4.0.9/32",
+        "10.99.0.0/24",
+    }
 
     assert a.dev.apply(a.conf(b.peer(keepalive=25))) == [f"remove peer {keys.key_str(other)}"]
     assert other not in a.dev.state().peers
@@ -183,10 +224,13 @@ def test_changed_peer_is_updated_in_place(pair: tuple[Node, Node]) -> None:
     a, b = pair
     connect(a, b)
     p = b.peer(keepalive=10)
-    assert a.dev.apply(a.conf(p)) == [f"update peer {keys.key_str(b.public_key)}: keepalive 25 -> 10"]
+    assert a.dev.apply(a.conf(p)) == [
+        f"update peer {keys.key_str(b.public_key)}: keepalive 25 -> 10"
+    ]
     assert a.dev.state().peers[b.public_key].persistent_keepalive == 10
     assert a.dev.apply(WgConf(private_key=a.private_key, listen_port=PORT + 1, peers=[p])) == [
-        f"set listen port {PORT} -> {PORT + 1}"]
+        f"set listen port {PORT} -> {PORT + 1}"
+    ]
 
 
 def test_supervisor_restarts_and_restores(pair: tuple[Node, Node]) -> None:
@@ -242,6 +286,8 @@ def test_auto_selection_and_mtu(pair: tuple[Node, Node]) -> None:
     assert wgdevice.auto_mtu(a.ns) == 9000 - 80
     assert a.dev.configure_link([a.wg_ip], mtu=8920) == ["set kilo0 mtu 1420 -> 8920"]
     assert a.dev.configure_link([a.wg_ip, ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
-        "add address fd04::1/64 to kilo0"]
+        "add address fd04::1/64 to kilo0"
+    ]
     assert a.dev.configure_link([ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
-        "remove address 10.4.0.1/16 from kilo0"]
+        "remove address 10.4.0.1/16 from kilo0"
+    ]

@@ -20,7 +20,14 @@ import pytest
 from kilo.keys import key_str
 from kilo.lab import netns
 from kilo.lab.demo import (
-    CLIENT_PEER, Story, allowed_ips, leaders, leftovers, node_keys, unreachable_pairs, wait_for,
+    CLIENT_PEER,
+    Story,
+    allowed_ips,
+    leaders,
+    leftovers,
+    node_keys,
+    unreachable_pairs,
+    wait_for,
 )
 from kilo.lab.lab import Lab
 from kilo.wireguard import parse as parse_wg
@@ -40,15 +47,30 @@ def e2e_spec(name: str, granularity: str) -> dict[str, Any]:
         "name": name,
         "kubeProxy": True,
         "clusters": [
-            {"name": "c1", "granularity": granularity, "locations": [
-                {"name": "aws", "nodes": [{"name": "a1", "public": True},
-                                          {"name": "a2", "public": True}]},
-                {"name": "gcp", "nodes": [{"name": "g1", "public": True}]},
-            ]},
-            {"name": "c2", "granularity": granularity, "locations": [
-                {"name": "onprem", "nodes": [{"name": "o1", "public": True},
-                                             {"name": "o2", "public": everyone}]},
-            ]},
+            {
+                "name": "c1",
+                "granularity": granularity,
+                "locations": [
+                    {
+                        "name": "aws",
+                        "nodes": [{"name": "a1", "public": True}, {"name": "a2", "public": True}],
+                    },
+                    {"name": "gcp", "nodes": [{"name": "g1", "public": True}]},
+                ],
+            },
+            {
+                "name": "c2",
+                "granularity": granularity,
+                "locations": [
+                    {
+                        "name": "onprem",
+                        "nodes": [
+                            {"name": "o1", "public": True},
+                            {"name": "o2", "public": everyone},
+                        ],
+                    },
+                ],
+            },
         ],
         "peers": ["laptop", "bare-metal-1"],
     }
@@ -88,6 +110,7 @@ def no_failures(story: Story, act: str) -> None:
 
 # --- the acts -----------------------------------------------------------------------------
 
+
 def test_act1_the_mesh(story: Story) -> None:
     story.act1()
     no_failures(story, "1")
@@ -119,6 +142,7 @@ def test_graphs(story: Story, tmp_path: Any) -> None:
 
 # --- nodes joining and leaving --------------------------------------------------------------
 
+
 def configs_of_others(story: Story, node: str) -> dict[str, str]:
     """Every place a node of c1 may appear, for every other node and the first peer: live
     WireGuard configs and routes of the nodes, and kgctl's view (graph, the peer's config)."""
@@ -128,10 +152,13 @@ def configs_of_others(story: Story, node: str) -> dict[str, str]:
         if n.name == node:
             continue
         out[f"{n.name}: wg showconf kilo0"] = lab.wg(n.name, "showconf", "kilo0").stdout
-        out[f"{n.name}: ip route"] = lab.exec(n.name, ["ip", "route", "show", "table", "all"]).stdout
+        out[f"{n.name}: ip route"] = lab.exec(
+            n.name, ["ip", "route", "show", "table", "all"]
+        ).stdout
     out["kgctl graph"] = lab.kgctl("c1", "graph").stdout
     out[f"kgctl showconf peer {CLIENT_PEER}"] = lab.kgctl(
-        "c1", "showconf", "peer", CLIENT_PEER, check=False).stdout
+        "c1", "showconf", "peer", CLIENT_PEER, check=False
+    ).stdout
     return out
 
 
@@ -141,16 +168,20 @@ def test_a_node_joins_and_is_reachable(story: Story) -> None:
     t0 = time.monotonic()
     node = lab.add_node("c1", "aws", JOINER, public=public)
     new = f"{JOINER}-p0"
-    pairs = [(p, new) for p in sorted(lab.pods) if p != new and lab.pods[p].node in
-             {n.name for n in story.c1.nodes}]
+    pairs = [
+        (p, new)
+        for p in sorted(lab.pods)
+        if p != new and lab.pods[p].node in {n.name for n in story.c1.nodes}
+    ]
     pairs += [(b, a) for a, b in pairs]
     assert unreachable_pairs(lab, pairs, timeout=60) == []
     took = time.monotonic() - t0
     # the other location's tunnel ends carry the new pod CIDR
     for leader in leaders(lab, "c1"):
         if lab.spec.node(leader).location != "aws":
-            assert str(node.pod_cidr) in allowed_ips(parse_wg(lab.wg(leader, "showconf",
-                                                                     "kilo0").stdout))
+            assert str(node.pod_cidr) in allowed_ips(
+                parse_wg(lab.wg(leader, "showconf", "kilo0").stdout)
+            )
     print(f"{JOINER} joined and every pod reached its pod in {took:.1f} s")
 
 
@@ -172,11 +203,14 @@ def test_a_deleted_node_disappears_from_every_config(story: Story) -> None:
             if hits:
                 seen[where] = hits
         return not seen
+
     try:
         took = wait_for(f"{JOINER} gone from every config", gone, 45, interval=1.0)
     except AssertionError:
         pytest.fail(f"{JOINER} still appears: {seen}")
-    remaining = [p for p in sorted(lab.pods) if lab.pods[p].node in {n.name for n in story.c1.nodes}]
+    remaining = [
+        p for p in sorted(lab.pods) if lab.pods[p].node in {n.name for n in story.c1.nodes}
+    ]
     pairs = [(a, b) for a in remaining for b in remaining if a != b]
     assert unreachable_pairs(lab, pairs, timeout=30) == []
     print(f"{JOINER} was gone from every config {took:.1f} s after its Node was deleted")
@@ -196,17 +230,22 @@ def test_a_lost_leader_is_replaced(story: Story) -> None:
         live = parse_wg(lab.wg("g1", "showconf", "kilo0").stdout)
         ks = {p.public_key for p in live.peers}
         return keys["a2"] in ks and keys["a1"] not in ks
+
     took = wait_for("g1 tunnels to a2 instead of a1", a2_leads, 150, interval=2.0)
     assert leaders(lab, "c1") == ["a2", "g1"]
     assert unreachable_pairs(lab, [("a2-p0", "g1-p0"), ("g1-p0", "a2-p0")], timeout=30) == []
 
     def rx_from_a2() -> int:
         out = lab.wg("g1", "show", "kilo0", "transfer").stdout.split()
-        return sum(int(rx) for k, rx in zip(out[0::3], out[1::3], strict=False) if k == key_str(keys["a2"]))
+        return sum(
+            int(rx) for k, rx in zip(out[0::3], out[1::3], strict=False) if k == key_str(keys["a2"])
+        )
+
     before = rx_from_a2()
     assert lab.ping("a2-p0", lab.pods["g1-p0"].address)
     assert rx_from_a2() > before, "a2-p0's traffic did not come through a2's tunnel"
     assert not lab.agent_running("a1")
-    print(f"a2 took over from a1 {took:.0f} s after a1's agent stopped "
-          f"({time.monotonic() - t0:.0f} s until traffic flowed through it)")
-
+    print(
+        f"a2 took over from a1 {took:.0f} s after a1's agent stopped "
+        f"({time.monotonic() - t0:.0f} s until traffic flowed through it)"
+    )

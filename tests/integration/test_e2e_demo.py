@@ -37,14 +37,28 @@ def demo_lab(tmp_path: pathlib.Path) -> tuple[str, pathlib.Path]:
 
 def run_demo(path: pathlib.Path, out: pathlib.Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "kilo.lab.demo", "--lab", str(path), "--out", str(out),
-         "--color", "never"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        [
+            sys.executable,
+            "-m",
+            "kilo.lab.demo",
+            "--lab",
+            str(path),
+            "--out",
+            str(out),
+            "--color",
+            "never",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
 
 
-def test_the_demo_plays_every_act(demo_lab: tuple[str, pathlib.Path],
-                                  tmp_path: pathlib.Path) -> None:
+def test_the_demo_plays_every_act(
+    demo_lab: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
     name, path = demo_lab
     proc = run_demo(path, tmp_path / "out")
     try:
@@ -59,9 +73,14 @@ def test_the_demo_plays_every_act(demo_lab: tuple[str, pathlib.Path],
     assert "FAIL" not in output
     header = re.search(r"^act\s+check\s+result\s+time$", output, re.M)
     assert header is not None, output[-3000:]
-    table = output[header.start():]
-    for act in ("act 1: the mesh", "act 2: peers", "act 3: multi-cluster", "graphs",
-                "torn down: no namespace, process or file left"):
+    table = output[header.start() :]
+    for act in (
+        "act 1: the mesh",
+        "act 2: peers",
+        "act 3: multi-cluster",
+        "graphs",
+        "torn down: no namespace, process or file left",
+    ):
         assert act in table
     for cluster in ("c1", "c2"):
         svg = tmp_path / "out" / f"{name}-{cluster}.svg"
@@ -70,8 +89,9 @@ def test_the_demo_plays_every_act(demo_lab: tuple[str, pathlib.Path],
     assert leftovers(name) == []
 
 
-def test_an_interrupted_demo_leaves_nothing(demo_lab: tuple[str, pathlib.Path],
-                                           tmp_path: pathlib.Path) -> None:
+def test_an_interrupted_demo_leaves_nothing(
+    demo_lab: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
     name, path = demo_lab
     proc = run_demo(path, tmp_path / "out")
     assert proc.stdout is not None
@@ -95,8 +115,7 @@ def test_an_interrupted_demo_leaves_nothing(demo_lab: tuple[str, pathlib.Path],
     assert "interrupted" in rest
     assert re.search(r"torn down: no namespace, process or file left\s+pass", rest), rest
     assert leftovers(name) == []
-    assert not [p for p in pathlib.Path("/proc").iterdir()
-                if p.name.isdigit() and _in_lab(p, name)]
+    assert not [p for p in pathlib.Path("/proc").iterdir() if p.name.isdigit() and _in_lab(p, name)]
 
 
 def _in_lab(proc: pathlib.Path, name: str) -> bool:
@@ -107,8 +126,9 @@ def _in_lab(proc: pathlib.Path, name: str) -> bool:
         return False
 
 
-def test_a_failed_check_fails_the_demo(demo_lab: tuple[str, pathlib.Path],
-                                       tmp_path: pathlib.Path) -> None:
+def test_a_failed_check_fails_the_demo(
+    demo_lab: tuple[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
     """A lab without a second cluster cannot play act 3: that check fails, the rest is played,
     the lab is still torn down, and the exit code is 1."""
     name, path = demo_lab

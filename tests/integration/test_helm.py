@@ -28,18 +28,24 @@ SETUPS = {
 
 
 def template(helm: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(helm), "template", "kilo", str(CHART), "--namespace",
-                           "kube-system", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(helm), "template", "kilo", str(CHART), "--namespace", "kube-system", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("setup", SETUPS)
-def test_chart_applies_with_server_dry_run(control_plane: ControlPlane, helm: pathlib.Path,
-                                           setup: str) -> None:
+def test_chart_applies_with_server_dry_run(
+    control_plane: ControlPlane, helm: pathlib.Path, setup: str
+) -> None:
     rendered = template(helm, "--include-crds", "--set", SETUPS[setup])
     assert rendered.returncode == 0, rendered.stderr
     assert "kind: DaemonSet" in rendered.stdout
-    applied = control_plane.kubectl("apply", "--dry-run=server", "-f", "-",
-                                    input=rendered.stdout, check=False)
+    applied = control_plane.kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=rendered.stdout, check=False
+    )
     assert applied.returncode == 0, applied.stderr
     assert "daemonset.apps/kilo created (server dry run)" in applied.stdout
 
@@ -56,8 +62,7 @@ def test_static_manifest_is_the_rendered_chart(helm: pathlib.Path, setup: str) -
 
 def test_static_manifests_apply(control_plane: ControlPlane) -> None:
     for path in sorted(MANIFESTS.glob("kilo-*.yaml")):
-        applied = control_plane.kubectl("apply", "--dry-run=server", "-f", str(path),
-                                        check=False)
+        applied = control_plane.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
         assert applied.returncode == 0, f"{path.name}: {applied.stderr}"
 
 
@@ -67,9 +72,15 @@ def test_chart_carries_the_same_crd() -> None:
 
 def test_agent_flags_follow_the_setup(helm: pathlib.Path) -> None:
     flannel = template(helm, "--set", SETUPS["kubeadm-flannel-userspace"]).stdout
-    for flag in ("--cni=false", "--compatibility=flannel", "--local=false",
-                 "--internal-cidr=$(NODE_IP)/32", "--create-interface=false",
-                 "--interface=kilo0", "--hostname=$(NODE_NAME)"):
+    for flag in (
+        "--cni=false",
+        "--compatibility=flannel",
+        "--local=false",
+        "--internal-cidr=$(NODE_IP)/32",
+        "--create-interface=false",
+        "--interface=kilo0",
+        "--hostname=$(NODE_NAME)",
+    ):
         assert f"- {flag}\n" in flannel
     assert "install-cni" not in flannel and "wireguard-go" in flannel
     plain = template(helm).stdout
@@ -83,6 +94,11 @@ def test_unknown_setup_is_refused(helm: pathlib.Path) -> None:
 
 
 def test_chart_lints(helm: pathlib.Path) -> None:
-    result = subprocess.run([str(helm), "lint", "--strict", str(CHART)], capture_output=True,
-                            text=True, timeout=60, env=dict(os.environ))
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -29,25 +29,32 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def node_yaml(name: str, labels: dict[str, str] | None = None,
-              annotations: dict[str, str] | None = None) -> str:
-    meta: dict[str, Any] = {"name": name, "labels": labels or {},
-                            "annotations": annotations or {}}
-    return json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": meta,
-                       "spec": {"podCIDR": "10.244.1.0/24"}})
+def node_yaml(
+    name: str, labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None
+) -> str:
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}, "annotations": annotations or {}}
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": {"podCIDR": "10.244.1.0/24"}}
+    )
 
 
 def peer_yaml(name: str, cidr: str = "10.5.0.1/32") -> str:
-    return json.dumps({"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer",
-                       "metadata": {"name": name},
-                       "spec": {"allowedIPs": [cidr], "publicKey": KEY}})
+    return json.dumps(
+        {
+            "apiVersion": "kilo.squat.ai/v1alpha1",
+            "kind": "Peer",
+            "metadata": {"name": name},
+            "spec": {"allowedIPs": [cidr], "publicKey": KEY},
+        }
+    )
 
 
 _SEEN: dict[int, list[Event]] = {}  # every event taken from a queue, by queue
 
 
-def wait_for(events: queue.Queue[Event], match: Callable[[Event], bool],
-             timeout: float = 30) -> Event:
+def wait_for(
+    events: queue.Queue[Event], match: Callable[[Event], bool], timeout: float = 30
+) -> Event:
     """The first event ever delivered on ``events`` that matches, waiting for it if need be
     (events arrive in order per kind, not across kinds, so nothing is thrown away)."""
     seen = _SEEN.setdefault(id(events), [])
@@ -86,16 +93,18 @@ def test_list_objects_matches_kubectl(control_plane: ControlPlane) -> None:
     assert {o["kind"] for o in nodes} == {"Node"} and {o["kind"] for o in peers} == {"Peer"}
 
 
-def test_watch_sees_add_update_delete(control_plane: ControlPlane,
-                                      backend: KubernetesBackend) -> None:
+def test_watch_sees_add_update_delete(
+    control_plane: ControlPlane, backend: KubernetesBackend
+) -> None:
     node, peer = unique("watch"), unique("watch")
     control_plane.kubectl("apply", "-f", "-", input=node_yaml(node))
     wait_for(backend.events, is_("Node", "ADDED", node))
     control_plane.kubectl("label", "node", node, "topology.kubernetes.io/region=eu")
     event = wait_for(backend.events, is_("Node", "MODIFIED", node))
     assert event.object["metadata"]["labels"]["topology.kubernetes.io/region"] == "eu"
-    assert event.old is not None and "topology.kubernetes.io/region" not in \
-        event.old["metadata"].get("labels", {})
+    assert event.old is not None and "topology.kubernetes.io/region" not in event.old[
+        "metadata"
+    ].get("labels", {})
     control_plane.kubectl("delete", "node", node)
     wait_for(backend.events, is_("Node", "DELETED", node))
 
@@ -147,8 +156,9 @@ def restart_scenario(cp: ControlPlane, backend: KubernetesBackend, compact: bool
     wait_for(backend.events, is_("Node", "DELETED", node), timeout=60)
 
 
-def test_recovers_after_apiserver_restart(control_plane: ControlPlane,
-                                          backend: KubernetesBackend) -> None:
+def test_recovers_after_apiserver_restart(
+    control_plane: ControlPlane, backend: KubernetesBackend
+) -> None:
     restart_scenario(control_plane, backend, compact=False)
 
 
@@ -165,14 +175,20 @@ def test_relists_on_410_gone_after_restart(crd_installer: Callable[[ControlPlane
 def test_annotations_touch_only_owned_keys(control_plane: ControlPlane) -> None:
     name = unique("annotate")
     labels = {"topology.kubernetes.io/region": "eu", "team": "net"}
-    others = {"kilo.squat.ai/location": "office", "kilo.squat.ai/force-endpoint":
-              "203.0.113.9:51820", "example.com/note": "keep me",
-              "kilo.squat.ai/key": "old-value"}
+    others = {
+        "kilo.squat.ai/location": "office",
+        "kilo.squat.ai/force-endpoint": "203.0.113.9:51820",
+        "example.com/note": "keep me",
+        "kilo.squat.ai/key": "old-value",
+    }
     control_plane.kubectl("create", "-f", "-", input=node_yaml(name, labels, others))
     backend = KubernetesBackend(control_plane.kubeconfig)
 
-    ours = {"kilo.squat.ai/key": KEY, "kilo.squat.ai/wireguard-ip": "10.4.0.1/16",
-            "kilo.squat.ai/last-seen": "1700000000"}
+    ours = {
+        "kilo.squat.ai/key": KEY,
+        "kilo.squat.ai/wireguard-ip": "10.4.0.1/16",
+        "kilo.squat.ai/last-seen": "1700000000",
+    }
     backend.set_node_annotations(name, ours)
     obj = json.loads(control_plane.kubectl("get", "node", name, "-o", "json").stdout)
     annotations = obj["metadata"]["annotations"]
@@ -205,8 +221,7 @@ def test_second_cluster_side_by_side_without_crd(control_plane: ControlPlane) ->
     with ControlPlane() as other:
         assert other.server != control_plane.server
         other.kubectl("apply", "-f", "-", input=node_yaml("only-in-other"))
-        assert control_plane.kubectl("get", "node", "only-in-other",
-                                     check=False).returncode != 0
+        assert control_plane.kubectl("get", "node", "only-in-other", check=False).returncode != 0
         with pytest.raises(CRDMissing, match="manifests/crds.yaml"):
             list_objects(other.kubeconfig)
         with pytest.raises(CRDMissing, match="kubectl apply -f manifests/crds.yaml"):

@@ -27,14 +27,16 @@ NAME = f"mesh{uuid.uuid4().hex[:6]}"
 SPEC: dict[str, Any] = {
     "name": NAME,
     "kubeProxy": True,
-    "clusters": [{
-        "name": "c1",
-        "granularity": "location",
-        "locations": [
-            {"name": "aws", "nodes": [{"name": "a1", "public": True}, {"name": "a2"}]},
-            {"name": "gcp", "nodes": [{"name": "g1", "public": True}, {"name": "g2"}]},
-        ],
-    }],
+    "clusters": [
+        {
+            "name": "c1",
+            "granularity": "location",
+            "locations": [
+                {"name": "aws", "nodes": [{"name": "a1", "public": True}, {"name": "a2"}]},
+                {"name": "gcp", "nodes": [{"name": "g1", "public": True}, {"name": "g2"}]},
+            ],
+        }
+    ],
 }
 LEADERS = {"aws": "a1", "gcp": "g1"}
 
@@ -54,6 +56,7 @@ def lab() -> Iterator[Lab]:
         assert [p for p in pids if netns.alive(p)] == []
         assert not state_dir(NAME).exists()
         import os
+
         assert not [i for i in inodes if os.path.exists(f"/run/kilo/wireguard/net-{i}")]
 
 
@@ -62,8 +65,7 @@ def all_pairs_ping(lab: Lab, timeout: float = 30.0) -> list[tuple[str, str]]:
     pending = list(itertools.permutations(sorted(lab.pods), 2))
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        pending = [(a, b) for a, b in pending
-                   if not lab.ping(a, lab.pods[b].address, wait=0.5)]
+        pending = [(a, b) for a, b in pending if not lab.ping(a, lab.pods[b].address, wait=0.5)]
     return pending
 
 
@@ -81,8 +83,13 @@ def test_every_pod_reaches_every_pod(lab: Lab) -> None:
 
 
 def wg_peers(conf: WgConf) -> dict[bytes, tuple[set[str], str | None]]:
-    return {p.public_key: ({str(a.network) for a in p.allowed_ips},
-                           str(p.endpoint) if p.endpoint else None) for p in conf.peers}
+    return {
+        p.public_key: (
+            {str(a.network) for a in p.allowed_ips},
+            str(p.endpoint) if p.endpoint else None,
+        )
+        for p in conf.peers
+    }
 
 
 def test_leaders_hold_the_tunnels(lab: Lab) -> None:
@@ -102,6 +109,7 @@ def test_cross_location_traffic_goes_through_the_tunnel(lab: Lab) -> None:
     def rx(node: str) -> int:
         out = lab.wg(node, "show", "kilo0", "transfer").stdout.split()
         return sum(int(x) for x in out[1::3]) if out else 0
+
     before = rx("g1")
     assert lab.ping("a2-p0", lab.pods["g2-p0"].address)
     assert rx("g1") > before
@@ -127,17 +135,32 @@ def test_agent_restart_keeps_the_mesh(lab: Lab) -> None:
 def test_cluster_ip_service_across_locations(lab: Lab) -> None:
     """kube-proxy on every node: a ClusterIP whose backend is a pod in the other location."""
     backend = lab.pods["g2-p0"]
-    server = lab.popen(backend.name, ["python3", "-m", "http.server", "8080", "--bind",
-                                      "0.0.0.0"], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+    server = lab.popen(
+        backend.name,
+        ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         cluster_ip = lab.service("c1", "web", 80, [(backend.address, 8080)])
         deadline = time.monotonic() + 30
         codes: list[str] = []
         for client in ("a2-p0", "a1-p0", "a2"):
             while time.monotonic() < deadline:
-                out = lab.exec(client, ["curl", "-s", "-m", "2", "-o", "/dev/null", "-w",
-                                        "%{http_code}", f"http://{cluster_ip}/"])
+                out = lab.exec(
+                    client,
+                    [
+                        "curl",
+                        "-s",
+                        "-m",
+                        "2",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        f"http://{cluster_ip}/",
+                    ],
+                )
                 if out.stdout == "200":
                     break
                 time.sleep(0.5)

@@ -27,14 +27,22 @@ NAME = f"st{uuid.uuid4().hex[:6]}"
 TINY_NAME = f"tt{uuid.uuid4().hex[:6]}"
 SPEC: dict[str, Any] = {
     "name": NAME,
-    "clusters": [{
-        "name": "c1",
-        "locations": [
-            {"name": "aws", "nodes": [{"name": "a1", "public": True}, {"name": "a2", "pods": 2}]},
-            {"name": "gcp", "cidr": "10.10.7.0/24",
-             "nodes": [{"name": "g1", "public": True}, {"name": "g2"}]},
-        ],
-    }],
+    "clusters": [
+        {
+            "name": "c1",
+            "locations": [
+                {
+                    "name": "aws",
+                    "nodes": [{"name": "a1", "public": True}, {"name": "a2", "pods": 2}],
+                },
+                {
+                    "name": "gcp",
+                    "cidr": "10.10.7.0/24",
+                    "nodes": [{"name": "g1", "public": True}, {"name": "g2"}],
+                },
+            ],
+        }
+    ],
     "peers": ["laptop"],
 }
 
@@ -45,12 +53,18 @@ def _requirements() -> None:
 
 def root_view() -> dict[str, str]:
     """What the root namespace looks like (links, addresses, routes, rules)."""
+
     def out(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True).stdout
-    return {"links": "\n".join(sorted(line.split(":")[1].strip() for line in
-                                      out("ip", "-o", "link").splitlines())),
-            "addrs": out("ip", "-o", "addr"), "routes": out("ip", "route", "show", "table", "all"),
-            "rules": out("ip", "rule")}
+
+    return {
+        "links": "\n".join(
+            sorted(line.split(":")[1].strip() for line in out("ip", "-o", "link").splitlines())
+        ),
+        "addrs": out("ip", "-o", "addr"),
+        "routes": out("ip", "route", "show", "table", "all"),
+        "rules": out("ip", "rule"),
+    }
 
 
 def lab_namespaces(name: str) -> list[str]:
@@ -82,8 +96,21 @@ def lab() -> Iterator[tuple[Lab, dict[str, str]]]:
 def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
     names = set(lab_namespaces(NAME))
-    want = {"sw", "admin", "c1-cp", "a1", "a2", "g1", "g2", "laptop", "a1-p0", "a2-p0", "a2-p1",
-            "g1-p0", "g2-p0"}
+    want = {
+        "sw",
+        "admin",
+        "c1-cp",
+        "a1",
+        "a2",
+        "g1",
+        "g2",
+        "laptop",
+        "a1-p0",
+        "a2-p0",
+        "a2-p1",
+        "g1-p0",
+        "g2-p0",
+    }
     assert names == {f"kpy-{NAME}-{h}" for h in want}
     sw = netns.links(lb.ns("sw"))
     assert {"kpy-inet", "kpy-m0", "kpy-l0-0", "kpy-l0-1"} <= set(sw)
@@ -103,27 +130,37 @@ def test_root_namespace_untouched(lab: tuple[Lab, dict[str, str]]) -> None:
 
 def test_networks(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
-    assert lb.ping("a1", "10.10.1.2")            # same LAN
+    assert lb.ping("a1", "10.10.1.2")  # same LAN
     assert not lb.ping("a1", "10.10.7.1", wait=0.3)  # another location's LAN: no route
-    assert lb.ping("a1", "198.51.100.2")         # leader to leader over the internet
-    assert lb.ping("laptop", "198.51.100.1")     # peer to a public node (other subnet, on-link)
+    assert lb.ping("a1", "198.51.100.2")  # leader to leader over the internet
+    assert lb.ping("laptop", "198.51.100.1")  # peer to a public node (other subnet, on-link)
     assert not lb.ping("laptop", "10.10.1.1", wait=0.3)
 
 
 def test_api_server_from_a_node(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
-    kubectl = subprocess.run(["bash", str(REPO / "hack" / "binaries.sh"), "kubectl"],
-                             capture_output=True, text=True).stdout.strip().split("=", 1)[1]
-    out = lb.exec("g2", [kubectl, f"--kubeconfig={lb.kubeconfig('c1')}", "get", "--raw",
-                         "/readyz"], check=True)
+    kubectl = (
+        subprocess.run(
+            ["bash", str(REPO / "hack" / "binaries.sh"), "kubectl"], capture_output=True, text=True
+        )
+        .stdout.strip()
+        .split("=", 1)[1]
+    )
+    out = lb.exec(
+        "g2",
+        [kubectl, f"--kubeconfig={lb.kubeconfig('c1')}", "get", "--raw", "/readyz"],
+        check=True,
+    )
     assert out.stdout.strip() == "ok"
     assert lb.exec("g2", ["curl", "-sk", "https://172.31.254.1:6443/livez"]).stdout == "ok"
 
 
 def test_node_objects(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
-    nodes = {n["metadata"]["name"]: n for n in
-             json.loads(lb.kubectl("c1", "get", "nodes", "-o", "json").stdout)["items"]}
+    nodes = {
+        n["metadata"]["name"]: n
+        for n in json.loads(lb.kubectl("c1", "get", "nodes", "-o", "json").stdout)["items"]
+    }
     assert sorted(nodes) == ["a1", "a2", "g1", "g2"]
     g2 = nodes["g2"]
     assert g2["metadata"]["labels"]["topology.kubernetes.io/region"] == "gcp"
@@ -136,6 +173,7 @@ def test_node_objects(lab: tuple[Lab, dict[str, str]]) -> None:
 def test_pods(lab: tuple[Lab, dict[str, str]]) -> None:
     lb, _ = lab
     import ipaddress
+
     assert sorted(lb.pods) == ["a1-p0", "a2-p0", "a2-p1", "g1-p0", "g2-p0"]
     for pod in lb.pods.values():
         cidr = ipaddress.ip_network(lb.spec.node(pod.node).pod_cidr)
@@ -145,7 +183,9 @@ def test_pods(lab: tuple[Lab, dict[str, str]]) -> None:
     assert lb.ping("a2-p0", lb.pods["a2-p1"].address)  # two pods on one bridge
     assert netns.addresses(lb.ns("a2"), "kube-bridge") == ["10.2.1.1/24"]
     # host-local leases are per node, not in the machine's /var/lib/cni
-    assert (lb.node_dir("a2") / "cni-data" / "networks" / "kilo" / lb.pods["a2-p1"].address).exists()
+    assert (
+        lb.node_dir("a2") / "cni-data" / "networks" / "kilo" / lb.pods["a2-p1"].address
+    ).exists()
     assert not pathlib.Path("/var/lib/cni/networks/kilo", lb.pods["a2-p1"].address).exists()
 
 
@@ -160,20 +200,30 @@ def test_add_and_delete_pod(lab: tuple[Lab, dict[str, str]]) -> None:
 
 def test_cli_status_exec_kubeconfig(lab: tuple[Lab, dict[str, str]]) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "kilo.lab.cli", *args],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "kilo.lab.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     st = json.loads(cli("status", NAME, "--json").stdout)
     assert st["phase"] == "ready" and st["pods"]["a1-p0"]["ip"] == "10.2.0.2/24"
-    assert cli("kubeconfig", "c1", "--lab", NAME).stdout.strip() == \
-        str(state_dir(NAME) / "clusters" / "c1" / "kubeconfig")
+    assert cli("kubeconfig", "c1", "--lab", NAME).stdout.strip() == str(
+        state_dir(NAME) / "clusters" / "c1" / "kubeconfig"
+    )
     out = cli("exec", "--lab", NAME, "a2-p1", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert "10.2.1.3/24" in out.stdout, out.stderr
 
 
 # --- teardown in the bad cases -------------------------------------------------------------
 
-TINY: dict[str, Any] = {"name": TINY_NAME, "clusters": [{"name": "c1", "locations": [
-    {"name": "here", "nodes": [{"name": "t1", "public": True}]}]}]}
+TINY: dict[str, Any] = {
+    "name": TINY_NAME,
+    "clusters": [
+        {"name": "c1", "locations": [{"name": "here", "nodes": [{"name": "t1", "public": True}]}]}
+    ],
+}
 
 
 def test_failure_during_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,6 +234,7 @@ def test_failure_during_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     def boom(self: Lab) -> None:
         seen.extend(p for n in self.state["namespaces"] for p in netns.pids(n))
         raise LabError("injected failure")
+
     monkeypatch.setattr(Lab, "_make_pods", boom)
     with pytest.raises(LabError, match="injected"):
         lab.up()
@@ -194,8 +245,10 @@ def test_failure_during_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> No
 def test_down_after_a_crash() -> None:
     """The process that brought the lab up is killed: `kilo-lab down` removes the rest."""
     _requirements()
-    code = ("import sys, time; from kilo.lab.lab import Lab;"
-            f"lab = Lab({TINY!r}, agent=False); lab.up(); print('UP', flush=True); time.sleep(600)")
+    code = (
+        "import sys, time; from kilo.lab.lab import Lab;"
+        f"lab = Lab({TINY!r}, agent=False); lab.up(); print('UP', flush=True); time.sleep(600)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "UP"
@@ -204,15 +257,22 @@ def test_down_after_a_crash() -> None:
         proc.kill()
         proc.wait()
         assert load_state(TINY_NAME) is not None and lab_namespaces(TINY_NAME)
-        out = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert_gone(TINY_NAME, pids)
     finally:
         if proc.poll() is None:
             proc.kill()
-        subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            capture_output=True,
+            timeout=120,
+        )
 
 
 def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
@@ -221,8 +281,13 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
     spec.write_text(json.dumps(TINY))
     env = dict(os.environ)
     t0 = time.monotonic()
-    up = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "up", "--keep", "--no-agent",
-                         str(spec)], capture_output=True, text=True, timeout=180, env=env)
+    up = subprocess.run(
+        [sys.executable, "-m", "kilo.lab.cli", "up", "--keep", "--no-agent", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "pod t1-p0: 10.2.0.2/24" in up.stdout
@@ -233,14 +298,19 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
         assert time.monotonic() - t0 < 60
     finally:
         pids = [p for n in lab_namespaces(TINY_NAME) for p in netns.pids(n)]
-        down = subprocess.run([sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
-                              capture_output=True, text=True, timeout=180)
+        down = subprocess.run(
+            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert down.returncode == 0, down.stderr
     assert_gone(TINY_NAME, [*pids, holder])
 
 
 def test_spec_file_examples_parse() -> None:
     from kilo.lab.topology_spec import load
+
     for path in sorted((REPO / "lab").glob("*.yaml")):
         spec = load(path)
         assert spec.nodes, path
@@ -248,11 +318,23 @@ def test_spec_file_examples_parse() -> None:
 
 def test_bad_spec_is_refused() -> None:
     from kilo.lab.topology_spec import SpecError, parse
+
     with pytest.raises(SpecError, match="192.0.2.0/24"):
-        parse({"name": "x", "internet": ["192.0.2.0/24"],
-               "clusters": [{"locations": [{"name": "l", "nodes": ["n"]}]}]})
+        parse(
+            {
+                "name": "x",
+                "internet": ["192.0.2.0/24"],
+                "clusters": [{"locations": [{"name": "l", "nodes": ["n"]}]}],
+            }
+        )
     with pytest.raises(SpecError, match="used twice"):
         parse({"name": "x", "clusters": [{"locations": [{"name": "l", "nodes": ["n", "n"]}]}]})
     with pytest.raises(SpecError, match="overlaps"):
-        parse({"name": "x", "clusters": [{"podCIDR": "10.10.0.0/16",
-                                          "locations": [{"name": "l", "nodes": ["n"]}]}]})
+        parse(
+            {
+                "name": "x",
+                "clusters": [
+                    {"podCIDR": "10.10.0.0/16", "locations": [{"name": "l", "nodes": ["n"]}]}
+                ],
+            }
+        )

@@ -30,13 +30,15 @@ def agent(control_plane: ControlPlane) -> pathlib.Path:
     control_plane.kubectl("apply", "-f", str(MANIFESTS / "kilo-kubeadm.yaml"))
     control_plane.kubectl("apply", "-f", "-", input=NODE)
     control_plane.kubectl("apply", "-f", "-", input=PEER)
-    control_plane.kubectl("create", "secret", "generic", "rbac-secret", "-n", "kube-system",
-                          "--from-literal=k=v")
+    control_plane.kubectl(
+        "create", "secret", "generic", "rbac-secret", "-n", "kube-system", "--from-literal=k=v"
+    )
     return control_plane.token_kubeconfig("kube-system", "kilo")
 
 
-def as_agent(cp: ControlPlane, kubeconfig: pathlib.Path,
-             *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def as_agent(
+    cp: ControlPlane, kubeconfig: pathlib.Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return cp.kubectl(*args, input=stdin, check=False, kubeconfig=kubeconfig)
 
 
@@ -45,15 +47,17 @@ def can_i(cp: ControlPlane, kubeconfig: pathlib.Path, verb: str, resource: str) 
     return result.stdout.strip() == "yes"
 
 
-def test_identity_is_the_service_account(control_plane: ControlPlane,
-                                         agent: pathlib.Path) -> None:
-    who = as_agent(control_plane, agent, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+def test_identity_is_the_service_account(control_plane: ControlPlane, agent: pathlib.Path) -> None:
+    who = as_agent(
+        control_plane, agent, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"
+    )
     assert who.stdout == "system:serviceaccount:kube-system:kilo"
 
 
 @pytest.mark.parametrize("verb", ["get", "list", "watch", "patch"])
-def test_may_read_and_patch_nodes(control_plane: ControlPlane, agent: pathlib.Path,
-                                  verb: str) -> None:
+def test_may_read_and_patch_nodes(
+    control_plane: ControlPlane, agent: pathlib.Path, verb: str
+) -> None:
     assert can_i(control_plane, agent, verb, "nodes")
 
 
@@ -62,16 +66,27 @@ def test_may_read_peers(control_plane: ControlPlane, agent: pathlib.Path, verb: 
     assert can_i(control_plane, agent, verb, "peers.kilo.squat.ai")
 
 
-@pytest.mark.parametrize("verb,resource", [
-    ("create", "nodes"), ("delete", "nodes"), ("update", "nodes"),
-    ("create", "peers.kilo.squat.ai"), ("update", "peers.kilo.squat.ai"),
-    ("patch", "peers.kilo.squat.ai"), ("delete", "peers.kilo.squat.ai"),
-    ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
-    ("get", "configmaps"), ("create", "pods"),
-    ("get", "customresourcedefinitions.apiextensions.k8s.io"),
-])
-def test_may_not(control_plane: ControlPlane, agent: pathlib.Path, verb: str,
-                 resource: str) -> None:
+@pytest.mark.parametrize(
+    "verb,resource",
+    [
+        ("create", "nodes"),
+        ("delete", "nodes"),
+        ("update", "nodes"),
+        ("create", "peers.kilo.squat.ai"),
+        ("update", "peers.kilo.squat.ai"),
+        ("patch", "peers.kilo.squat.ai"),
+        ("delete", "peers.kilo.squat.ai"),
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("watch", "secrets"),
+        ("get", "configmaps"),
+        ("create", "pods"),
+        ("get", "customresourcedefinitions.apiextensions.k8s.io"),
+    ],
+)
+def test_may_not(
+    control_plane: ControlPlane, agent: pathlib.Path, verb: str, resource: str
+) -> None:
     assert not can_i(control_plane, agent, verb, resource)
 
 
@@ -90,19 +105,29 @@ def test_secrets_are_forbidden(control_plane: ControlPlane, agent: pathlib.Path)
 
 
 def test_peers_cannot_be_written(control_plane: ControlPlane, agent: pathlib.Path) -> None:
-    create = as_agent(control_plane, agent, "create", "-f", "-",
-                      stdin=PEER.replace("rbac-peer", "rbac-peer-2"))
+    create = as_agent(
+        control_plane, agent, "create", "-f", "-", stdin=PEER.replace("rbac-peer", "rbac-peer-2")
+    )
     assert create.returncode != 0 and "forbidden" in create.stderr.lower()
-    patch = as_agent(control_plane, agent, "patch", "peer", "rbac-peer", "--type=merge",
-                     "-p", '{"spec":{"persistentKeepalive":5}}')
+    patch = as_agent(
+        control_plane,
+        agent,
+        "patch",
+        "peer",
+        "rbac-peer",
+        "--type=merge",
+        "-p",
+        '{"spec":{"persistentKeepalive":5}}',
+    )
     assert patch.returncode != 0 and "forbidden" in patch.stderr.lower()
     delete = as_agent(control_plane, agent, "delete", "peer", "rbac-peer")
     assert delete.returncode != 0 and "forbidden" in delete.stderr.lower()
     assert control_plane.kubectl("get", "peer", "rbac-peer").returncode == 0
 
 
-def test_backend_reports_forbidden_clearly(control_plane: ControlPlane,
-                                           agent: pathlib.Path) -> None:
+def test_backend_reports_forbidden_clearly(
+    control_plane: ControlPlane, agent: pathlib.Path
+) -> None:
     backend = KubernetesBackend(agent)
     with pytest.raises(BackendError) as err:
         backend.http.json("GET", "/api/v1/namespaces/kube-system/secrets")

@@ -54,4 +54,9 @@ def node_obj(
 def peer_obj(name: str, allowed_ips: list[str], **spec: Any) -> dict[str, Any]:
     s: dict[str, Any] = {"allowedIPs": allowed_ips, "publicKey": key_for(name)}
     s.update(spec)
-    return {"apiVersion": "kilo.squat.ai/v1alpha1", "kind": "Peer", "metadata": {"name": name}, "spec": s}
+    return {
+        "apiVersion": "kilo.squat.ai/v1alpha1",
+        "kind": "Peer",
+        "metadata": {"name": name},
+        "spec": s,
+    }

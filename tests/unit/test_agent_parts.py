@@ -20,7 +20,13 @@ def ha(ifname: str, cidr: str) -> HostAddress:
 
 
 def test_choose_ips_private_and_public() -> None:
-    addrs = [ha("eth1", "198.51.100.7/24"), ha("eth0", "10.10.1.5/24"), ha("lo", "127.0.0.1/8"), ha("kube-bridge", "10.2.1.1/24"), ha("kilo0", "10.4.0.1/16")]
+    addrs = [
+        ha("eth1", "198.51.100.7/24"),
+        ha("eth0", "10.10.1.5/24"),
+        ha("lo", "127.0.0.1/8"),
+        ha("kube-bridge", "10.2.1.1/24"),
+        ha("kilo0", "10.4.0.1/16"),
+    ]
     priv, pub = choose_ips(addrs, skip=("kilo0",))
     assert priv is not None and str(priv.prefix) == "10.10.1.5/24" and priv.ifname == "eth0"
     assert pub is not None and str(pub.prefix) == "198.51.100.7/24"
@@ -65,14 +71,29 @@ def test_metrics_text() -> None:
     assert 'kilo_errors_total{event="apply"} 2' in text
 
 
-@pytest.mark.parametrize("listen, want", [(":1107", ("0.0.0.0", 1107)), ("10.0.0.1:9000", ("10.0.0.1", 9000)), ("[::1]:80", ("::1", 80))])
+@pytest.mark.parametrize(
+    "listen, want",
+    [
+        (":1107", ("0.0.0.0", 1107)),
+        ("10.0.0.1:9000", ("10.0.0.1", 9000)),
+        ("[::1]:80", ("::1", 80)),
+    ],
+)
 def test_parse_listen(listen: str, want: tuple[str, int]) -> None:
     assert parse_listen(listen) == want
 
 
 def test_kg_flags_defaults_like_kilo() -> None:
     a = parser().parse_args(["--hostname", "n1"])
-    assert (a.interface, a.port, a.subnet, a.mesh_granularity, a.encapsulate, a.listen, a.mtu) == ("kilo0", 51820, "10.4.0.0/16", "location", "always", ":1107", "auto")
+    assert (a.interface, a.port, a.subnet, a.mesh_granularity, a.encapsulate, a.listen, a.mtu) == (
+        "kilo0",
+        51820,
+        "10.4.0.0/16",
+        "location",
+        "always",
+        ":1107",
+        "auto",
+    )
     assert a.local and a.cni and a.create_interface and not a.clean_up
     a = parser().parse_args(["--hostname", "n1", "--cni=false", "--local", "false", "--clean-up"])
     assert not a.cni and not a.local and a.clean_up

@@ -12,8 +12,12 @@ from tests.unit.helpers import node_obj, peer_obj
 @pytest.fixture()
 def dump(tmp_path: Path) -> Path:
     items = [
-        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", granularity="location"),
-        node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24", granularity="location"),
+        node_obj(
+            "a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", granularity="location"
+        ),
+        node_obj(
+            "b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24", granularity="location"
+        ),
         node_obj("c", "2", "10.1.0.3:51820", "10.1.0.3/16", "10.2.3.0/24", granularity="location"),
         peer_obj("laptop", ["10.5.0.1/32"], persistentKeepalive=10),
     ]
@@ -46,7 +50,19 @@ def test_unknown_node_and_peer(dump: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_seed_multicluster_loop_flags(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "b", "--as-peer", "-o", "yaml", "--allowed-ips", "10.96.0.0/12")
+    rc, out, err = kgctl(
+        capsys,
+        "--from-file",
+        str(dump),
+        "showconf",
+        "node",
+        "b",
+        "--as-peer",
+        "-o",
+        "yaml",
+        "--allowed-ips",
+        "10.96.0.0/12",
+    )
     assert rc == 0
     obj = yaml.safe_load(out)
     assert obj["kind"] == "Peer" and obj["metadata"]["name"] == "b"
@@ -70,10 +86,15 @@ def test_graph(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
         (["--port", "0", "graph"], "invalid port"),
         (["--mesh-granularity", "galaxy", "graph"], "mesh granularity galaxy unknown"),
         (["showconf", "node", "a", "-o", "toml"], "output format toml unknown"),
-        (["showconf", "node", "a", "--allowed-ips", "10.0.0.1"], 'allowed-ips must contain only valid CIDRs; got "10.0.0.1"'),
+        (
+            ["showconf", "node", "a", "--allowed-ips", "10.0.0.1"],
+            'allowed-ips must contain only valid CIDRs; got "10.0.0.1"',
+        ),
     ],
 )
-def test_bad_flags(dump: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+def test_bad_flags(
+    dump: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     rc, _, err = kgctl(capsys, "--from-file", str(dump), *args)
     assert rc == 1 and message in err
 
@@ -83,7 +104,9 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert rc == 1 and "cannot read" in err
 
 
-def test_auto_granularity_needs_annotation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_auto_granularity_needs_annotation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump_all([node_obj("a", "1", pod_cidr="10.2.0.0/24")]))
     rc, _, err = kgctl(capsys, "--from-file", str(p), "graph")

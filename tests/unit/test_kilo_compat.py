@@ -38,7 +38,13 @@ def fixtures() -> list[tuple[str, str, int, list[str]]]:
 
 
 def kilo_defect(expected: str) -> bool:
-    return "<nil>" in expected or "\\u003cnil\\u003e" in expected or "000000000" in expected or '"51820"' in expected or "dns: \"" in expected
+    return (
+        "<nil>" in expected
+        or "\\u003cnil\\u003e" in expected
+        or "000000000" in expected
+        or '"51820"' in expected
+        or 'dns: "' in expected
+    )
 
 
 def _load(text: str) -> dict:
@@ -56,7 +62,9 @@ ALL = fixtures()
 
 
 @pytest.mark.parametrize("cluster, stem, rc, argv", ALL, ids=[f"{c}/{s}" for c, s, _, _ in ALL])
-def test_matches_kilo(cluster: str, stem: str, rc: int, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_matches_kilo(
+    cluster: str, stem: str, rc: int, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     exp_dir = DATA / "expected" / cluster
     expected_out = (exp_dir / f"{stem}.out").read_text()
     err_file = exp_dir / f"{stem}.err"
@@ -66,7 +74,10 @@ def test_matches_kilo(cluster: str, stem: str, rc: int, argv: list[str], capsys:
     assert got_rc == rc, err
     if rc != 0:
         # we also offer granularity "cross"; otherwise Kilo's message word for word
-        assert err.strip().splitlines()[-1].replace(" cross", "") == expected_err.strip().splitlines()[-1]
+        assert (
+            err.strip().splitlines()[-1].replace(" cross", "")
+            == expected_err.strip().splitlines()[-1]
+        )
         return
     if kilo_defect(expected_out):
         ours, pka = _strip(_load(out))
@@ -76,4 +87,6 @@ def test_matches_kilo(cluster: str, stem: str, rc: int, argv: list[str], capsys:
         return
     assert out == expected_out
     if expected_err:
-        assert [l for l in err.splitlines() if not l.startswith("warning: ")] == expected_err.splitlines()
+        assert [
+            l for l in err.splitlines() if not l.startswith("warning: ")
+        ] == expected_err.splitlines()

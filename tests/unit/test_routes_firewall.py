@@ -11,7 +11,12 @@ from tests.unit.helpers import peer_obj
 IFS = Interfaces(kilo="kilo0", private="eth0", tunnel="tunl0")
 
 
-def rs(host: str, local: bool = True, strategy: Strategy = Strategy.NEVER, g: Granularity = Granularity.LOCATION) -> list[str]:
+def rs(
+    host: str,
+    local: bool = True,
+    strategy: Strategy = Strategy.NEVER,
+    g: Granularity = Granularity.LOCATION,
+) -> list[str]:
     t = topo(three_nodes(), host, g, peers_of(peer_obj("p", ["10.5.0.1/32"])))
     r, rules = routes(t, IFS, local, Encapsulation(strategy))
     return [str(x) for x in r] + [str(x) for x in rules]
@@ -64,11 +69,27 @@ def test_cross_routes_same_location_over_private_network() -> None:
 def test_firewall_nat_returns_for_known_ips_then_masquerades() -> None:
     t = topo(three_nodes(), "b", peers=peers_of(peer_obj("p", ["10.5.0.1/32"])))
     r = ruleset(t, cni=True, forward_rules=False)
-    nat = [(x.verdict, str(x.match.prefix) if x.match else None) for x in r.rules if x.chain == "kilo-nat"]
+    nat = [
+        (x.verdict, str(x.match.prefix) if x.match else None)
+        for x in r.rules
+        if x.chain == "kilo-nat"
+    ]
     assert nat[-1] == ("masquerade", None)
-    assert ("return", "10.5.0.1/32") in nat and ("return", "10.4.0.1/32") in nat and ("return", "10.2.1.0/24") in nat
-    post = [(x.verdict, x.match.field, str(x.match.prefix)) for x in r.rules if x.chain == "postrouting" and x.match]
-    assert ("jump kilo-nat", "saddr", "10.2.2.0/24") in post and ("jump kilo-nat", "saddr", "10.5.0.1/32") in post
+    assert (
+        ("return", "10.5.0.1/32") in nat
+        and ("return", "10.4.0.1/32") in nat
+        and ("return", "10.2.1.0/24") in nat
+    )
+    post = [
+        (x.verdict, x.match.field, str(x.match.prefix))
+        for x in r.rules
+        if x.chain == "postrouting" and x.match
+    ]
+    assert ("jump kilo-nat", "saddr", "10.2.2.0/24") in post and (
+        "jump kilo-nat",
+        "saddr",
+        "10.5.0.1/32",
+    ) in post
     doc = r.nft_json()["nftables"]
     assert doc[0] == {"add": {"table": {"family": "inet", "name": "kilo"}}}
     assert not any(c.name == "forward" for c in r.base_chains)

@@ -32,7 +32,12 @@ def three_nodes() -> dict[str, Node]:
     )
 
 
-def topo(nodes: dict[str, Node], host: str, g: Granularity = Granularity.LOCATION, peers: dict[str, Peer] | None = None) -> Topology:
+def topo(
+    nodes: dict[str, Node],
+    host: str,
+    g: Granularity = Granularity.LOCATION,
+    peers: dict[str, Peer] | None = None,
+) -> Topology:
     return new_topology(nodes, peers or {}, g, host, 51820, None, DEFAULT_SUBNET)
 
 
@@ -45,7 +50,13 @@ def test_location_segments_sorted_with_allowed_ips_in_kilo_order() -> None:
     t = topo(three_nodes(), "a")
     assert [s.location for s in t.segments] == ["location:1", "location:2"]
     assert aips(t, "location:1") == ["10.2.1.0/24", "10.1.0.1/32", "10.4.0.1/32"]
-    assert aips(t, "location:2") == ["10.2.2.0/24", "10.1.0.2/32", "10.2.3.0/24", "10.1.0.3/32", "10.4.0.2/32"]
+    assert aips(t, "location:2") == [
+        "10.2.2.0/24",
+        "10.1.0.2/32",
+        "10.2.3.0/24",
+        "10.1.0.3/32",
+        "10.4.0.2/32",
+    ]
     assert t.leader and str(t.wireguard_cidr) == "10.4.0.1/16"
 
 
@@ -79,10 +90,19 @@ def test_node_without_internal_ip_is_its_own_segment() -> None:
         # (name, leader annotation, endpoint IP)
         ([("a", False, "10.0.0.1"), ("b", False, "10.0.0.2")], 0),  # no hints: first by name
         ([("a", False, "10.0.0.1"), ("b", False, "203.0.113.2")], 1),  # public endpoint wins
-        ([("a", False, "203.0.113.1"), ("b", True, "10.0.0.2")], 1),  # leader annotation beats public
-        ([("a", True, "10.0.0.1"), ("b", True, "203.0.113.2")], 1),  # public leader beats private leader
+        (
+            [("a", False, "203.0.113.1"), ("b", True, "10.0.0.2")],
+            1,
+        ),  # leader annotation beats public
+        (
+            [("a", True, "10.0.0.1"), ("b", True, "203.0.113.2")],
+            1,
+        ),  # public leader beats private leader
         ([("a", True, "10.0.0.1"), ("b", True, "10.0.0.2")], 0),  # first leader
-        ([("a", False, "172.16.0.1"), ("b", False, "192.168.1.1"), ("c", False, "172.32.0.1")], 2),  # RFC1918 edges
+        (
+            [("a", False, "172.16.0.1"), ("b", False, "192.168.1.1"), ("c", False, "172.32.0.1")],
+            2,
+        ),  # RFC1918 edges
     ],
 )
 def test_find_leader(specs: list[tuple[str, bool, str]], want: int) -> None:
@@ -107,7 +127,10 @@ def test_location_annotation_overrides_label() -> None:
 
 def test_conf_of_leader_lists_other_segments_then_peers() -> None:
     ns = three_nodes()
-    ps = peers_of(peer_obj("p2", ["10.5.0.2/32"]), peer_obj("p1", ["10.5.0.1/32"], endpoint={"dnsOrIP": {"ip": "203.0.113.9"}, "port": 51820}))
+    ps = peers_of(
+        peer_obj("p2", ["10.5.0.2/32"]),
+        peer_obj("p1", ["10.5.0.1/32"], endpoint={"dnsOrIP": {"ip": "203.0.113.9"}, "port": 51820}),
+    )
     t = topo(ns, "a", peers=ps)
     c = t.conf()
     assert [str(p.allowed_ips[0]) for p in c.peers] == ["10.2.2.0/24", "10.5.0.1/32", "10.5.0.2/32"]
@@ -126,21 +149,48 @@ def test_peers_deduplicated_first_by_name_wins() -> None:
 def test_discovered_endpoint_used_only_with_keepalive() -> None:
     de = '{"%s":{"IP":"198.51.100.77","Port":40000,"Zone":""}}' % key_for("b")
     ns = nodes_of(
-        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", discovered_endpoints=de),
+        node_obj(
+            "a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", discovered_endpoints=de
+        ),
         node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24"),
     )
     t = topo(ns, "a")
     assert str(t.conf().peers[0].endpoint) == "203.0.113.2:51820"
     ns2 = dict(ns)
-    ns2.update(nodes_of(node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24", persistent_keepalive="25")))
+    ns2.update(
+        nodes_of(
+            node_obj(
+                "b",
+                "2",
+                "203.0.113.2:51820",
+                "10.1.0.2/16",
+                "10.2.2.0/24",
+                persistent_keepalive="25",
+            )
+        )
+    )
     t = topo(ns2, "a")
     assert str(t.conf().peers[0].endpoint) == "198.51.100.77:40000"
 
 
 def test_allowed_location_ips_filtered_against_other_claims() -> None:
     ns = nodes_of(
-        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", allowed_location_ips="192.168.50.0/24,10.2.2.0/25"),
-        node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24", allowed_location_ips="192.168.60.0/24,192.168.50.128/25"),
+        node_obj(
+            "a",
+            "1",
+            "203.0.113.1:51820",
+            "10.1.0.1/16",
+            "10.2.1.0/24",
+            allowed_location_ips="192.168.50.0/24,10.2.2.0/25",
+        ),
+        node_obj(
+            "b",
+            "2",
+            "203.0.113.2:51820",
+            "10.1.0.2/16",
+            "10.2.2.0/24",
+            allowed_location_ips="192.168.60.0/24,192.168.50.128/25",
+        ),
     )
     ps = peers_of(peer_obj("p", ["192.168.60.10/32"]))
     t = topo(ns, "a", peers=ps)
@@ -155,12 +205,25 @@ def test_allowed_location_ips_filtered_against_other_claims() -> None:
 
 def test_allowed_location_ips_kept_and_sorted_when_unclaimed() -> None:
     ns = nodes_of(
-        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", allowed_location_ips="192.168.9.0/24,192.168.1.0/24"),
+        node_obj(
+            "a",
+            "1",
+            "203.0.113.1:51820",
+            "10.1.0.1/16",
+            "10.2.1.0/24",
+            allowed_location_ips="192.168.9.0/24,192.168.1.0/24",
+        ),
         node_obj("b", "2", "203.0.113.2:51820", "10.1.0.2/16", "10.2.2.0/24"),
     )
     t = topo(ns, "b")
     peer = next(p for p in t.conf().peers if str(p.allowed_ips[0]) == "10.2.1.0/24")
-    assert [str(i) for i in peer.allowed_ips] == ["10.2.1.0/24", "10.1.0.1/32", "10.4.0.1/32", "192.168.1.0/24", "192.168.9.0/24"]
+    assert [str(i) for i in peer.allowed_ips] == [
+        "10.2.1.0/24",
+        "10.1.0.1/32",
+        "10.4.0.1/32",
+        "192.168.1.0/24",
+        "192.168.9.0/24",
+    ]
 
 
 def test_cross_granularity_tunnels_only_between_locations() -> None:

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 
 from kilo.model import Granularity
-from kilo.translate import node_annotations, node_from_object, peer_from_object, peer_validation_error
+from kilo.translate import (
+    node_annotations,
+    node_from_object,
+    peer_from_object,
+    peer_validation_error,
+)
 from tests.unit.helpers import key_for, node_obj, peer_obj
 
 
@@ -24,12 +29,20 @@ from tests.unit.helpers import key_for, node_obj, peer_obj
         ("wireguard_ip", "10.4.0.1", "kilo.squat.ai/wireguard-ip"),
     ],
 )
-def test_malformed_annotation_is_reported_not_raised(annotation: str, value: str, field: str) -> None:
-    n, problems = node_from_object(node_obj("n1", "x", pod_cidr="10.2.0.0/24", **{annotation: value}))
+def test_malformed_annotation_is_reported_not_raised(
+    annotation: str, value: str, field: str
+) -> None:
+    n, problems = node_from_object(
+        node_obj("n1", "x", pod_cidr="10.2.0.0/24", **{annotation: value})
+    )
     assert n.name == "n1"
     assert len(problems) == 1
     p = problems[0]
-    assert (p.kind, p.name, p.value) == ("Node", "n1", value.split(",")[-1] if annotation == "allowed_location_ips" else value)
+    assert (p.kind, p.name, p.value) == (
+        "Node",
+        "n1",
+        value.split(",")[-1] if annotation == "allowed_location_ips" else value,
+    )
     assert field in p.field and p.reason
     assert field in str(p) and "n1" in str(p)
 
@@ -40,7 +53,16 @@ def test_bad_pod_cidr_reported() -> None:
 
 
 def test_force_endpoint_and_force_internal_ip_win() -> None:
-    n, _ = node_from_object(node_obj("n", "x", "203.0.113.1:51820", "10.0.0.1/24", force_endpoint="203.0.113.9:4000", force_internal_ip="10.0.0.9/24"))
+    n, _ = node_from_object(
+        node_obj(
+            "n",
+            "x",
+            "203.0.113.1:51820",
+            "10.0.0.1/24",
+            force_endpoint="203.0.113.9:4000",
+            force_internal_ip="10.0.0.9/24",
+        )
+    )
     assert str(n.endpoint) == "203.0.113.9:4000" and str(n.internal_ip) == "10.0.0.9/24"
     n, _ = node_from_object(node_obj("n", "x", internal_ip="10.0.0.1/24", force_internal_ip="-"))
     assert n.internal_ip is None and n.no_internal_ip
@@ -50,7 +72,11 @@ def test_endpoint_forms() -> None:
     n, _ = node_from_object(node_obj("n", endpoint="[fd00::1]:51820"))
     assert str(n.endpoint) == "[fd00::1]:51820"
     n, _ = node_from_object(node_obj("n", endpoint="node.example.com:51820"))
-    assert n.endpoint is not None and n.endpoint.dns == "node.example.com" and str(n.endpoint) == "node.example.com:51820"
+    assert (
+        n.endpoint is not None
+        and n.endpoint.dns == "node.example.com"
+        and str(n.endpoint) == "node.example.com:51820"
+    )
 
 
 def test_internal_ip_keeps_host_bits() -> None:
@@ -68,7 +94,10 @@ def test_granularity_and_leader() -> None:
     [
         ({"allowedIPs": ["10.0.0.1"]}, "spec.allowedIPs"),
         ({"endpoint": {"dnsOrIP": {}, "port": 51820}}, "spec.endpoint.dnsOrIP"),
-        ({"endpoint": {"dnsOrIP": {"dns": "Bad_Name"}, "port": 51820}}, "spec.endpoint.dnsOrIP.dns"),
+        (
+            {"endpoint": {"dnsOrIP": {"dns": "Bad_Name"}, "port": 51820}},
+            "spec.endpoint.dnsOrIP.dns",
+        ),
         ({"endpoint": {"dnsOrIP": {"ip": "1.2.3"}, "port": 51820}}, "spec.endpoint.dnsOrIP.ip"),
         ({"endpoint": {"dnsOrIP": {"ip": "203.0.113.1"}, "port": 0}}, "spec.endpoint.port"),
         ({"endpoint": {"dnsOrIP": {"ip": "203.0.113.1"}, "port": 70000}}, "spec.endpoint.port"),
@@ -86,15 +115,49 @@ def test_invalid_peer_skipped_with_reason(spec: dict, field: str) -> None:
 
 
 def test_valid_peer() -> None:
-    p, problems = peer_from_object(peer_obj("p", ["10.5.0.1/32", "10.6.0.0/16"], endpoint={"dnsOrIP": {"dns": "vpn.example.com"}, "port": 51820}, persistentKeepalive=25, presharedKey=key_for("psk")))
+    p, problems = peer_from_object(
+        peer_obj(
+            "p",
+            ["10.5.0.1/32", "10.6.0.0/16"],
+            endpoint={"dnsOrIP": {"dns": "vpn.example.com"}, "port": 51820},
+            persistentKeepalive=25,
+            presharedKey=key_for("psk"),
+        )
+    )
     assert p is not None and not problems
-    assert str(p.endpoint) == "vpn.example.com:51820" and p.persistent_keepalive == 25 and p.preshared_key
+    assert (
+        str(p.endpoint) == "vpn.example.com:51820"
+        and p.persistent_keepalive == 25
+        and p.preshared_key
+    )
 
 
 def test_node_annotations_round_trip() -> None:
     de = '{"%s":{"IP":"198.51.100.7","Port":4000,"Zone":""}}' % key_for("x")
-    n, _ = node_from_object(node_obj("n", "x", "203.0.113.1:51820", "10.0.0.1/24", "10.2.0.0/24", wireguard_ip="10.4.0.1/16", discovered_endpoints=de, granularity="location"))
+    n, _ = node_from_object(
+        node_obj(
+            "n",
+            "x",
+            "203.0.113.1:51820",
+            "10.0.0.1/24",
+            "10.2.0.0/24",
+            wireguard_ip="10.4.0.1/16",
+            discovered_endpoints=de,
+            granularity="location",
+        )
+    )
     ann = node_annotations(n)
     assert ann["kilo.squat.ai/discovered-endpoints"] == de
-    again, problems = node_from_object({"kind": "Node", "metadata": {"name": "n", "annotations": {**ann, "kilo.squat.ai/location": "x"}}, "spec": {"podCIDR": "10.2.0.0/24"}})
-    assert not problems and again.key == n.key and again.wireguard_ip == n.wireguard_ip and again.discovered_endpoints == n.discovered_endpoints
+    again, problems = node_from_object(
+        {
+            "kind": "Node",
+            "metadata": {"name": "n", "annotations": {**ann, "kilo.squat.ai/location": "x"}},
+            "spec": {"podCIDR": "10.2.0.0/24"},
+        }
+    )
+    assert (
+        not problems
+        and again.key == n.key
+        and again.wireguard_ip == n.wireguard_ip
+        and again.discovered_endpoints == n.discovered_endpoints
+    )

@@ -16,7 +16,12 @@ def test_render_matches_kilo_layout() -> None:
         private_key=bytes(32),
         listen_port=51820,
         peers=[
-            WgPeer(K1, [ipaddress.ip_interface("10.2.0.0/24"), ipaddress.ip_interface("10.4.0.1/32")], Endpoint(51820, ipaddress.ip_address("203.0.113.1")), 0),
+            WgPeer(
+                K1,
+                [ipaddress.ip_interface("10.2.0.0/24"), ipaddress.ip_interface("10.4.0.1/32")],
+                Endpoint(51820, ipaddress.ip_address("203.0.113.1")),
+                0,
+            ),
             WgPeer(K2, [ipaddress.ip_interface("10.5.0.1/32")], None, 25, K1),
         ],
     )
@@ -49,11 +54,24 @@ PersistentKeepalive = off
     c = parse(text)
     assert c.private_key == K1 and c.listen_port == 51820
     (p,) = c.peers
-    assert p.public_key == K2 and str(p.endpoint) == "[2001:db8::1]:51820" and p.persistent_keepalive == 0
+    assert (
+        p.public_key == K2
+        and str(p.endpoint) == "[2001:db8::1]:51820"
+        and p.persistent_keepalive == 0
+    )
     assert [str(a) for a in p.allowed_ips] == ["10.4.0.1/32", "fd00::/64"]
 
 
-@pytest.mark.parametrize("text", ["[Bogus]\n", "[Peer]\nPublicKey = short\n", "ListenPort = 1\n", "[Peer]\nAllowedIPs = x\n", "[Interface]\nnonsense\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[Bogus]\n",
+        "[Peer]\nPublicKey = short\n",
+        "ListenPort = 1\n",
+        "[Peer]\nAllowedIPs = x\n",
+        "[Interface]\nnonsense\n",
+    ],
+)
 def test_parse_errors_name_the_line(text: str) -> None:
     with pytest.raises(ConfigError, match="line"):
         parse(text)

@@ -36,7 +36,9 @@ def load_objects(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str,
         raise DumpError(f"cannot read {p}: {e.strerror}") from None
     docs: Iterable[Any]
     try:
-        docs = [json.loads(text)] if text.lstrip().startswith("{") else list(yaml.safe_load_all(text))
+        docs = (
+            [json.loads(text)] if text.lstrip().startswith("{") else list(yaml.safe_load_all(text))
+        )
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise DumpError(f"{p}: not valid YAML or JSON: {e}") from None
     nodes: list[dict[str, Any]] = []

@@ -66,7 +66,9 @@ class CRDMissing(BackendError):
     def __init__(self) -> None:
         super().__init__(
             f"the Peer custom resource definition ({CRD_NAME}) is not installed in this cluster; "
-            f"install it with: kubectl apply -f {CRD_MANIFEST}", 404)
+            f"install it with: kubectl apply -f {CRD_MANIFEST}",
+            404,
+        )
 
 
 class _Gone(Exception):
@@ -110,10 +112,16 @@ class _Http:
         self.pool = api.rest_client.pool_manager
         self.host = str(self.cfg.host).rstrip("/")
 
-    def request(self, method: str, path: str, query: Mapping[str, str] | None = None,
-                body: Any = None, content_type: str = "application/json",
-                timeout: urllib3.Timeout | None = None,
-                stream: bool = False) -> urllib3.BaseHTTPResponse:
+    def request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: urllib3.Timeout | None = None,
+        stream: bool = False,
+    ) -> urllib3.BaseHTTPResponse:
         headers = {"Accept": "application/json", "User-Agent": "kilo-py"}
         for auth in self.cfg.auth_settings().values():  # refreshes expiring tokens
             if auth.get("in") == "header" and auth.get("value"):
@@ -123,9 +131,15 @@ class _Http:
             data = json.dumps(body).encode()
             headers["Content-Type"] = content_type
         url = self.host + path + ("?" + urlencode(query) if query else "")
-        return self.pool.request(method, url, body=data, headers=headers, retries=False,
-                                 timeout=timeout or urllib3.Timeout(connect=5, read=30),
-                                 preload_content=not stream)
+        return self.pool.request(
+            method,
+            url,
+            body=data,
+            headers=headers,
+            retries=False,
+            timeout=timeout or urllib3.Timeout(connect=5, read=30),
+            preload_content=not stream,
+        )
 
     def json(self, method: str, path: str, *, patience: float = 30.0, **kwargs: Any) -> Obj:
         """The decoded response; 429 and 5xx are retried (honouring Retry-After) for up to
@@ -140,8 +154,9 @@ class _Http:
         if resp.status == 404 and path.startswith(PEER_PATH):
             raise CRDMissing()
         if not 200 <= resp.status < 300:
-            raise BackendError(f"{method} {path}: HTTP {resp.status}: {_reason(resp.data)}",
-                               resp.status)
+            raise BackendError(
+                f"{method} {path}: HTTP {resp.status}: {_reason(resp.data)}", resp.status
+            )
         return dict(json.loads(resp.data))
 
 
@@ -181,10 +196,14 @@ def _rv(obj: Obj) -> str:
 class KubernetesBackend:
     """Lists and watches Nodes and Peers; writes the local node's own annotations."""
 
-    def __init__(self, kubeconfig: str | Path | None = None, *,
-                 api: k8s_client.ApiClient | None = None,
-                 on_event: Callable[[Event], None] | None = None,
-                 watch_timeout: int = 300) -> None:
+    def __init__(
+        self,
+        kubeconfig: str | Path | None = None,
+        *,
+        api: k8s_client.ApiClient | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        watch_timeout: int = 300,
+    ) -> None:
         self.api = api or api_client(kubeconfig)
         self.http = _Http(self.api)
         self.on_event = on_event
@@ -250,8 +269,12 @@ class KubernetesBackend:
         if foreign:
             raise ValueError(f"not annotations the agent owns: {', '.join(foreign)}")
         body = {"metadata": {"annotations": dict(annotations)}}
-        return self.http.json("PATCH", f"{NODE_PATH}/{quote(name, safe='')}", body=body,
-                              content_type="application/merge-patch+json")
+        return self.http.json(
+            "PATCH",
+            f"{NODE_PATH}/{quote(name, safe='')}",
+            body=body,
+            content_type="application/merge-patch+json",
+        )
 
     def publish_node(self, node: Node) -> Obj:
         """Write the annotations that describe ``node`` (its key, IPs, endpoint, last seen)."""
@@ -269,8 +292,9 @@ class KubernetesBackend:
         for kind in KINDS:
             self._relist(kind)
         for kind in KINDS:
-            thread = threading.Thread(target=self._run, args=(kind,), daemon=True,
-                                      name=f"kilo-watch-{kind.lower()}")
+            thread = threading.Thread(
+                target=self._run, args=(kind,), daemon=True, name=f"kilo-watch-{kind.lower()}"
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -332,7 +356,8 @@ class KubernetesBackend:
                 if self._stop.is_set():
                     return
                 if not isinstance(err, (BackendError, ValueError)) or (
-                        isinstance(err, BackendError) and err.status in RETRIABLE):
+                    isinstance(err, BackendError) and err.status in RETRIABLE
+                ):
                     self._unreachable()  # not a refusal (a missing CRD, RBAC): the server is away
                 hint = getattr(err, "retry_after", None)
                 wait = min(hint, 5.0) if hint is not None else delay
@@ -343,11 +368,20 @@ class KubernetesBackend:
 
     def _watch(self, kind: str) -> None:
         timeout = self.watch_timeout + random.randint(0, max(self.watch_timeout // 5, 1))
-        query = {"watch": "true", "allowWatchBookmarks": "true",
-                 "resourceVersion": self._rv[kind] or "", "timeoutSeconds": str(timeout)}
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": self._rv[kind] or "",
+            "timeoutSeconds": str(timeout),
+        }
         log.debug("watching %ss from resourceVersion %s", kind, self._rv[kind])
-        resp = self.http.request("GET", KINDS[kind][0], query=query, stream=True,
-                                 timeout=urllib3.Timeout(connect=5, read=timeout + 30))
+        resp = self.http.request(
+            "GET",
+            KINDS[kind][0],
+            query=query,
+            stream=True,
+            timeout=urllib3.Timeout(connect=5, read=timeout + 30),
+        )
         if resp.status != 200:
             data = resp.read()
             resp.release_conn()
@@ -355,8 +389,11 @@ class KubernetesBackend:
                 raise _Gone()
             if resp.status == 404 and kind == "Peer":
                 raise CRDMissing()
-            raise BackendError(f"watch {kind}s: HTTP {resp.status}: {_reason(data)}", resp.status,
-                               _retry_after(resp))
+            raise BackendError(
+                f"watch {kind}s: HTTP {resp.status}: {_reason(data)}",
+                resp.status,
+                _retry_after(resp),
+            )
         self._reached()
         self._streams[kind] = resp
         try:
@@ -375,7 +412,9 @@ class KubernetesBackend:
         if etype == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()
-            raise BackendError(f"watch {kind}s: {obj.get('message', obj)}", int(obj.get("code") or 0))
+            raise BackendError(
+                f"watch {kind}s: {obj.get('message', obj)}", int(obj.get("code") or 0)
+            )
         rv = _rv(obj)
         if etype == "BOOKMARK":
             self._rv[kind] = rv or self._rv[kind]

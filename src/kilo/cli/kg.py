@@ -18,10 +18,25 @@ import sys
 from collections.abc import Sequence
 
 from kilo import __version__
-from kilo.model import DEFAULT_CNI_PATH, DEFAULT_INTERFACE, DEFAULT_PORT, DEFAULT_SUBNET, REGION_LABEL, Granularity, network_prefix
+from kilo.model import (
+    DEFAULT_CNI_PATH,
+    DEFAULT_INTERFACE,
+    DEFAULT_PORT,
+    DEFAULT_SUBNET,
+    REGION_LABEL,
+    Granularity,
+    network_prefix,
+)
 from kilo.routes import Compatibility, Encapsulation, Strategy
 
-LOG_LEVELS = {"all": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "none": logging.CRITICAL + 10}
+LOG_LEVELS = {
+    "all": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "none": logging.CRITICAL + 10,
+}
 
 
 def _bool(v: str) -> bool:
@@ -41,35 +56,130 @@ def _cidrs(values: list[str]) -> list:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b = lambda name, default, help: p.add_argument(name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=f"{help} (default {str(default).lower()})")  # noqa: E731
-    p.add_argument("--backend", default="kubernetes", help="The backend for the mesh. Possible values: kubernetes")
+    p = argparse.ArgumentParser(
+        prog="kg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    b = lambda name, default, help: p.add_argument(
+        name,
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{help} (default {str(default).lower()})",
+    )  # noqa: E731
+    p.add_argument(
+        "--backend",
+        default="kubernetes",
+        help="The backend for the mesh. Possible values: kubernetes",
+    )
     b("--clean-up", False, "Should kilo clean up network modifications on shutdown?")
     b("--clean-up-interface", False, "Should Kilo delete its interface when it shuts down?")
     b("--create-interface", True, "Should kilo create an interface on startup?")
     b("--cni", True, "Should Kilo manage the node's CNI configuration?")
     p.add_argument("--cni-path", default=DEFAULT_CNI_PATH, help="Path to CNI config.")
-    p.add_argument("--compatibility", default="", choices=["", "flannel", "cilium"], help="Should Kilo run in compatibility mode? Possible values: flannel, cilium")
-    p.add_argument("--encapsulate", default="always", choices=[s.value for s in Strategy], help="When should Kilo encapsulate packets within a location? (default always)")
-    p.add_argument("--mesh-granularity", default="location", choices=["location", "full", "cross"], help="The granularity of the network mesh to create.")
-    p.add_argument("--kubeconfig", default=None, help="Path to kubeconfig (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).")
-    p.add_argument("--hostname", required=True, help="Hostname of the node on which this process is running.")
-    p.add_argument("--interface", default=DEFAULT_INTERFACE, help="Name of the Kilo interface to use; if it does not exist, it will be created.")
-    p.add_argument("--listen", default=":1107", help="The address at which to listen for health and metrics.")
+    p.add_argument(
+        "--compatibility",
+        default="",
+        choices=["", "flannel", "cilium"],
+        help="Should Kilo run in compatibility mode? Possible values: flannel, cilium",
+    )
+    p.add_argument(
+        "--encapsulate",
+        default="always",
+        choices=[s.value for s in Strategy],
+        help="When should Kilo encapsulate packets within a location? (default always)",
+    )
+    p.add_argument(
+        "--mesh-granularity",
+        default="location",
+        choices=["location", "full", "cross"],
+        help="The granularity of the network mesh to create.",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="Path to kubeconfig (default: in-cluster config, else $KUBECONFIG or ~/.kube/config).",
+    )
+    p.add_argument(
+        "--hostname", required=True, help="Hostname of the node on which this process is running."
+    )
+    p.add_argument(
+        "--interface",
+        default=DEFAULT_INTERFACE,
+        help="Name of the Kilo interface to use; if it does not exist, it will be created.",
+    )
+    p.add_argument(
+        "--listen", default=":1107", help="The address at which to listen for health and metrics."
+    )
     b("--local", True, "Should Kilo manage routes within a location?")
-    p.add_argument("--mtu", default="auto", help="The MTU of the WireGuard interface created by Kilo. 'auto' detects it from the underlay interface.")
-    p.add_argument("--topology-label", default=REGION_LABEL, help="Kubernetes node label used to group nodes into logical locations.")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="The port over which WireGuard peers should communicate.")
-    p.add_argument("--service-cidr", action="append", default=[], help="The service CIDR for the Kubernetes cluster (repeatable); not masqueraded.")
-    p.add_argument("--internal-cidr", action="append", default=[], help="CIDRs to consider for internal IP auto-detection (repeatable).")
-    p.add_argument("--subnet", default=str(DEFAULT_SUBNET), help="CIDR from which to allocate addresses for WireGuard interfaces.")
-    p.add_argument("--resync-period", default="30s", help="How often should the Kilo controllers reconcile? (e.g. 30s, 1m)")
-    b("--iptables-forward-rules", False, "Add default accept rules for forwarding (an nftables forward chain here).")
-    b("--prioritise-private-addresses", False, "Prefer to assign a private IP address to the node's endpoint.")
-    p.add_argument("--log-level", default="info", choices=list(LOG_LEVELS), help="Log level to use.")
-    p.add_argument("--private-key", default="/var/lib/kilo/key", help="Where the WireGuard private key is kept (mode 0600; made if missing).")
-    p.add_argument("--wireguard", default="auto", choices=["auto", "kernel", "userspace"], help="Which WireGuard to use: the kernel module if present (auto), or wireguard-go.")
-    p.add_argument("--nft-table", default="kilo", help="The name of the agent's own nftables table (family inet).")
+    p.add_argument(
+        "--mtu",
+        default="auto",
+        help="The MTU of the WireGuard interface created by Kilo. 'auto' detects it from the underlay interface.",
+    )
+    p.add_argument(
+        "--topology-label",
+        default=REGION_LABEL,
+        help="Kubernetes node label used to group nodes into logical locations.",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="The port over which WireGuard peers should communicate.",
+    )
+    p.add_argument(
+        "--service-cidr",
+        action="append",
+        default=[],
+        help="The service CIDR for the Kubernetes cluster (repeatable); not masqueraded.",
+    )
+    p.add_argument(
+        "--internal-cidr",
+        action="append",
+        default=[],
+        help="CIDRs to consider for internal IP auto-detection (repeatable).",
+    )
+    p.add_argument(
+        "--subnet",
+        default=str(DEFAULT_SUBNET),
+        help="CIDR from which to allocate addresses for WireGuard interfaces.",
+    )
+    p.add_argument(
+        "--resync-period",
+        default="30s",
+        help="How often should the Kilo controllers reconcile? (e.g. 30s, 1m)",
+    )
+    b(
+        "--iptables-forward-rules",
+        False,
+        "Add default accept rules for forwarding (an nftables forward chain here).",
+    )
+    b(
+        "--prioritise-private-addresses",
+        False,
+        "Prefer to assign a private IP address to the node's endpoint.",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=list(LOG_LEVELS), help="Log level to use."
+    )
+    p.add_argument(
+        "--private-key",
+        default="/var/lib/kilo/key",
+        help="Where the WireGuard private key is kept (mode 0600; made if missing).",
+    )
+    p.add_argument(
+        "--wireguard",
+        default="auto",
+        choices=["auto", "kernel", "userspace"],
+        help="Which WireGuard to use: the kernel module if present (auto), or wireguard-go.",
+    )
+    p.add_argument(
+        "--nft-table",
+        default="kilo",
+        help="The name of the agent's own nftables table (family inet).",
+    )
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -86,7 +196,11 @@ def _duration(s: str) -> float:
 
 def main(argv: Sequence[str] | None = None) -> None:
     a = parser().parse_args(argv)
-    logging.basicConfig(level=LOG_LEVELS[a.log_level], format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=LOG_LEVELS[a.log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     log = logging.getLogger("kg")

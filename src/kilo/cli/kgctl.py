@@ -43,19 +43,65 @@ def _default_kubeconfig() -> str:
 def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
     """Kilo's persistent flags: accepted before or after the subcommand."""
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
-    p.add_argument("--backend", default=d("kubernetes"), help="The backend for the mesh. Possible values: kubernetes")
-    p.add_argument("--kubeconfig", default=d(None), help="Path to kubeconfig (default: $KUBECONFIG, else ~/.kube/config).")
-    p.add_argument("--mesh-granularity", default=d("auto"), help=f"The granularity of the network mesh to create. Possible values: {', '.join(GRANULARITIES)}")
-    p.add_argument("--port", type=int, default=d(DEFAULT_PORT), help="The WireGuard port over which the nodes communicate.")
-    p.add_argument("--topology-label", default=d(REGION_LABEL), help="Kubernetes node label used to group nodes into logical locations.")
-    p.add_argument("--from-file", default=d(None), metavar="FILE", help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' instead of the API.")
-    p.add_argument("--now", type=int, default=d(None), metavar="UNIX", help="With --from-file: judge node readiness at this Unix time (default: the newest kilo.squat.ai/last-seen in the file).")
+    p.add_argument(
+        "--backend",
+        default=d("kubernetes"),
+        help="The backend for the mesh. Possible values: kubernetes",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=d(None),
+        help="Path to kubeconfig (default: $KUBECONFIG, else ~/.kube/config).",
+    )
+    p.add_argument(
+        "--mesh-granularity",
+        default=d("auto"),
+        help=f"The granularity of the network mesh to create. Possible values: {', '.join(GRANULARITIES)}",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=d(DEFAULT_PORT),
+        help="The WireGuard port over which the nodes communicate.",
+    )
+    p.add_argument(
+        "--topology-label",
+        default=d(REGION_LABEL),
+        help="Kubernetes node label used to group nodes into logical locations.",
+    )
+    p.add_argument(
+        "--from-file",
+        default=d(None),
+        metavar="FILE",
+        help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' instead of the API.",
+    )
+    p.add_argument(
+        "--now",
+        type=int,
+        default=d(None),
+        metavar="UNIX",
+        help="With --from-file: judge node readiness at this Unix time (default: the newest kilo.squat.ai/last-seen in the file).",
+    )
 
 
 def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--as-peer", action="store_true", help="Show the resource as a peer, to configure it as a peer of another WireGuard interface.")
-    p.add_argument("-o", "--output", default="wireguard", help=f"The output format of the resource. Possible values: {', '.join(OUTPUTS)}")
-    p.add_argument("--allowed-ips", action="append", default=[], help="Add the given CIDRs (comma-separated, repeatable) to the allowed IPs. Only with --as-peer.")
+    p.add_argument(
+        "--as-peer",
+        action="store_true",
+        help="Show the resource as a peer, to configure it as a peer of another WireGuard interface.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="wireguard",
+        help=f"The output format of the resource. Possible values: {', '.join(OUTPUTS)}",
+    )
+    p.add_argument(
+        "--allowed-ips",
+        action="append",
+        default=[],
+        help="Add the given CIDRs (comma-separated, repeatable) to the allowed IPs. Only with --as-peer.",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,13 +112,22 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
     g = sub.add_parser("graph", help="Generates a graph of the Kilo network")
     _add_globals(g, top=False)
-    g.add_argument("--format", default="dot", choices=["dot", "svg", "png"], help="dot text (default), or render through Graphviz's dot program.")
-    sc = sub.add_parser("showconf", help="Show the WireGuard configuration for a node or peer in the Kilo network")
+    g.add_argument(
+        "--format",
+        default="dot",
+        choices=["dot", "svg", "png"],
+        help="dot text (default), or render through Graphviz's dot program.",
+    )
+    sc = sub.add_parser(
+        "showconf", help="Show the WireGuard configuration for a node or peer in the Kilo network"
+    )
     _add_globals(sc, top=False)
     scs = sc.add_subparsers(dest="kind", metavar="node|peer")
     scs.required = True
     for kind in ("node", "peer"):
-        k = scs.add_parser(kind, help=f"Show the WireGuard configuration for a {kind} in the Kilo network")
+        k = scs.add_parser(
+            kind, help=f"Show the WireGuard configuration for a {kind} in the Kilo network"
+        )
         k.add_argument("name")
         _add_globals(k, top=False)
         _add_showconf_flags(k)
@@ -83,13 +138,19 @@ def _options(a: argparse.Namespace) -> Options:
     if not 1 <= a.port <= 65535:
         raise UserError(f"invalid port: port mus be in range [1:65535], but got {a.port}")
     if a.mesh_granularity not in GRANULARITIES:
-        raise UserError(f"mesh granularity {a.mesh_granularity} unknown; posible values are: [{' '.join(GRANULARITIES)}]")
+        raise UserError(
+            f"mesh granularity {a.mesh_granularity} unknown; posible values are: [{' '.join(GRANULARITIES)}]"
+        )
     if a.backend != "kubernetes":
         raise UserError(f"backend {a.backend} unknown; posible values are: [kubernetes]")
-    opts = Options(granularity=Granularity(a.mesh_granularity), port=a.port, topology_label=a.topology_label)
+    opts = Options(
+        granularity=Granularity(a.mesh_granularity), port=a.port, topology_label=a.topology_label
+    )
     if a.command == "showconf":
         if a.output not in OUTPUTS:
-            raise UserError(f"output format {a.output} unknown; posible values are: {', '.join(OUTPUTS)}")
+            raise UserError(
+                f"output format {a.output} unknown; posible values are: {', '.join(OUTPUTS)}"
+            )
         opts.output, opts.as_peer = a.output, a.as_peer
         for raw in a.allowed_ips:
             for cidr in filter(None, raw.split(",")):
@@ -98,7 +159,9 @@ def _options(a: argparse.Namespace) -> Options:
                         raise ValueError
                     opts.allowed_ips.append(network_prefix(cidr))
                 except ValueError:
-                    raise UserError(f'allowed-ips must contain only valid CIDRs; got "{cidr}"') from None
+                    raise UserError(
+                        f'allowed-ips must contain only valid CIDRs; got "{cidr}"'
+                    ) from None
     return opts
 
 
@@ -129,7 +192,9 @@ def _render(dot_text: str, fmt: str) -> bytes:
         return dot_text.encode()
     exe = shutil.which("dot")
     if exe is None:
-        raise UserError(f"--format {fmt} needs Graphviz's 'dot' program, which is not installed (apt-get install graphviz); --format dot prints the graph as text")
+        raise UserError(
+            f"--format {fmt} needs Graphviz's 'dot' program, which is not installed (apt-get install graphviz); --format dot prints the graph as text"
+        )
     r = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, check=False)
     if r.returncode != 0:
         raise UserError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")

@@ -69,7 +69,11 @@ def _canon(r: Route) -> Route:
 
 
 def _want_rule(r: Rule) -> _Rule:
-    fam = socket.AF_INET6 if any(p is not None and p.version == 6 for p in (r.src, r.dst)) else socket.AF_INET
+    fam = (
+        socket.AF_INET6
+        if any(p is not None and p.version == 6 for p in (r.src, r.dst))
+        else socket.AF_INET
+    )
     return _Rule(fam, r.table, _net(r.src), _net(r.dst), r.iif, getattr(r, "priority", None))
 
 
@@ -93,17 +97,23 @@ class Netlink:
     def _links(self, ipr: IPRoute) -> dict[int, str]:
         return {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
 
-    def _routes(self, ipr: IPRoute, names: dict[int, str]) -> dict[tuple[int, str], tuple[Route, Any]]:
+    def _routes(
+        self, ipr: IPRoute, names: dict[int, str]
+    ) -> dict[tuple[int, str], tuple[Route, Any]]:
         out: dict[tuple[int, str], tuple[Route, Any]] = {}
         for fam in FAMILIES:
             for m in ipr.route("dump", family=fam, proto=self.proto):
                 table = m.get_attr("RTA_TABLE") or m["table"]
                 dst = _addr(m, "RTA_DST", m["dst_len"], fam)
                 gw, src = m.get_attr("RTA_GATEWAY"), m.get_attr("RTA_PREFSRC")
-                r = Route(ipaddress.ip_interface(dst), names.get(m.get_attr("RTA_OIF") or -1, ""),
-                          None if gw is None else ipaddress.ip_address(gw),
-                          None if src is None else ipaddress.ip_address(src),
-                          bool(m["flags"] & RTNH_F_ONLINK), table)
+                r = Route(
+                    ipaddress.ip_interface(dst),
+                    names.get(m.get_attr("RTA_OIF") or -1, ""),
+                    None if gw is None else ipaddress.ip_address(gw),
+                    None if src is None else ipaddress.ip_address(src),
+                    bool(m["flags"] & RTNH_F_ONLINK),
+                    table,
+                )
                 out[(table, dst)] = (r, m)
         return out
 
@@ -115,8 +125,19 @@ class Netlink:
                     continue
                 src = _addr(m, "FRA_SRC", m["src_len"], fam) if m.get_attr("FRA_SRC") else None
                 dst = _addr(m, "FRA_DST", m["dst_len"], fam) if m.get_attr("FRA_DST") else None
-                out.append((_Rule(fam, m.get_attr("FRA_TABLE") or m["table"], src, dst,
-                                  m.get_attr("FRA_IIFNAME"), m.get_attr("FRA_PRIORITY")), m))
+                out.append(
+                    (
+                        _Rule(
+                            fam,
+                            m.get_attr("FRA_TABLE") or m["table"],
+                            src,
+                            dst,
+                            m.get_attr("FRA_IIFNAME"),
+                            m.get_attr("FRA_PRIORITY"),
+                        ),
+                        m,
+                    )
+                )
         return out
 
     def routes(self) -> list[Route]:
@@ -144,9 +165,13 @@ class Netlink:
         index = {n: i for i, n in names.items()}.get(r.dev)
         if index is None:
             raise LookupError(f"device {r.dev} does not exist")
-        args: dict[str, Any] = {"dst": str(r.dst.network), "oif": index, "table": r.table,
-                                "proto": self.proto,
-                                "family": socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET}
+        args: dict[str, Any] = {
+            "dst": str(r.dst.network),
+            "oif": index,
+            "table": r.table,
+            "proto": self.proto,
+            "family": socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET,
+        }
         if r.gw is not None:
             args["gateway"] = str(r.gw)
         if r.src is not None:
@@ -155,8 +180,9 @@ class Netlink:
             args["flags"] = RTNH_F_ONLINK
         return args
 
-    def _reconcile_routes(self, ipr: IPRoute, want: Sequence[Route], changes: list[str],
-                          failures: list[str]) -> None:
+    def _reconcile_routes(
+        self, ipr: IPRoute, want: Sequence[Route], changes: list[str], failures: list[str]
+    ) -> None:
         names = self._links(ipr)
         have = self._routes(ipr, names)
         wanted: dict[tuple[int, str], Route] = {}
@@ -178,11 +204,16 @@ class Netlink:
                 ipr.route(verb, **self._route_args(r, names))
                 changes.append(f"{verb} route {r}")
             except (NetlinkError, LookupError) as e:
-                why = "a route that is not ours is in the way" if getattr(e, "code", 0) == 17 else str(e)
+                why = (
+                    "a route that is not ours is in the way"
+                    if getattr(e, "code", 0) == 17
+                    else str(e)
+                )
                 failures.append(f"{verb} route {r}: {why}")
 
-    def _reconcile_rules(self, ipr: IPRoute, want: Sequence[Rule], changes: list[str],
-                         failures: list[str]) -> None:
+    def _reconcile_rules(
+        self, ipr: IPRoute, want: Sequence[Rule], changes: list[str], failures: list[str]
+    ) -> None:
         have = self._rules(ipr)
         wanted = list(dict.fromkeys(map(_want_rule, want)))
         matched: set[int] = set()
@@ -221,10 +252,19 @@ def _same(have: _Rule, want: _Rule) -> bool:
 
 def _delete_args(m: Any) -> dict[str, Any]:
     """Arguments deleting exactly the dumped route ``m``."""
-    args: dict[str, Any] = {"family": m["family"], "dst_len": m["dst_len"], "tos": m["tos"],
-                            "table": m.get_attr("RTA_TABLE") or m["table"], "proto": m["proto"]}
-    for attr, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway"),
-                      ("RTA_PRIORITY", "priority")):
+    args: dict[str, Any] = {
+        "family": m["family"],
+        "dst_len": m["dst_len"],
+        "tos": m["tos"],
+        "table": m.get_attr("RTA_TABLE") or m["table"],
+        "proto": m["proto"],
+    }
+    for attr, key in (
+        ("RTA_DST", "dst"),
+        ("RTA_OIF", "oif"),
+        ("RTA_GATEWAY", "gateway"),
+        ("RTA_PRIORITY", "priority"),
+    ):
         v = m.get_attr(attr)
         if v is not None:
             args[key] = v
@@ -232,13 +272,20 @@ def _delete_args(m: Any) -> dict[str, Any]:
 
 
 def _rule_delete_args(m: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"family": m["family"], "table": m.get_attr("FRA_TABLE") or m["table"],
-                            "src_len": m["src_len"], "dst_len": m["dst_len"],
-                            "protocol": m.get_attr("FRA_PROTOCOL")}
-    for attr, key in (("FRA_SRC", "src"), ("FRA_DST", "dst"), ("FRA_IIFNAME", "iifname"),
-                      ("FRA_PRIORITY", "priority")):
+    args: dict[str, Any] = {
+        "family": m["family"],
+        "table": m.get_attr("FRA_TABLE") or m["table"],
+        "src_len": m["src_len"],
+        "dst_len": m["dst_len"],
+        "protocol": m.get_attr("FRA_PROTOCOL"),
+    }
+    for attr, key in (
+        ("FRA_SRC", "src"),
+        ("FRA_DST", "dst"),
+        ("FRA_IIFNAME", "iifname"),
+        ("FRA_PRIORITY", "priority"),
+    ):
         v = m.get_attr(attr)
         if v is not None:
             args[key] = v
     return args
-

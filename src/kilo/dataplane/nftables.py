@@ -37,6 +37,7 @@ TableId = tuple[str, str]  # (family, name)
 
 def _strip(obj: dict[str, Any]) -> dict[str, Any]:
     """An object without its handle, with counters' values zeroed (they are state, not config)."""
+
     def clean(x: Any) -> Any:
         if isinstance(x, dict):
             if set(x) == {"counter"}:
@@ -45,6 +46,7 @@ def _strip(obj: dict[str, Any]) -> dict[str, Any]:
         if isinstance(x, list):
             return [clean(v) for v in x]
         return x
+
     return cast(dict[str, Any], clean(obj))
 
 
@@ -54,7 +56,9 @@ def _table_of(kind: str, obj: dict[str, Any]) -> TableId:
     return obj["family"], obj["table"]
 
 
-def desired_objects(ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]]) -> dict[TableId, list[tuple[str, dict[str, Any]]]]:
+def desired_objects(
+    ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]],
+) -> dict[TableId, list[tuple[str, dict[str, Any]]]]:
     """The objects to create, per table, from a Ruleset, an ``{"nftables": [...]}`` transaction
     (its ``add``/``create`` commands; table add/delete/flush are our business) or a plain list
     of ``{"chain": {...}}``/``{"rule": {...}}`` objects."""
@@ -96,8 +100,12 @@ def _canonical(objs: Iterable[tuple[str, dict[str, Any]]]) -> str:
 class Nftables:
     """The tables ``owned`` (default ``inet kilo``) in ``netns`` (None: the current namespace)."""
 
-    def __init__(self, owned: Iterable[TableId] = (("inet", "kilo"),), netns: str | None = None,
-                 nft: str = "nft") -> None:
+    def __init__(
+        self,
+        owned: Iterable[TableId] = (("inet", "kilo"),),
+        netns: str | None = None,
+        nft: str = "nft",
+    ) -> None:
         self.owned = set(owned)
         self.netns = netns
         self.nft = nft
@@ -115,8 +123,11 @@ class Nftables:
         p = self._run("-j", "list", "tables")
         if p.returncode != 0:
             raise NftError(f"nft list tables: {p.stderr.strip()}")
-        found = {(t["table"]["family"], t["table"]["name"])
-                 for t in json.loads(p.stdout or '{"nftables": []}')["nftables"] if "table" in t}
+        found = {
+            (t["table"]["family"], t["table"]["name"])
+            for t in json.loads(p.stdout or '{"nftables": []}')["nftables"]
+            if "table" in t
+        }
         return found & self.owned
 
     def current(self, table: TableId) -> list[tuple[str, dict[str, Any]]] | None:
@@ -153,7 +164,11 @@ class Nftables:
             changes.append(_describe(tid, cur, objs))
             pending[tid] = digest
             table = {"family": tid[0], "name": tid[1]}
-            cmds += [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
+            cmds += [
+                {"add": {"table": table}},
+                {"delete": {"table": table}},
+                {"add": {"table": table}},
+            ]
             cmds += [{"add": {kind: obj}} for kind, obj in objs]
         for tid in sorted(existing - set(want)):
             cmds.append({"delete": {"table": {"family": tid[0], "name": tid[1]}}})
@@ -170,7 +185,9 @@ class Nftables:
         """Delete our tables (all of them); ``[]`` if there were none."""
         existing = sorted(self.tables())
         if existing:
-            self._transaction([{"delete": {"table": {"family": f, "name": n}}} for f, n in existing])
+            self._transaction(
+                [{"delete": {"table": {"family": f, "name": n}}} for f, n in existing]
+            )
         self._learned.clear()
         return [f"delete nft table {f} {n}" for f, n in existing]
 
@@ -180,8 +197,11 @@ class Nftables:
             raise NftError(f"nft -j -f -: {p.stderr.strip()}")
 
 
-def _describe(tid: TableId, cur: list[tuple[str, dict[str, Any]]] | None,
-              want: list[tuple[str, dict[str, Any]]]) -> str:
+def _describe(
+    tid: TableId,
+    cur: list[tuple[str, dict[str, Any]]] | None,
+    want: list[tuple[str, dict[str, Any]]],
+) -> str:
     name = " ".join(tid)
     new = [json.dumps(_strip(o), sort_keys=True) for k, o in want if k == "rule"]
     if cur is None:

@@ -75,8 +75,13 @@ class DeviceUpdate:
     peers: list[PeerUpdate] = field(default_factory=list)
 
     def empty(self) -> bool:
-        return (self.private_key is None and self.listen_port is None and self.fwmark is None
-                and not self.replace_peers and not self.peers)
+        return (
+            self.private_key is None
+            and self.listen_port is None
+            and self.fwmark is None
+            and not self.replace_peers
+            and not self.peers
+        )
 
 
 def format_endpoint(ep: tuple[IPAddress, int]) -> str:

@@ -13,7 +13,9 @@ from typing import Any
 
 
 from kilo.dataplane.uapi import (
-    DeviceState, DeviceUpdate, PeerState,
+    DeviceState,
+    DeviceUpdate,
+    PeerState,
 )
 
 from kilo.dataplane.wgdevice import Device, DeviceError, Mode, link_kind, short_key, _iproute
@@ -45,6 +47,7 @@ class KernelDevice(Device):
 
     def _wg(self) -> Any:
         from pyroute2 import WireGuard
+
         return WireGuard(netns=self.netns) if self.netns else WireGuard()
 
     def _get(self) -> DeviceState:
@@ -63,9 +66,17 @@ class KernelDevice(Device):
     def _set(self, update: DeviceUpdate) -> None:
         b64 = short_key
         with self._wg() as wg:
-            if update.private_key is not None or update.listen_port is not None or update.fwmark is not None:
-                wg.set(self.name, listen_port=update.listen_port, fwmark=update.fwmark,
-                       private_key=None if update.private_key is None else b64(update.private_key))
+            if (
+                update.private_key is not None
+                or update.listen_port is not None
+                or update.fwmark is not None
+            ):
+                wg.set(
+                    self.name,
+                    listen_port=update.listen_port,
+                    fwmark=update.fwmark,
+                    private_key=None if update.private_key is None else b64(update.private_key),
+                )
             for p in update.peers:
                 peer: dict[str, Any] = {"public_key": b64(p.public_key)}
                 if p.remove:
@@ -75,7 +86,10 @@ class KernelDevice(Device):
                     if p.preshared_key is not None:
                         peer["preshared_key"] = b64(p.preshared_key)
                     if p.endpoint is not None:
-                        peer["endpoint_addr"], peer["endpoint_port"] = str(p.endpoint[0]), p.endpoint[1]
+                        peer["endpoint_addr"], peer["endpoint_port"] = (
+                            str(p.endpoint[0]),
+                            p.endpoint[1],
+                        )
                     if p.persistent_keepalive is not None:
                         peer["persistent_keepalive"] = p.persistent_keepalive
                     if p.replace_allowed_ips:
@@ -114,5 +128,3 @@ def _merge_kernel_peer(dev: DeviceState, p: Any) -> None:
     for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []:
         if a.get("addr"):
             st.allowed_ips.append(ipaddress.ip_interface(a["addr"]))
-
-

@@ -14,10 +14,21 @@ from collections.abc import Callable
 
 
 from kilo.dataplane.uapi import (
-    DeviceState, DeviceUpdate, UapiClient, socket_path,
+    DeviceState,
+    DeviceUpdate,
+    UapiClient,
+    socket_path,
 )
 
-from kilo.dataplane.wgdevice import Device, DeviceError, Mode, Resolver, configure_link, link_kind, resolve_endpoint
+from kilo.dataplane.wgdevice import (
+    Device,
+    DeviceError,
+    Mode,
+    Resolver,
+    configure_link,
+    link_kind,
+    resolve_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +39,7 @@ def find_wireguard_go() -> str:
     """The wireguard-go binary: the lab's pinned build, else ``KILO_BIN_WIREGUARD_GO``, else PATH."""
     try:
         from kilo.lab import binaries
+
         return str(binaries.locate("wireguard-go"))
     except Exception:  # noqa: BLE001  (no lab module, or no source checkout to build from)
         pass
@@ -53,9 +65,19 @@ def _in_netns(netns: str | None, argv: list[str]) -> list[str]:
 
 def _private_mount(socket_dir: str, script: str, *args: str) -> list[str]:
     """argv running ``script`` (sh) with ``socket_dir`` mounted over /var/run/wireguard."""
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            'mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && shift && '
-            + script, "kilo-wg", socket_dir, *args]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        'mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && shift && ' + script,
+        "kilo-wg",
+        socket_dir,
+        *args,
+    ]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -79,10 +101,18 @@ class UserspaceDevice(Device):
 
     mode = Mode.USERSPACE
 
-    def __init__(self, name: str, *, netns: str | None = None, socket_dir: str | None = None,
-                 binary: str | None = None, log_level: str = "error",
-                 on_restart: Callable[[], None] | None = None, resolve: Resolver = resolve_endpoint,
-                 start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        netns: str | None = None,
+        socket_dir: str | None = None,
+        binary: str | None = None,
+        log_level: str = "error",
+        on_restart: Callable[[], None] | None = None,
+        resolve: Resolver = resolve_endpoint,
+        start_timeout: float = 10.0,
+    ) -> None:
         super().__init__(name, netns, resolve)
         self.socket_dir = socket_dir or default_socket_dir(netns)
         self.socket_path = socket_path(name, self.socket_dir)
@@ -135,18 +165,28 @@ class UserspaceDevice(Device):
     def _spawn(self) -> None:
         os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
         binary = self.binary or find_wireguard_go()
-        argv = _in_netns(self.netns, _private_mount(self.socket_dir, 'exec "$1" -f "$2"', binary, self.name))
+        argv = _in_netns(
+            self.netns, _private_mount(self.socket_dir, 'exec "$1" -f "$2"', binary, self.name)
+        )
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": self.log_level}
         with open(self.log_file, "wb") as out:
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._proc, self.pid = proc, proc.pid
         deadline = time.monotonic() + self.start_timeout
         while not self.client.alive():
             if proc.poll() is not None or time.monotonic() > deadline:
                 self._terminate()
                 tail = open(self.log_file, errors="replace").read()[-500:].strip()
-                raise DeviceError(f"wireguard-go for {self.name} did not come up: {tail or 'no output'}")
+                raise DeviceError(
+                    f"wireguard-go for {self.name} did not come up: {tail or 'no output'}"
+                )
             time.sleep(0.01)
         with open(self.pid_file, "w") as f:
             f.write(f"{proc.pid}\n")
@@ -191,8 +231,9 @@ class UserspaceDevice(Device):
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, args=(interval,),
-                                        name=f"wireguard-go {self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, args=(interval,), name=f"wireguard-go {self.name}", daemon=True
+        )
         self._thread.start()
 
     def _watch(self, interval: float) -> None:
@@ -255,5 +296,3 @@ class UserspaceDevice(Device):
 
     def _set(self, update: DeviceUpdate) -> None:
         self.client.set(update)
-
-

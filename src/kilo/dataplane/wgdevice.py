@@ -37,7 +37,11 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from kilo.dataplane.uapi import (
-    ZERO_KEY, DeviceState, DeviceUpdate, PeerState, PeerUpdate,
+    ZERO_KEY,
+    DeviceState,
+    DeviceUpdate,
+    PeerState,
+    PeerUpdate,
 )
 from kilo.model import Endpoint, IPAddress, Prefix
 from kilo.wireguard import WgConf, WgPeer
@@ -66,6 +70,7 @@ def short_key(key: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------- diffing (pure)
+
 
 def resolve_endpoint(ep: Endpoint) -> tuple[IPAddress, int] | None:
     """The UDP address to give WireGuard: a DNS name is resolved (IPv4 first), else the IP."""
@@ -97,7 +102,9 @@ def _peer_update(want: WgPeer, endpoint: tuple[IPAddress, int] | None) -> PeerUp
     )
 
 
-def _diff_peer(have: PeerState, want: WgPeer, endpoint: tuple[IPAddress, int] | None) -> tuple[PeerUpdate | None, list[str]]:
+def _diff_peer(
+    have: PeerState, want: WgPeer, endpoint: tuple[IPAddress, int] | None
+) -> tuple[PeerUpdate | None, list[str]]:
     up = PeerUpdate(public_key=want.public_key, update_only=True)
     what: list[str] = []
     want_psk = want.preshared_key if want.preshared_key and any(want.preshared_key) else None
@@ -123,8 +130,9 @@ def _ep(ep: tuple[IPAddress, int] | None) -> str:
     return f"[{ep[0]}]:{ep[1]}" if ep[0].version == 6 else f"{ep[0]}:{ep[1]}"
 
 
-def plan(current: DeviceState, desired: WgConf,
-         resolve: Resolver = resolve_endpoint) -> tuple[DeviceUpdate, list[str]]:
+def plan(
+    current: DeviceState, desired: WgConf, resolve: Resolver = resolve_endpoint
+) -> tuple[DeviceUpdate, list[str]]:
     """The smallest update that turns ``current`` into ``desired``, and what it changes.
 
     ``desired.private_key is None`` leaves the private key and port alone; so does a ``None``
@@ -147,8 +155,11 @@ def plan(current: DeviceState, desired: WgConf,
         have = current.peers.get(key)
         if have is None:
             up.peers.append(_peer_update(want, endpoint))
-            changes.append(f"add peer {short_key(key)} (endpoint {_ep(endpoint)}, allowed IPs "
-                           + ",".join(str(a.network) for a in want.allowed_ips) + ")")
+            changes.append(
+                f"add peer {short_key(key)} (endpoint {_ep(endpoint)}, allowed IPs "
+                + ",".join(str(a.network) for a in want.allowed_ips)
+                + ")"
+            )
             continue
         pu, what = _diff_peer(have, want, endpoint)
         if pu is not None:
@@ -162,6 +173,7 @@ def plan(current: DeviceState, desired: WgConf,
 
 
 # ---------------------------------------------------------------------------- links
+
 
 def _iproute(netns: str | None) -> IPRoute:
     return IPRoute(netns=netns) if netns else IPRoute()
@@ -188,8 +200,9 @@ def link_kind(name: str, netns: str | None = None) -> str | None:
         return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
 
-def configure_link(name: str, addresses: Sequence[Prefix], mtu: int | None,
-                   netns: str | None = None) -> list[str]:
+def configure_link(
+    name: str, addresses: Sequence[Prefix], mtu: int | None, netns: str | None = None
+) -> list[str]:
     """Bring ``name`` up with exactly ``addresses`` (link-local ones kept) and ``mtu``."""
     changes: list[str] = []
     with _iproute(netns) as ipr:
@@ -223,12 +236,15 @@ def configure_link(name: str, addresses: Sequence[Prefix], mtu: int | None,
 
 # ---------------------------------------------------------------------------- devices
 
+
 class Device(abc.ABC):
     """A WireGuard interface ``name`` in ``netns`` (None: the current network namespace)."""
 
     mode: Mode
 
-    def __init__(self, name: str, netns: str | None = None, resolve: Resolver = resolve_endpoint) -> None:
+    def __init__(
+        self, name: str, netns: str | None = None, resolve: Resolver = resolve_endpoint
+    ) -> None:
         self.name = name
         self.netns = netns
         self.resolve = resolve
@@ -291,8 +307,9 @@ def kernel_available(name: str, netns: str | None = None) -> bool:
         return False
 
 
-def open_device(name: str, mode: Mode | str = Mode.AUTO, netns: str | None = None,
-                **userspace: Any) -> Device:
+def open_device(
+    name: str, mode: Mode | str = Mode.AUTO, netns: str | None = None, **userspace: Any
+) -> Device:
     """A Device for ``name``: the kernel's if ``mode`` is kernel (or auto and it works), else wireguard-go."""
     mode = Mode(mode)
     if mode is Mode.AUTO:

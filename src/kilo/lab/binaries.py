@@ -47,7 +47,8 @@ def locate(name: str) -> pathlib.Path:
     if root is None:
         raise BinaryMissing(
             f"{name}: {env_var(name)} is not set and hack/binaries.sh is not available "
-            "(not running from a source checkout)")
+            "(not running from a source checkout)"
+        )
     script = root / "hack" / "binaries.sh"
     proc = subprocess.run(["bash", str(script), name], capture_output=True, text=True)
     if proc.returncode != 0:

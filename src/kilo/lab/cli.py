@@ -1,15 +1,15 @@
 """``kilo-lab``: bring a lab up, look at it, run commands in it, take it down.
 
-    kilo-lab up FILE [--keep] [--no-agent]   build the lab; without --keep it stays up until
-                                             Ctrl-C (or SIGTERM) and is then torn down; with
-                                             --keep a background process holds it and the
-                                             command returns once it is ready
-    kilo-lab down [NAME]                     tear a lab down (the only one if NAME is omitted)
-    kilo-lab status [NAME] [--json]          what a lab has and whether its processes run
-    kilo-lab exec [--lab NAME] HOST -- CMD…  run CMD in a node, peer, pod (NODE-pI), ``admin``
-                                             or a cluster's control-plane namespace; KUBECONFIG
-                                             is set to the host's cluster's kubeconfig
-    kilo-lab kubeconfig CLUSTER [--lab NAME] print the path of a cluster's kubeconfig
+kilo-lab up FILE [--keep] [--no-agent]   build the lab; without --keep it stays up until
+                                         Ctrl-C (or SIGTERM) and is then torn down; with
+                                         --keep a background process holds it and the
+                                         command returns once it is ready
+kilo-lab down [NAME]                     tear a lab down (the only one if NAME is omitted)
+kilo-lab status [NAME] [--json]          what a lab has and whether its processes run
+kilo-lab exec [--lab NAME] HOST -- CMD…  run CMD in a node, peer, pod (NODE-pI), ``admin``
+                                         or a cluster's control-plane namespace; KUBECONFIG
+                                         is set to the host's cluster's kubeconfig
+kilo-lab kubeconfig CLUSTER [--lab NAME] print the path of a cluster's kubeconfig
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from typing import Any
 from kilo.lab import netns
 from kilo.lab.signals import raise_on
 from kilo.lab.lab import (
-    STATE_ROOT, Lab, LabError, list_labs, load_state, load_yaml, state_dir, status, teardown,
+    STATE_ROOT,
+    Lab,
+    LabError,
+    list_labs,
+    load_state,
+    load_yaml,
+    state_dir,
+    status,
+    teardown,
 )
 from kilo.lab.topology_spec import SpecError
 
@@ -97,8 +105,14 @@ def _up_detached(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "kilo.lab.cli", "up", "--serve", str(args.file)]
     if args.no_agent:
         argv.append("--no-agent")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -119,8 +133,10 @@ def _print_summary(lab: Lab) -> None:
         print(f"cluster {cname}: API {c['server']}  kubeconfig {c['kubeconfig']}")
     for nname, n in st["nodes"].items():
         pub = f" public {n['public_ip']}" if n.get("public_ip") else ""
-        print(f"  node {nname} ({n['cluster']}/{n['location']}): lan {n['lan_ip']}{pub} "
-              f"pods {n['pod_cidr']}")
+        print(
+            f"  node {nname} ({n['cluster']}/{n['location']}): lan {n['lan_ip']}{pub} "
+            f"pods {n['pod_cidr']}"
+        )
     for pname, p in st["pods"].items():
         print(f"  pod {pname}: {p['ip']}")
     for pname, p in st["peers"].items():
@@ -158,16 +174,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for st in out:
         owner = st["owner"]
-        print(f"lab {st['name']}: {st['phase']} (held by pid {owner.get('pid')}, "
-              f"{'alive' if owner.get('alive') else 'gone'})")
+        print(
+            f"lab {st['name']}: {st['phase']} (held by pid {owner.get('pid')}, "
+            f"{'alive' if owner.get('alive') else 'gone'})"
+        )
         for cname, c in st["clusters"].items():
             print(f"  cluster {cname}: {c['server']}  {c['kubeconfig']}")
         for nname, n in st["nodes"].items():
             kg = st["processes"].get(f"kg/{nname}")
             agent = "kg " + ("running" if kg and kg["alive"] else "stopped") if kg else "no kg"
             pub = f" public {n['public_ip']}" if n.get("public_ip") else ""
-            print(f"  node {nname} ({n['cluster']}/{n['location']}): lan {n['lan_ip']}{pub} "
-                  f"pods {n['pod_cidr']}, {agent}")
+            print(
+                f"  node {nname} ({n['cluster']}/{n['location']}): lan {n['lan_ip']}{pub} "
+                f"pods {n['pod_cidr']}, {agent}"
+            )
         for pname, p in st["pods"].items():
             print(f"  pod {pname} on {p['node']}: {p['ip']}")
         for pname, p in st["peers"].items():
@@ -208,6 +228,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     env = dict(os.environ, KPY_LAB=name, KPY_HOST=host)
     try:  # kubectl (and the rest of the pinned binaries) on PATH
         from kilo.lab.binaries import locate
+
         env["PATH"] = f"{locate('kubectl').parent}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
     except Exception:  # noqa: BLE001  (not built: the user's PATH as it is)
         pass
@@ -231,8 +252,9 @@ def cmd_kubeconfig(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kilo-lab", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kilo-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring a lab up from a YAML description")
     up.add_argument("file", type=pathlib.Path)

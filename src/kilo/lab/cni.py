@@ -51,8 +51,15 @@ def kilo_conflist(pod_cidr: str | None, mtu: int = 1420) -> dict[str, Any]:
         "cniVersion": "0.4.0",
         "name": "kilo",
         "plugins": [
-            {"name": "kubernetes", "type": "bridge", "bridge": "kube-bridge",
-             "isDefaultGateway": True, "forceAddress": True, "mtu": mtu, "ipam": ipam},
+            {
+                "name": "kubernetes",
+                "type": "bridge",
+                "bridge": "kube-bridge",
+                "isDefaultGateway": True,
+                "forceAddress": True,
+                "mtu": mtu,
+                "ipam": ipam,
+            },
             {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
         ],
     }
@@ -82,32 +89,45 @@ def read_conflist(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def plugins_available(cni_path: str = CNI_PATH) -> str | None:
     """None if the plugins the lab needs are installed, else what is missing."""
-    missing = [p for p in ("bridge", "host-local", "portmap")
-               if not os.access(os.path.join(cni_path, p), os.X_OK)]
+    missing = [
+        p
+        for p in ("bridge", "host-local", "portmap")
+        if not os.access(os.path.join(cni_path, p), os.X_OK)
+    ]
     if missing:
-        return (f"CNI plugins missing in {cni_path}: {', '.join(missing)} "
-                f"(apt-get install --no-install-recommends {PLUGINS_PACKAGE})")
+        return (
+            f"CNI plugins missing in {cni_path}: {', '.join(missing)} "
+            f"(apt-get install --no-install-recommends {PLUGINS_PACKAGE})"
+        )
     return None
 
 
 class Runtime:
     """Runs a conflist's plugins for pods of one node (namespace ``node_ns``)."""
 
-    def __init__(self, node_ns: str, data_dir: str | os.PathLike[str],
-                 cni_path: str = CNI_PATH) -> None:
+    def __init__(
+        self, node_ns: str, data_dir: str | os.PathLike[str], cni_path: str = CNI_PATH
+    ) -> None:
         self.node_ns = node_ns
         self.data_dir = str(data_dir)
         self.cni_path = cni_path
 
-    def add(self, conflist: Mapping[str, Any], container_id: str, pod_netns: str,
-            ifname: str = "eth0", args: str = "") -> PodNetwork:
+    def add(
+        self,
+        conflist: Mapping[str, Any],
+        container_id: str,
+        pod_netns: str,
+        ifname: str = "eth0",
+        args: str = "",
+    ) -> PodNetwork:
         """CNI ADD of every plugin in order; on failure the plugins already run are undone."""
         prev: dict[str, Any] | None = None
         done: list[Mapping[str, Any]] = []
         try:
             for plugin in conflist["plugins"]:
-                prev = self._invoke("ADD", conflist, plugin, container_id, pod_netns, ifname,
-                                    prev, args)
+                prev = self._invoke(
+                    "ADD", conflist, plugin, container_id, pod_netns, ifname, prev, args
+                )
                 done.append(plugin)
         except CNIError:
             partial = dict(conflist, plugins=done)
@@ -116,24 +136,47 @@ class Runtime:
         assert prev is not None
         return _pod_network(prev)
 
-    def delete(self, conflist: Mapping[str, Any], container_id: str, pod_netns: str,
-               ifname: str = "eth0", prev_result: Mapping[str, Any] | None = None,
-               args: str = "", check: bool = True) -> list[str]:
+    def delete(
+        self,
+        conflist: Mapping[str, Any],
+        container_id: str,
+        pod_netns: str,
+        ifname: str = "eth0",
+        prev_result: Mapping[str, Any] | None = None,
+        args: str = "",
+        check: bool = True,
+    ) -> list[str]:
         """CNI DEL of every plugin in reverse order; returns the errors (raises if ``check``)."""
         errors: list[str] = []
         for plugin in reversed(list(conflist["plugins"])):
             try:
-                self._invoke("DEL", conflist, plugin, container_id, pod_netns, ifname,
-                             dict(prev_result) if prev_result else None, args)
+                self._invoke(
+                    "DEL",
+                    conflist,
+                    plugin,
+                    container_id,
+                    pod_netns,
+                    ifname,
+                    dict(prev_result) if prev_result else None,
+                    args,
+                )
             except CNIError as e:
                 errors.append(str(e))
         if errors and check:
             raise CNIError("; ".join(errors))
         return errors
 
-    def _invoke(self, command: str, conflist: Mapping[str, Any], plugin: Mapping[str, Any],
-                container_id: str, pod_netns: str, ifname: str,
-                prev: Mapping[str, Any] | None, args: str) -> dict[str, Any]:
+    def _invoke(
+        self,
+        command: str,
+        conflist: Mapping[str, Any],
+        plugin: Mapping[str, Any],
+        container_id: str,
+        pod_netns: str,
+        ifname: str,
+        prev: Mapping[str, Any] | None,
+        args: str,
+    ) -> dict[str, Any]:
         conf = copy.deepcopy(dict(plugin))
         conf["name"] = conflist["name"]
         conf["cniVersion"] = conflist.get("cniVersion", "0.4.0")
@@ -146,19 +189,33 @@ class Runtime:
         netns_path = pod_netns if "/" in pod_netns else f"/var/run/netns/{pod_netns}"
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns_path,
-            "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns_path,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": self.cni_path,
         }
         if args:
             env["CNI_ARGS"] = args
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(CNI_DATA, exist_ok=True)
         # ip netns exec gives the plugin a mount namespace of its own; the bind mount stays there.
-        argv = ["ip", "netns", "exec", self.node_ns, "sh", "-c",
-                'mount --bind "$1" "$2" && shift 2 && exec "$@"', "kpy-cni",
-                self.data_dir, CNI_DATA, binary]
-        proc = subprocess.run(argv, input=json.dumps(conf), capture_output=True, text=True,
-                              env=env, timeout=60)
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.node_ns,
+            "sh",
+            "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"',
+            "kpy-cni",
+            self.data_dir,
+            CNI_DATA,
+            binary,
+        ]
+        proc = subprocess.run(
+            argv, input=json.dumps(conf), capture_output=True, text=True, env=env, timeout=60
+        )
         out = proc.stdout.strip()
         if proc.returncode != 0:
             detail = out or proc.stderr.strip()
@@ -167,14 +224,17 @@ class Runtime:
                 detail = f"code {err.get('code')}: {err.get('msg')} {err.get('details', '')}"
             except ValueError:
                 pass
-            raise CNIError(f"{command} {kind} for {container_id} on {self.node_ns}: "
-                           f"{detail.strip()}")
+            raise CNIError(
+                f"{command} {kind} for {container_id} on {self.node_ns}: {detail.strip()}"
+            )
         if command != "ADD":
             return {}
         try:
             result = json.loads(out)
         except ValueError as e:
-            raise CNIError(f"ADD {kind} for {container_id}: not a JSON result: {out[:200]!r}") from e
+            raise CNIError(
+                f"ADD {kind} for {container_id}: not a JSON result: {out[:200]!r}"
+            ) from e
         if not isinstance(result, dict):
             raise CNIError(f"ADD {kind} for {container_id}: not a JSON object: {out[:200]!r}")
         return result
@@ -185,6 +245,7 @@ def _pod_network(result: Mapping[str, Any]) -> PodNetwork:
         addr = ipaddress.ip_interface(entry["address"])
         if isinstance(addr, ipaddress.IPv4Interface):
             gw = entry.get("gateway")
-            return PodNetwork(ip=addr, gateway=ipaddress.IPv4Address(gw) if gw else None,
-                              result=dict(result))
+            return PodNetwork(
+                ip=addr, gateway=ipaddress.IPv4Address(gw) if gw else None, result=dict(result)
+            )
     raise CNIError(f"the CNI result has no IPv4 address: {json.dumps(result)[:300]}")

@@ -49,9 +49,11 @@ class ControlPlaneError(RuntimeError):
 
 # --- certificates ---------------------------------------------------------------------------
 
+
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -66,17 +68,30 @@ class _CA:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.timezone.utc)
         self.cert = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                           critical=True)
-            .sign(self.key, hashes.SHA256()))
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
 
-    def issue(self, common_name: str, orgs: Sequence[str] = (), *, server: bool = False,
-              dns: Sequence[str] = (), ips: Sequence[str] = ()) -> tuple[bytes, bytes]:
+    def issue(
+        self,
+        common_name: str,
+        orgs: Sequence[str] = (),
+        *,
+        server: bool = False,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+    ) -> tuple[bytes, bytes]:
         """A (cert PEM, key PEM) pair for a client or, with ``server``, a serving certificate."""
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
@@ -84,13 +99,16 @@ class _CA:
         now = datetime.datetime.now(datetime.timezone.utc)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
-            x509.CertificateBuilder().subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject).public_key(key.public_key())
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if server:
             names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
             names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -100,6 +118,7 @@ class _CA:
 
 
 # --- processes and namespaces ---------------------------------------------------------------
+
 
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL if the thread that started us goes away."""
@@ -137,11 +156,13 @@ def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
 
 def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
     """A TCP port nobody listens on right now, at ``host`` (inside ``netns`` if given)."""
+
     def pick() -> int:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             return int(sock.getsockname()[1])
+
     return in_netns(netns, pick)
 
 
@@ -166,13 +187,22 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
 
 # --- the control plane ----------------------------------------------------------------------
 
+
 class ControlPlane:
     """etcd + kube-apiserver for tests and the demo; use as a context manager."""
 
-    def __init__(self, *, bind_address: str = "127.0.0.1", netns: str | None = None,
-                 service_cidr: str = "10.96.0.0/12", advertise_address: str | None = None,
-                 extra_sans: Sequence[str] = (), port: int | None = None,
-                 memory_limit_mib: int = 512, apiserver_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        bind_address: str = "127.0.0.1",
+        netns: str | None = None,
+        service_cidr: str = "10.96.0.0/12",
+        advertise_address: str | None = None,
+        extra_sans: Sequence[str] = (),
+        port: int | None = None,
+        memory_limit_mib: int = 512,
+        apiserver_args: Sequence[str] = (),
+    ) -> None:
         self.bind_address = bind_address
         self.netns = netns
         self.service_cidr = service_cidr
@@ -269,9 +299,14 @@ class ControlPlane:
         finally:
             _stop(proc)
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: pathlib.Path | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: pathlib.Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster (inside its namespace, if any) and capture output."""
         cmd = [str(locate("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         if self.netns is not None:
@@ -281,40 +316,51 @@ class ControlPlane:
             raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
 
-    def user_kubeconfig(self, user: str, groups: Sequence[str] = (),
-                        path: pathlib.Path | None = None) -> pathlib.Path:
+    def user_kubeconfig(
+        self, user: str, groups: Sequence[str] = (), path: pathlib.Path | None = None
+    ) -> pathlib.Path:
         """A kubeconfig authenticating as ``user`` in ``groups`` with a client certificate."""
         path = path or self._path(f"user-{user.replace(':', '_')}.kubeconfig")
         self._write_cert_kubeconfig(path, user, groups)
         return path
 
-    def token_kubeconfig(self, namespace: str, service_account: str,
-                         path: pathlib.Path | None = None, duration: str = "1h") -> pathlib.Path:
+    def token_kubeconfig(
+        self,
+        namespace: str,
+        service_account: str,
+        path: pathlib.Path | None = None,
+        duration: str = "1h",
+    ) -> pathlib.Path:
         """A kubeconfig with a fresh token (TokenRequest) for an existing ServiceAccount."""
-        token = self.kubectl("create", "token", service_account, "-n", namespace,
-                             f"--duration={duration}").stdout.strip()
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
         path = path or self._path(f"sa-{namespace}-{service_account}.kubeconfig")
         self._write_kubeconfig(path, f"{namespace}:{service_account}", {"token": token})
         return path
 
     def request(self, path: str, port: int | None = None) -> tuple[int, bytes]:
         """GET ``path`` from the API server as admin; returns (status, body)."""
+
         def get() -> tuple[int, bytes]:
             ctx = ssl.create_default_context(cafile=str(self._path("ca.crt")))
             ctx.load_cert_chain(str(self._path("admin.crt")), str(self._path("admin.key")))
-            conn = http.client.HTTPSConnection(self._probe_host(), port or self.port,
-                                               context=ctx, timeout=5)
+            conn = http.client.HTTPSConnection(
+                self._probe_host(), port or self.port, context=ctx, timeout=5
+            )
             try:
                 conn.request("GET", path)
                 resp = conn.getresponse()
                 return resp.status, resp.read()
             finally:
                 conn.close()
+
         return in_netns(self.netns, get)
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to now, so watches from older resourceVersions get 410
         Gone; returns the revision compacted at."""
+
         def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
             conn = http.client.HTTPConnection("127.0.0.1", self.etcd_port, timeout=10)
             try:
@@ -332,6 +378,7 @@ class ControlPlane:
             revision = int(head["header"]["revision"])
             post("/v3/kv/compaction", {"revision": revision, "physical": True})
             return revision
+
         return in_netns(self.netns, compact)
 
     # internals
@@ -342,16 +389,24 @@ class ControlPlane:
         return self.dir / name
 
     def _probe_host(self) -> str:
-        return self.advertise_address if ipaddress.ip_address(self.bind_address).is_unspecified \
+        return (
+            self.advertise_address
+            if ipaddress.ip_address(self.bind_address).is_unspecified
             else self.bind_address
+        )
 
     def _prepare_files(self) -> None:
         self._ca = _CA("kpy-ca")
         self._path("ca.crt").write_bytes(_pem_cert(self._ca.cert))
         first_service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))
         ips = {"127.0.0.1", "::1", first_service_ip, self.advertise_address}
-        dns = {"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-               "kubernetes.default.svc.cluster.local"}
+        dns = {
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        }
         for san in self.extra_sans:
             try:
                 ips.add(str(ipaddress.ip_address(san)))
@@ -367,39 +422,58 @@ class ControlPlane:
         self._write_private("admin.key", key)
         sa_key = ec.generate_private_key(ec.SECP256R1())
         self._write_private("sa.key", _pem_key(sa_key))
-        self._path("sa.pub").write_bytes(sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self._path("sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
 
     def _write_private(self, name: str, data: bytes) -> None:
         path = self._path(name)
         path.write_bytes(data)
         path.chmod(0o600)
 
-    def _write_cert_kubeconfig(self, path: pathlib.Path, user: str, groups: Sequence[str],
-                               cert: tuple[bytes, bytes] | None = None,
-                               port: int | None = None) -> None:
+    def _write_cert_kubeconfig(
+        self,
+        path: pathlib.Path,
+        user: str,
+        groups: Sequence[str],
+        cert: tuple[bytes, bytes] | None = None,
+        port: int | None = None,
+    ) -> None:
         assert self._ca is not None
         crt, key = cert or self._ca.issue(user, groups)
-        self._write_kubeconfig(path, user, {
-            "client-certificate-data": base64.b64encode(crt).decode(),
-            "client-key-data": base64.b64encode(key).decode()}, port=port)
+        self._write_kubeconfig(
+            path,
+            user,
+            {
+                "client-certificate-data": base64.b64encode(crt).decode(),
+                "client-key-data": base64.b64encode(key).decode(),
+            },
+            port=port,
+        )
 
-    def _write_kubeconfig(self, path: pathlib.Path, user: str, creds: dict[str, str],
-                          port: int | None = None) -> None:
+    def _write_kubeconfig(
+        self, path: pathlib.Path, user: str, creds: dict[str, str], port: int | None = None
+    ) -> None:
         server = self.server if port is None else self.server.rsplit(":", 1)[0] + f":{port}"
         ca = base64.b64encode(self._path("ca.crt").read_bytes()).decode()
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kpy",
-            "clusters": [{"name": "kpy", "cluster": {"server": server,
-                                                      "certificate-authority-data": ca}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kpy",
+            "clusters": [
+                {"name": "kpy", "cluster": {"server": server, "certificate-authority-data": ca}}
+            ],
             "users": [{"name": user, "user": creds}],
             "contexts": [{"name": "kpy", "context": {"cluster": "kpy", "user": user}}],
         }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
 
-    def _spawn(self, binary: str, alias: str, args: list[str], log: pathlib.Path,
-               memory_mib: int) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, binary: str, alias: str, args: list[str], log: pathlib.Path, memory_mib: int
+    ) -> subprocess.Popen[bytes]:
         link = self._path(alias)
         if not link.exists():
             link.symlink_to(locate(binary))
@@ -408,21 +482,39 @@ class ControlPlane:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         env = dict(os.environ, GOMEMLIMIT=f"{memory_mib}MiB", GOMAXPROCS="2")
         with open(log, "ab") as out:
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-                                    preexec_fn=_die_with_parent)
+            return subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.dir,
+                preexec_fn=_die_with_parent,
+            )
 
     def _start_etcd(self) -> None:
         peer = free_port("127.0.0.1", self.netns)
         client, peer_url = self.etcd_url, f"http://127.0.0.1:{peer}"
         log = self._path("etcd.log")
-        self._etcd = self._spawn("etcd", "kpy-etcd", [
-            "--name=kpy-etcd", f"--data-dir={self._path('etcd')}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=kpy-etcd={peer_url}", "--unsafe-no-fsync",
-            "--quota-backend-bytes=268435456", "--snapshot-count=5000", "--log-level=warn",
-        ], log, self.memory_limit_mib // 2)
+        self._etcd = self._spawn(
+            "etcd",
+            "kpy-etcd",
+            [
+                "--name=kpy-etcd",
+                f"--data-dir={self._path('etcd')}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=kpy-etcd={peer_url}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=268435456",
+                "--snapshot-count=5000",
+                "--log-level=warn",
+            ],
+            log,
+            self.memory_limit_mib // 2,
+        )
         self._wait(lambda: self._etcd_healthy(), self._etcd, log, "etcd", 30)
 
     def _etcd_healthy(self) -> bool:
@@ -433,37 +525,58 @@ class ControlPlane:
                 return conn.getresponse().status == 200
             finally:
                 conn.close()
+
         return in_netns(self.netns, get)
 
     def _launch_apiserver(self, port: int, tag: str) -> subprocess.Popen[bytes]:
         p = self._path
         log = p(f"{tag}.log")
-        proc = self._spawn("kube-apiserver", "kpy-apiserver", [
-            f"--etcd-servers={self.etcd_url}", f"--bind-address={self.bind_address}",
-            f"--secure-port={port}", f"--advertise-address={self.advertise_address}",
-            f"--cert-dir={p('certs')}", f"--tls-cert-file={p('serving.crt')}",
-            f"--tls-private-key-file={p('serving.key')}", f"--client-ca-file={p('ca.crt')}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p('sa.pub')}",
-            f"--service-account-signing-key-file={p('sa.key')}",
-            f"--service-cluster-ip-range={self.service_cidr}",
-            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-            "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
-            "--profiling=false", "--event-ttl=10m", "--v=0",
-            "--shutdown-watch-termination-grace-period=1s",  # stop in 1 s, not 10, when watched
-            *self.apiserver_args,
-        ], log, self.memory_limit_mib)
+        proc = self._spawn(
+            "kube-apiserver",
+            "kpy-apiserver",
+            [
+                f"--etcd-servers={self.etcd_url}",
+                f"--bind-address={self.bind_address}",
+                f"--secure-port={port}",
+                f"--advertise-address={self.advertise_address}",
+                f"--cert-dir={p('certs')}",
+                f"--tls-cert-file={p('serving.crt')}",
+                f"--tls-private-key-file={p('serving.key')}",
+                f"--client-ca-file={p('ca.crt')}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={p('sa.pub')}",
+                f"--service-account-signing-key-file={p('sa.key')}",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--event-ttl=10m",
+                "--v=0",
+                "--shutdown-watch-termination-grace-period=1s",  # stop in 1 s, not 10, when watched
+                *self.apiserver_args,
+            ],
+            log,
+            self.memory_limit_mib,
+        )
         try:
-            self._wait(lambda: self.request("/readyz", port)[0] == 200, proc, log,
-                       "kube-apiserver", 90)
+            self._wait(
+                lambda: self.request("/readyz", port)[0] == 200, proc, log, "kube-apiserver", 90
+            )
         except BaseException:
             _stop(proc)
             raise
         return proc
 
     @staticmethod
-    def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes] | None,
-              log: pathlib.Path, what: str, timeout: float) -> None:
+    def _wait(
+        ready: Callable[[], bool],
+        proc: subprocess.Popen[bytes] | None,
+        log: pathlib.Path,
+        what: str,
+        timeout: float,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:

@@ -34,6 +34,7 @@ def handler(text: str) -> type[http.server.BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
+
     return Handler
 
 

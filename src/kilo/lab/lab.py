@@ -51,7 +51,7 @@ STATE_ROOT = pathlib.Path(os.environ.get("KPY_LAB_STATE", "/run/kpy-lab"))
 API_PORT = 6443
 METRICS_PORT = 1107
 WG_SOCKET_ROOT = "/run/kilo/wireguard"
-KG_ARGV_ENV = "KPY_LAB_KG"     # override how kg is started (a shell-like argv prefix)
+KG_ARGV_ENV = "KPY_LAB_KG"  # override how kg is started (a shell-like argv prefix)
 IF_LAN, IF_MGMT, IF_INET = "kpy-lan", "kpy-mgmt", "kpy-inet"
 TOOLS = ("ip", "ping", "unshare", "mount", "sh")
 
@@ -62,11 +62,11 @@ class LabError(RuntimeError):
 
 @dataclass
 class Pod:
-    name: str          # <node>-p<i>
+    name: str  # <node>-p<i>
     node: str
     netns: str
     container_id: str
-    ip: str            # address/prefix length
+    ip: str  # address/prefix length
     result: dict[str, Any]
 
     @property
@@ -75,6 +75,7 @@ class Pod:
 
 
 # --- naming -------------------------------------------------------------------------------
+
 
 def ns_name(lab: str, host: str) -> str:
     return f"kpy-{lab}-{host}"
@@ -96,6 +97,7 @@ def expected_namespaces(spec: LabSpec) -> list[str]:
 
 # --- the lab ------------------------------------------------------------------------------
 
+
 class Lab:
     """One lab: ``up()`` builds it, ``down()`` removes everything; a context manager too.
 
@@ -103,10 +105,16 @@ class Lab:
     (no mesh): the lab writes each node's conflist itself and pods reach only their own node.
     """
 
-    def __init__(self, spec: LabSpec | Mapping[str, Any], *, agent: bool | None = None,
-                 state_root: pathlib.Path | None = None,
-                 progress: Callable[[str], None] | None = None,
-                 agent_timeout: float = 60.0, proxy_mode: str = "iptables") -> None:
+    def __init__(
+        self,
+        spec: LabSpec | Mapping[str, Any],
+        *,
+        agent: bool | None = None,
+        state_root: pathlib.Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        agent_timeout: float = 60.0,
+        proxy_mode: str = "iptables",
+    ) -> None:
         self.spec = spec if isinstance(spec, LabSpec) else parse(spec)
         self.raw: Mapping[str, Any] | None = None if isinstance(spec, LabSpec) else spec
         self.agent = self.spec.agent if agent is None else agent
@@ -160,12 +168,16 @@ class Lab:
         """Build everything; on any failure (or interruption) tear down what was made."""
         preflight(self.agent)
         if (self.dir / "state.json").exists():
-            raise LabError(f"lab {self.name!r} is already up (state in {self.dir}); "
-                           f"run `kilo-lab down {self.name}` first")
+            raise LabError(
+                f"lab {self.name!r} is already up (state in {self.dir}); "
+                f"run `kilo-lab down {self.name}` first"
+            )
         leftovers = [n for n in expected_namespaces(self.spec) if netns.exists(n)]
         if leftovers:
-            raise LabError(f"namespaces of lab {self.name!r} already exist: {', '.join(leftovers)}"
-                           f" (`kilo-lab down {self.name}` removes them)")
+            raise LabError(
+                f"namespaces of lab {self.name!r} already exist: {', '.join(leftovers)}"
+                f" (`kilo-lab down {self.name}` removes them)"
+            )
         t0 = time.monotonic()
         try:
             self._init_state()
@@ -203,8 +215,13 @@ class Lab:
             with contextlib.suppress(Exception):
                 cp.close()
         self.control_planes.clear()
-        teardown(self.name, self.dir.parent, spec=self.spec, state=self.state or None,
-                 progress=self.progress)
+        teardown(
+            self.name,
+            self.dir.parent,
+            spec=self.spec,
+            state=self.state or None,
+            progress=self.progress,
+        )
         self.pods.clear()
         self.state = {}
         self.timings["down"] = time.monotonic() - t0
@@ -220,12 +237,21 @@ class Lab:
     def _init_state(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=False, mode=0o700)
         self.state = {
-            "name": self.name, "phase": "starting", "agent": self.agent,
+            "name": self.name,
+            "phase": "starting",
+            "agent": self.agent,
             "spec": self.raw if self.raw is not None else None,
             "owner": {"pid": os.getpid(), "start": netns.start_time(os.getpid())},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "namespaces": [], "processes": {}, "dirs": [], "wg_dirs": [],
-            "made_var_lib_cni": False, "clusters": {}, "nodes": {}, "peers": {}, "pods": {},
+            "namespaces": [],
+            "processes": {},
+            "dirs": [],
+            "wg_dirs": [],
+            "made_var_lib_cni": False,
+            "clusters": {},
+            "nodes": {},
+            "peers": {},
+            "pods": {},
         }
         self._save()
 
@@ -269,8 +295,11 @@ class Lab:
             self._attach(admin, f"kpy-m{c.index}", f"kpy-m{c.index}", f"{c.admin_ip}/{plen}")
             cp = self._new_ns(f"{c.name}-cp")
             self._attach(cp, IF_MGMT, f"kpy-m{c.index}", f"{c.cp_ip}/{plen}")
-            self.state["clusters"][c.name] = {"netns": cp, "server": f"https://{c.cp_ip}:{API_PORT}",
-                                              "kubeconfig": str(self.kubeconfig(c.name))}
+            self.state["clusters"][c.name] = {
+                "netns": cp,
+                "server": f"https://{c.cp_ip}:{API_PORT}",
+                "kubeconfig": str(self.kubeconfig(c.name)),
+            }
             for j, loc in enumerate(c.locations):
                 for n in loc.nodes:
                     self._build_node(c, n, f"kpy-l{c.index}-{j}", loc.cidr.prefixlen)
@@ -299,17 +328,27 @@ class Lab:
         if ino is not None:
             self.state["wg_dirs"].append(f"{WG_SOCKET_ROOT}/net-{ino}")
         self.state["nodes"][n.name] = {
-            "netns": ns, "cluster": c.name, "location": n.location, "lan_ip": str(n.lan_ip),
-            "mgmt_ip": str(n.mgmt_ip), "public_ip": str(n.public_ip) if n.public_ip else None,
-            "pod_cidr": str(n.pod_cidr), "dir": str(d)}
+            "netns": ns,
+            "cluster": c.name,
+            "location": n.location,
+            "lan_ip": str(n.lan_ip),
+            "mgmt_ip": str(n.mgmt_ip),
+            "public_ip": str(n.public_ip) if n.public_ip else None,
+            "pod_cidr": str(n.pod_cidr),
+            "dir": str(d),
+        }
 
     # ---- control planes and Node objects
 
     def _start_control_planes(self) -> None:
         crds = _crd_manifest()
         for c in self.spec.clusters:
-            cp = ControlPlane(bind_address=str(c.cp_ip), netns=self.ns(f"{c.name}-cp"),
-                              service_cidr=str(c.service_cidr), port=API_PORT)
+            cp = ControlPlane(
+                bind_address=str(c.cp_ip),
+                netns=self.ns(f"{c.name}-cp"),
+                service_cidr=str(c.service_cidr),
+                port=API_PORT,
+            )
             self.control_planes[c.name] = cp
             try:
                 cp.start()
@@ -325,8 +364,13 @@ class Lab:
                 self.kubectl(c.name, "apply", "-f", str(crds))
         for c in self.spec.clusters:
             if crds is not None:
-                self.kubectl(c.name, "wait", "--for=condition=Established", "--timeout=60s",
-                             "crd/peers.kilo.squat.ai")
+                self.kubectl(
+                    c.name,
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/peers.kilo.squat.ai",
+                )
 
     def _register_nodes(self) -> None:
         for c in self.spec.clusters:
@@ -350,14 +394,22 @@ class Lab:
         d = self.node_dir(node)
         prefix = os.environ.get(KG_ARGV_ENV)
         base = prefix.split() if prefix else [sys.executable, "-m", "kilo.cli.kg"]
-        return [*base,
-                f"--hostname={node}", f"--kubeconfig={self.kubeconfig(c.name)}",
-                f"--private-key={d / 'key'}", f"--cni-path={self.conflist_path(node)}",
-                "--interface=kilo0", "--encapsulate=never",
-                f"--mesh-granularity={c.granularity}", f"--subnet={c.subnet}",
-                f"--internal-cidr={loc.cidr}", f"--service-cidr={c.service_cidr}",
-                f"--listen={n.mgmt_ip}:{METRICS_PORT}", "--wireguard=userspace",
-                *c.agent_args]
+        return [
+            *base,
+            f"--hostname={node}",
+            f"--kubeconfig={self.kubeconfig(c.name)}",
+            f"--private-key={d / 'key'}",
+            f"--cni-path={self.conflist_path(node)}",
+            "--interface=kilo0",
+            "--encapsulate=never",
+            f"--mesh-granularity={c.granularity}",
+            f"--subnet={c.subnet}",
+            f"--internal-cidr={loc.cidr}",
+            f"--service-cidr={c.service_cidr}",
+            f"--listen={n.mgmt_ip}:{METRICS_PORT}",
+            "--wireguard=userspace",
+            *c.agent_args,
+        ]
 
     def _start_agents(self) -> None:
         for n in self.spec.nodes:
@@ -379,12 +431,16 @@ class Lab:
                 return
             proc = self.agents.get(n.name)
             if proc is not None and proc.poll() is not None:
-                raise LabError(f"kg on {n.name} exited with {proc.returncode}:\n"
-                               f"{_tail(self.agent_log(n.name))}")
+                raise LabError(
+                    f"kg on {n.name} exited with {proc.returncode}:\n"
+                    f"{_tail(self.agent_log(n.name))}"
+                )
             if time.monotonic() > deadline:
-                raise LabError(f"kg on {n.name} did not write the pod CIDR {n.pod_cidr} into "
-                               f"{self.conflist_path(n.name)} within {self.agent_timeout:.0f} s:"
-                               f"\n{_tail(self.agent_log(n.name))}")
+                raise LabError(
+                    f"kg on {n.name} did not write the pod CIDR {n.pod_cidr} into "
+                    f"{self.conflist_path(n.name)} within {self.agent_timeout:.0f} s:"
+                    f"\n{_tail(self.agent_log(n.name))}"
+                )
             time.sleep(0.1)
 
     def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
@@ -401,9 +457,15 @@ class Lab:
         with open(logf, "ab") as out:
             out.write(f"--- kpy-lab: starting kg on {node} at {time.ctime()}\n".encode())
             out.flush()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, cwd=self.node_dir(node),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.node_dir(node),
+                start_new_session=True,
+            )
         self.agents[node] = proc
         self._record_proc(f"kg/{node}", proc.pid, node)
         return proc
@@ -455,12 +517,17 @@ class Lab:
         runtime = cni.Runtime(self.ns(node), self.node_dir(node) / "cni-data")
         cid = pns
         try:
-            net = runtime.add(conf, cid, pns, args=f"IgnoreUnknown=1;K8S_POD_NAME={name};"
-                                                    "K8S_POD_NAMESPACE=default")
+            net = runtime.add(
+                conf,
+                cid,
+                pns,
+                args=f"IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=default",
+            )
         except cni.CNIError as e:
             raise LabError(str(e)) from e
-        pod = Pod(name=name, node=node, netns=pns, container_id=cid, ip=str(net.ip),
-                  result=net.result)
+        pod = Pod(
+            name=name, node=node, netns=pns, container_id=cid, ip=str(net.ip), result=net.result
+        )
         self.pods[name] = pod
         self.state["pods"][name] = {**asdict(pod), "conflist": conf}
         self._save()
@@ -469,9 +536,14 @@ class Lab:
     def delete_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
         entry = self.state["pods"].pop(name, {})
-        _cni_del(self.ns(pod.node), self.node_dir(pod.node) / "cni-data",
-                 entry.get("conflist") or cni.kilo_conflist(None), pod.container_id, pod.netns,
-                 pod.result)
+        _cni_del(
+            self.ns(pod.node),
+            self.node_dir(pod.node) / "cni-data",
+            entry.get("conflist") or cni.kilo_conflist(None),
+            pod.container_id,
+            pod.netns,
+            pod.result,
+        )
         netns.kill_all_in(pod.netns)
         netns.delete(pod.netns)
         self.state["namespaces"] = [n for n in self.state["namespaces"] if n != pod.netns]
@@ -479,39 +551,61 @@ class Lab:
 
     # ---- nodes joining and leaving a running lab
 
-    def add_node(self, cluster: str, location: str, name: str, *, public: bool = False,
-                 pods: int = 1, agent: bool | None = None,
-                 labels: Mapping[str, str] | None = None,
-                 annotations: Mapping[str, str] | None = None) -> NodeSpec:
+    def add_node(
+        self,
+        cluster: str,
+        location: str,
+        name: str,
+        *,
+        public: bool = False,
+        pods: int = 1,
+        agent: bool | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+    ) -> NodeSpec:
         """A new node joins a running lab: namespace and links, Node object, kg (if the lab runs
         agents), its pods and kube-proxy. Addresses are the next free ones."""
         c = self.spec.cluster(cluster)
-        j, loc = next(((j, loc) for j, loc in enumerate(c.locations) if loc.name == location),
-                      (-1, None))
+        j, loc = next(
+            ((j, loc) for j, loc in enumerate(c.locations) if loc.name == location), (-1, None)
+        )
         if loc is None:
             raise LabError(f"cluster {cluster} has no location {location!r}")
         if name in set(self.spec.hosts()) | {x.name for x in self.spec.clusters}:
             raise LabError(f"name {name!r} is taken")
         all_nodes = self.spec.nodes
         used_public = {n.public_ip for n in all_nodes} | {p.public_ip for p in self.spec.peers}
-        public_ip = next((ip for ip in self.spec.internet[0].hosts() if ip not in used_public),
-                         None) if public else None
+        public_ip = (
+            next((ip for ip in self.spec.internet[0].hosts() if ip not in used_public), None)
+            if public
+            else None
+        )
         if public and public_ip is None:
             raise LabError("no public address left")
         index = max((n.index for n in c.nodes), default=-1) + 1
         node = NodeSpec(
-            name=name, cluster=cluster, location=location, index=index,
+            name=name,
+            cluster=cluster,
+            location=location,
+            index=index,
             lan_ip=next(ip for ip in loc.cidr.hosts() if ip not in {n.lan_ip for n in c.nodes}),
-            mgmt_ip=next(ip for ip in list(c.mgmt_cidr.hosts())[10:-1]
-                         if ip not in {n.mgmt_ip for n in c.nodes}),
+            mgmt_ip=next(
+                ip
+                for ip in list(c.mgmt_cidr.hosts())[10:-1]
+                if ip not in {n.mgmt_ip for n in c.nodes}
+            ),
             pod_cidr=list(c.pod_cidr.subnets(new_prefix=c.node_prefix))[index],
-            public_ip=public_ip, pods=pods,
+            public_ip=public_ip,
+            pods=pods,
             labels={"topology.kubernetes.io/region": location, **(labels or {})},
-            annotations=dict(annotations or {}), agent=self.agent if agent is None else agent)
+            annotations=dict(annotations or {}),
+            agent=self.agent if agent is None else agent,
+        )
         new_loc = dataclasses.replace(loc, nodes=(*loc.nodes, node))
         locs = tuple(new_loc if x is loc else x for x in c.locations)
-        clusters = tuple(dataclasses.replace(x, locations=locs) if x is c else x
-                         for x in self.spec.clusters)
+        clusters = tuple(
+            dataclasses.replace(x, locations=locs) if x is c else x for x in self.spec.clusters
+        )
         self.spec = dataclasses.replace(self.spec, clusters=clusters)
         self._build_node(c, node, f"kpy-l{c.index}-{j}", loc.cidr.prefixlen)
         self._save()
@@ -535,8 +629,11 @@ class Lab:
                 continue
             for ip in (node.lan_ip, node.public_ip):
                 if ip is not None:
-                    subprocess.run(["ip", "-n", self.ns(host), "neigh", "flush", "to", str(ip)],
-                                   capture_output=True, check=False)
+                    subprocess.run(
+                        ["ip", "-n", self.ns(host), "neigh", "flush", "to", str(ip)],
+                        capture_output=True,
+                        check=False,
+                    )
 
     def remove_node(self, name: str, delete_object: bool = True) -> None:
         """A node leaves: its agent, kube-proxy, pods and namespace go (and, by default, its
@@ -561,10 +658,16 @@ class Lab:
         if delete_object:
             self.kubectl(node.cluster, "delete", "node", name, "--wait=false")
         c = self.spec.cluster(node.cluster)
-        locs = tuple(dataclasses.replace(loc, nodes=tuple(n for n in loc.nodes if n.name != name))
-                     for loc in c.locations)
-        self.spec = dataclasses.replace(self.spec, clusters=tuple(
-            dataclasses.replace(x, locations=locs) if x is c else x for x in self.spec.clusters))
+        locs = tuple(
+            dataclasses.replace(loc, nodes=tuple(n for n in loc.nodes if n.name != name))
+            for loc in c.locations
+        )
+        self.spec = dataclasses.replace(
+            self.spec,
+            clusters=tuple(
+                dataclasses.replace(x, locations=locs) if x is c else x for x in self.spec.clusters
+            ),
+        )
         shutil.rmtree(self.node_dir(name), ignore_errors=True)
 
     # ---- kube-proxy (ClusterIP Services)
@@ -577,85 +680,143 @@ class Lab:
         binary = str(locate("kube-proxy"))
         c = self.spec.cluster(n.cluster)
         d = self.node_dir(n.name)
-        argv = ["ip", "netns", "exec", self.ns(n.name), binary,
-                f"--kubeconfig={self.kubeconfig(c.name)}", f"--hostname-override={n.name}",
-                f"--cluster-cidr={c.pod_cidr}", f"--proxy-mode={self.proxy_mode}",
-                # leave the machine-wide conntrack settings alone
-                "--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0",
-                "--conntrack-tcp-timeout-close-wait=0",
-                "--metrics-bind-address=127.0.0.1:10249",
-                "--healthz-bind-address=127.0.0.1:10256", "--nodeport-addresses=primary",
-                "--v=1"]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.ns(n.name),
+            binary,
+            f"--kubeconfig={self.kubeconfig(c.name)}",
+            f"--hostname-override={n.name}",
+            f"--cluster-cidr={c.pod_cidr}",
+            f"--proxy-mode={self.proxy_mode}",
+            # leave the machine-wide conntrack settings alone
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256",
+            "--nodeport-addresses=primary",
+            "--v=1",
+        ]
         with open(d / "kube-proxy.log", "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ, GOMAXPROCS="1",
-                                             GOMEMLIMIT="128MiB"))
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=dict(os.environ, GOMAXPROCS="1", GOMEMLIMIT="128MiB"),
+            )
         self.proxies[n.name] = proc
         self._record_proc(f"kube-proxy/{n.name}", proc.pid, n.name)
 
     # ---- helpers for tests, the demo and the CLI
 
-    def exec(self, host: str, argv: Sequence[str], *, check: bool = False,
-             input: str | None = None, timeout: float = 60,
-             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        check: bool = False,
+        input: str | None = None,
+        timeout: float = 60,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``host``'s namespace and capture its output."""
         e = dict(os.environ, **(env or {}))
-        return netns.run(argv, netns=self.ns(host), check=check, input=input, timeout=timeout,
-                         env=e)
+        return netns.run(
+            argv, netns=self.ns(host), check=check, input=input, timeout=timeout, env=e
+        )
 
     def popen(self, host: str, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside ``host``'s namespace in the background (stopped by ``down``)."""
         return subprocess.Popen(["ip", "netns", "exec", self.ns(host), *argv], **kw)
 
-    def kubectl(self, cluster: str, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        cluster: str,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """kubectl against ``cluster``, run in the admin namespace."""
         argv = [str(locate("kubectl")), f"--kubeconfig={self.kubeconfig(cluster)}", *args]
         try:
-            return netns.run(argv, netns=self.ns("admin"), check=check, input=input,
-                             timeout=timeout)
+            return netns.run(
+                argv, netns=self.ns("admin"), check=check, input=input, timeout=timeout
+            )
         except netns.NetnsError as e:
             raise LabError(f"kubectl ({cluster}) {' '.join(args)}: {e}") from e
 
-    def kgctl(self, cluster: str, *args: str, input: str | None = None, check: bool = True,
-              timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kgctl(
+        self,
+        cluster: str,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
         """kgctl against ``cluster``, run in the admin namespace."""
-        argv = [sys.executable, "-m", "kilo.cli.kgctl", f"--kubeconfig={self.kubeconfig(cluster)}",
-                *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "kilo.cli.kgctl",
+            f"--kubeconfig={self.kubeconfig(cluster)}",
+            *args,
+        ]
         try:
-            return netns.run(argv, netns=self.ns("admin"), check=check, input=input,
-                             timeout=timeout)
+            return netns.run(
+                argv, netns=self.ns("admin"), check=check, input=input, timeout=timeout
+            )
         except netns.NetnsError as e:
             raise LabError(f"kgctl ({cluster}) {' '.join(args)}: {e}") from e
 
     def wg(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``wg ARGS`` on ``node``, seeing its wireguard-go socket (e.g. ``showconf kilo0``)."""
         from kilo.dataplane.wgdevice import UserspaceDevice
+
         argv = UserspaceDevice("kilo0", netns=self.ns(node)).wg_argv(*args)
         return netns.run(argv, check=check)
 
-    def service(self, cluster: str, name: str, port: int, backends: Sequence[tuple[str, int]],
-                namespace: str = "default") -> str:
+    def service(
+        self,
+        cluster: str,
+        name: str,
+        port: int,
+        backends: Sequence[tuple[str, int]],
+        namespace: str = "default",
+    ) -> str:
         """A selector-less Service with an EndpointSlice listing ``backends`` (ip, port), as
         the (absent) endpoint controllers would make it; returns its ClusterIP. kube-proxy
         (``kubeProxy: true``) makes it reachable from nodes and pods."""
         target = backends[0][1] if backends else port
-        svc = {"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": name, "namespace": namespace},
-               "spec": {"ports": [{"name": "p", "port": port, "targetPort": target,
-                                   "protocol": "TCP"}]}}
-        eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-               "metadata": {"name": f"{name}-lab", "namespace": namespace,
-                            "labels": {"kubernetes.io/service-name": name}},
-               "addressType": "IPv4",
-               "ports": [{"name": "p", "port": target, "protocol": "TCP"}],
-               "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}
-                             for ip, _ in backends]}
+        svc = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "ports": [{"name": "p", "port": port, "targetPort": target, "protocol": "TCP"}]
+            },
+        }
+        eps = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-lab",
+                "namespace": namespace,
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": target, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip, _ in backends],
+        }
         doc = {"apiVersion": "v1", "kind": "List", "items": [svc, eps]}
         self.kubectl(cluster, "apply", "-f", "-", input=json.dumps(doc))
-        return self.kubectl(cluster, "get", "service", name, "-n", namespace, "-o",
-                            "jsonpath={.spec.clusterIP}").stdout.strip()
+        return self.kubectl(
+            cluster, "get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+        ).stdout.strip()
 
     def ping(self, host: str, ip: str, count: int = 1, wait: float = 1.0) -> bool:
         proc = self.exec(host, ["ping", "-n", "-q", "-c", str(count), "-W", str(wait), ip])
@@ -675,23 +836,39 @@ class Lab:
 
 # --- objects ------------------------------------------------------------------------------
 
+
 def node_object(n: NodeSpec) -> dict[str, Any]:
     """The Node a kubelet would register for ``n``."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    labels = {"kubernetes.io/hostname": n.name, "kubernetes.io/os": "linux",
-              "kubernetes.io/arch": "amd64", **n.labels}
+    labels = {
+        "kubernetes.io/hostname": n.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        **n.labels,
+    }
     meta: dict[str, Any] = {"name": n.name, "labels": labels}
     if n.annotations:
         meta["annotations"] = dict(n.annotations)
     return {
-        "apiVersion": "v1", "kind": "Node", "metadata": meta,
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": meta,
         "spec": {"podCIDR": str(n.pod_cidr), "podCIDRs": [str(n.pod_cidr)]},
         "status": {
-            "addresses": [{"type": "InternalIP", "address": str(n.lan_ip)},
-                          {"type": "Hostname", "address": n.name}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                            "message": "kpy-lab node", "lastHeartbeatTime": now,
-                            "lastTransitionTime": now}],
+            "addresses": [
+                {"type": "InternalIP", "address": str(n.lan_ip)},
+                {"type": "Hostname", "address": n.name},
+            ],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kpy-lab node",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
         },
     }
 
@@ -703,6 +880,7 @@ def _crd_manifest() -> pathlib.Path | None:
 
 
 # --- preflight, teardown and status (usable without a Lab object) --------------------------
+
 
 def preflight(agent: bool = True) -> None:
     """Raise LabError naming what is missing to run a lab here."""
@@ -737,9 +915,14 @@ def list_labs(root: pathlib.Path | None = None) -> list[str]:
         return []
 
 
-def teardown(name: str, root: pathlib.Path | None = None, *, spec: LabSpec | None = None,
-             state: dict[str, Any] | None = None,
-             progress: Callable[[str], None] | None = None) -> list[str]:
+def teardown(
+    name: str,
+    root: pathlib.Path | None = None,
+    *,
+    spec: LabSpec | None = None,
+    state: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[str]:
     """Remove every trace of lab ``name``: processes (by PID, and any still inside the lab's
     namespaces), pods (CNI DEL), namespaces, socket and state directories. Idempotent; works
     from another process and after a crash. Returns what it could not remove."""
@@ -757,16 +940,24 @@ def teardown(name: str, root: pathlib.Path | None = None, *, spec: LabSpec | Non
     for pname, pod in state.get("pods", {}).items():
         node_ns = ns_name(name, pod["node"])
         if netns.exists(node_ns) and netns.exists(pod["netns"]):
-            errors = _cni_del(node_ns, sdir / "nodes" / pod["node"] / "cni-data",
-                              pod.get("conflist") or cni.kilo_conflist(None),
-                              pod["container_id"], pod["netns"], pod.get("result"))
+            errors = _cni_del(
+                node_ns,
+                sdir / "nodes" / pod["node"] / "cni-data",
+                pod.get("conflist") or cni.kilo_conflist(None),
+                pod["container_id"],
+                pod["netns"],
+                pod.get("result"),
+            )
             problems += [f"pod {pname}: {e}" for e in errors]
     # every namespace of the lab: recorded, derivable from the spec, or a pod by pattern
-    names = list(dict.fromkeys([*state.get("namespaces", []),
-                                *(expected_namespaces(spec) if spec else [])]))
+    names = list(
+        dict.fromkeys([*state.get("namespaces", []), *(expected_namespaces(spec) if spec else [])])
+    )
     nodes = set(state.get("nodes", {})) | ({n.name for n in spec.nodes} if spec else set())
-    pod_re = re.compile(rf"^kpy-{re.escape(name)}-({'|'.join(map(re.escape, nodes)) or '-'})"
-                        r"-p\d+$")
+    pod_re = re.compile(
+        rf"^kpy-{re.escape(name)}-({'|'.join(map(re.escape, nodes)) or '-'})"
+        r"-p\d+$"
+    )
     names += [n for n in netns.names(f"kpy-{name}-") if pod_re.match(n) and n not in names]
     wg_dirs = set(state.get("wg_dirs", []))
     for ns in names:
@@ -774,8 +965,10 @@ def teardown(name: str, root: pathlib.Path | None = None, *, spec: LabSpec | Non
         if ino is not None:
             wg_dirs.add(f"{WG_SOCKET_ROOT}/net-{ino}")
     # processes still inside our namespaces (wireguard-go started by kg, the control plane...)
-    order = sorted(names, key=lambda n: (not n.endswith(tuple(f"-p{i}" for i in range(100))),
-                                         n.endswith("-cp")))
+    order = sorted(
+        names,
+        key=lambda n: (not n.endswith(tuple(f"-p{i}" for i in range(100))), n.endswith("-cp")),
+    )
     for ns in order:
         killed = netns.kill_all_in(ns)
         if killed:
@@ -801,8 +994,14 @@ def teardown(name: str, root: pathlib.Path | None = None, *, spec: LabSpec | Non
     return problems
 
 
-def _cni_del(node_ns: str, data_dir: pathlib.Path, conflist: Mapping[str, Any],
-             container_id: str, pod_ns: str, result: Mapping[str, Any] | None) -> list[str]:
+def _cni_del(
+    node_ns: str,
+    data_dir: pathlib.Path,
+    conflist: Mapping[str, Any],
+    container_id: str,
+    pod_ns: str,
+    result: Mapping[str, Any] | None,
+) -> list[str]:
     runtime = cni.Runtime(node_ns, data_dir)
     try:
         return runtime.delete(conflist, container_id, pod_ns, prev_result=result, check=False)
@@ -816,21 +1015,28 @@ def status(name: str, root: pathlib.Path | None = None) -> dict[str, Any]:
     if state is None:
         raise LabError(f"no lab {name!r} (no state in {state_dir(name, root)})")
     owner = state.get("owner", {})
-    procs = {k: {**p, "alive": netns.alive(p["pid"], p.get("start"))}
-             for k, p in state.get("processes", {}).items()}
+    procs = {
+        k: {**p, "alive": netns.alive(p["pid"], p.get("start"))}
+        for k, p in state.get("processes", {}).items()
+    }
     return {
-        "name": name, "phase": state.get("phase"),
+        "name": name,
+        "phase": state.get("phase"),
         "owner": {**owner, "alive": bool(owner) and netns.alive(owner["pid"], owner.get("start"))},
-        "clusters": state.get("clusters", {}), "nodes": state.get("nodes", {}),
+        "clusters": state.get("clusters", {}),
+        "nodes": state.get("nodes", {}),
         "peers": state.get("peers", {}),
-        "pods": {k: {"node": v["node"], "ip": v["ip"], "netns": v["netns"]}
-                 for k, v in state.get("pods", {}).items()},
+        "pods": {
+            k: {"node": v["node"], "ip": v["ip"], "netns": v["netns"]}
+            for k, v in state.get("pods", {}).items()
+        },
         "processes": procs,
         "namespaces": {n: netns.exists(n) for n in state.get("namespaces", [])},
     }
 
 
 # --- small helpers ------------------------------------------------------------------------
+
 
 def _stop_popens(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> list[int | None]:
     """SIGTERM each running process, wait for all (up to ``timeout``), SIGKILL the rest."""
@@ -843,7 +1049,9 @@ def _stop_popens(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) 
         try:
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, timeout)
+            log.warning(
+                "pid %d did not stop within %.0f s of SIGTERM; killing it", proc.pid, timeout
+            )
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(5)
@@ -874,4 +1082,3 @@ def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LabError(f"{path}: not a lab description (a mapping)")
     return data
-

@@ -22,15 +22,22 @@ class NetnsError(RuntimeError):
     """An ``ip`` command failed; the message carries its stderr."""
 
 
-def run(argv: Sequence[str], *, netns: str | None = None, check: bool = True,
-        input: str | None = None, timeout: float = 60,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (inside ``netns`` with ``ip netns exec`` if given) and capture its output."""
     cmd = list(argv)
     if netns is not None:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    proc = subprocess.run(
+        cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env
+    )
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -42,6 +49,7 @@ def ip(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 # --- namespaces ---------------------------------------------------------------------------
+
 
 def exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
@@ -67,11 +75,13 @@ def create(name: str, forwarding: bool = False, strict_arp: bool = False) -> Non
     ip(name, "link", "set", "lo", "up")
     settings = {"net.ipv4.ip_forward": "1"} if forwarding else {}
     if strict_arp:
-        settings.update({"net.ipv4.conf.all.arp_ignore": "1",
-                         "net.ipv4.conf.all.arp_announce": "2"})
+        settings.update(
+            {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
+        )
     if settings:
-        script = " && ".join(f'echo {v} > /proc/sys/{k.replace(".", "/")}'
-                             for k, v in settings.items())
+        script = " && ".join(
+            f"echo {v} > /proc/sys/{k.replace('.', '/')}" for k, v in settings.items()
+        )
         run(["sh", "-c", script], netns=name)
 
 
@@ -96,6 +106,7 @@ def sysctl(netns: str, key: str, value: str) -> None:
 
 # --- links --------------------------------------------------------------------------------
 
+
 def _check_name(name: str) -> None:
     if not name or len(name) > IFNAMSIZ:
         raise NetnsError(f"link name {name!r}: 1 to {IFNAMSIZ} characters")
@@ -104,13 +115,32 @@ def _check_name(name: str) -> None:
 def add_bridge(netns: str, name: str) -> None:
     """A bridge in ``netns``, up, without STP delays or multicast snooping."""
     _check_name(name)
-    ip(netns, "link", "add", name, "type", "bridge", "forward_delay", "0", "stp_state", "0",
-       "mcast_snooping", "0")
+    ip(
+        netns,
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "forward_delay",
+        "0",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    )
     ip(netns, "link", "set", name, "up")
 
 
-def add_veth(ns_a: str, name_a: str, ns_b: str, name_b: str, *, master_b: str | None = None,
-             mtu: int | None = None) -> None:
+def add_veth(
+    ns_a: str,
+    name_a: str,
+    ns_b: str,
+    name_b: str,
+    *,
+    master_b: str | None = None,
+    mtu: int | None = None,
+) -> None:
     """A veth pair ``name_a`` in ``ns_a`` <-> ``name_b`` in ``ns_b`` (enslaved to ``master_b``),
     both up."""
     _check_name(name_a)
@@ -153,6 +183,7 @@ def addresses(netns: str, dev: str | None = None) -> list[str]:
 
 
 # --- processes ----------------------------------------------------------------------------
+
 
 def pids(netns: str) -> list[int]:
     """The processes whose network namespace is ``netns``."""

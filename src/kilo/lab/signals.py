@@ -14,7 +14,9 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def raise_on(signals: Iterable[signal.Signals], exc: type[BaseException]) -> dict[signal.Signals, Any]:
+def raise_on(
+    signals: Iterable[signal.Signals], exc: type[BaseException]
+) -> dict[signal.Signals, Any]:
     """From now on each of ``signals`` raises ``exc(<signal name>)`` in this process; returns the
     handlers it replaced."""
     owner = os.getpid()

@@ -56,7 +56,7 @@ class NodeSpec:
     name: str
     cluster: str
     location: str
-    index: int                       # position in the cluster (0-based): picks the pod CIDR
+    index: int  # position in the cluster (0-based): picks the pod CIDR
     lan_ip: IPv4Addr
     mgmt_ip: IPv4Addr
     pod_cidr: IPv4Net
@@ -64,7 +64,7 @@ class NodeSpec:
     pods: int = 1
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
-    agent: bool = True               # run kg on this node
+    agent: bool = True  # run kg on this node
 
     @property
     def public(self) -> bool:
@@ -118,7 +118,7 @@ class LabSpec:
     internet: tuple[IPv4Net, ...]
     clusters: tuple[ClusterSpec, ...]
     peers: tuple[PeerSpec, ...] = ()
-    agent: bool = True               # run kg on the nodes (False: a static lab, no mesh)
+    agent: bool = True  # run kg on the nodes (False: a static lab, no mesh)
     kube_proxy: bool = False
 
     @property
@@ -145,6 +145,7 @@ class LabSpec:
 
 # --- parsing ------------------------------------------------------------------------------
 
+
 def load(path: str | pathlib.Path) -> LabSpec:
     """Read and validate a lab description from a YAML file."""
     try:
@@ -162,8 +163,9 @@ def parse(data: Any) -> LabSpec:
     name = _name(data.get("name"), "lab name")
     if len(name) > 12:
         raise SpecError(f"lab name {name!r}: at most 12 characters")
-    internet = tuple(_net(c, "internet") for c in _list(data.get("internet", DEFAULT_INTERNET),
-                                                         "internet"))
+    internet = tuple(
+        _net(c, "internet") for c in _list(data.get("internet", DEFAULT_INTERNET), "internet")
+    )
     if not internet:
         raise SpecError("internet: at least one subnet")
     clusters_raw = _list(data.get("clusters"), "clusters")
@@ -173,8 +175,14 @@ def parse(data: Any) -> LabSpec:
     clusters = tuple(_cluster(c, k, public_pool) for k, c in enumerate(clusters_raw))
     pub_used = [n.public_ip for c in clusters for n in c.nodes if n.public_ip is not None]
     peers = _peers(_list(data.get("peers", []), "peers"), internet, set(pub_used))
-    spec = LabSpec(name=name, internet=internet, clusters=clusters, peers=peers,
-                   agent=bool(data.get("agent", True)), kube_proxy=bool(data.get("kubeProxy", False)))
+    spec = LabSpec(
+        name=name,
+        internet=internet,
+        clusters=clusters,
+        peers=peers,
+        agent=bool(data.get("agent", True)),
+        kube_proxy=bool(data.get("kubeProxy", False)),
+    )
     _validate(spec)
     return spec
 
@@ -182,8 +190,21 @@ def parse(data: Any) -> LabSpec:
 def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"clusters[{k}]: a mapping")
-    _only(raw, f"clusters[{k}]", {"name", "mgmtCIDR", "podCIDR", "serviceCIDR", "subnet",
-                                   "granularity", "nodePrefix", "locations", "agentArgs"})
+    _only(
+        raw,
+        f"clusters[{k}]",
+        {
+            "name",
+            "mgmtCIDR",
+            "podCIDR",
+            "serviceCIDR",
+            "subnet",
+            "granularity",
+            "nodePrefix",
+            "locations",
+            "agentArgs",
+        },
+    )
     name = _name(raw.get("name", f"c{k + 1}"), f"clusters[{k}].name")
     where = f"cluster {name}"
     mgmt = _net(raw.get("mgmtCIDR", f"172.31.{254 - k}.0/24"), f"{where}: mgmtCIDR")
@@ -220,8 +241,11 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
                 nraw = {"name": nraw}
             if not isinstance(nraw, Mapping):
                 raise SpecError(f"{lwhere}: nodes[{i}]: a mapping or a name")
-            _only(nraw, f"{lwhere}: nodes[{i}]", {"name", "public", "publicIP", "ip", "pods",
-                                                   "labels", "annotations", "agent"})
+            _only(
+                nraw,
+                f"{lwhere}: nodes[{i}]",
+                {"name", "public", "publicIP", "ip", "pods", "labels", "annotations", "agent"},
+            )
             nname = _name(nraw.get("name"), f"{lwhere}: nodes[{i}].name")
             nwhere = f"node {nname}"
             lan_ip = _addr(nraw["ip"], f"{nwhere}: ip") if "ip" in nraw else next(lan_pool, None)
@@ -238,22 +262,44 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
             if not 0 <= pods <= 20:
                 raise SpecError(f"{nwhere}: pods {pods}: between 0 and 20")
             labels = {"topology.kubernetes.io/region": lname, **_strmap(nraw.get("labels"), nwhere)}
-            nodes.append(NodeSpec(
-                name=nname, cluster=name, location=lname, index=index, lan_ip=lan_ip,
-                mgmt_ip=mgmt_ip, pod_cidr=pod_cidr, public_ip=public_ip, pods=pods,
-                labels=labels, annotations=_strmap(nraw.get("annotations"), nwhere),
-                agent=bool(nraw.get("agent", True))))
+            nodes.append(
+                NodeSpec(
+                    name=nname,
+                    cluster=name,
+                    location=lname,
+                    index=index,
+                    lan_ip=lan_ip,
+                    mgmt_ip=mgmt_ip,
+                    pod_cidr=pod_cidr,
+                    public_ip=public_ip,
+                    pods=pods,
+                    labels=labels,
+                    annotations=_strmap(nraw.get("annotations"), nwhere),
+                    agent=bool(nraw.get("agent", True)),
+                )
+            )
             index += 1
         if not nodes:
             raise SpecError(f"{lwhere}: at least one node")
         locations.append(LocationSpec(name=lname, cidr=cidr, nodes=tuple(nodes)))
     args = tuple(str(a) for a in _list(raw.get("agentArgs", []), f"{where}: agentArgs"))
-    return ClusterSpec(name=name, index=k, mgmt_cidr=mgmt, pod_cidr=pod, service_cidr=svc,
-                       subnet=subnet, granularity=gran, locations=tuple(locations),
-                       node_prefix=prefix, agent_args=args)
+    return ClusterSpec(
+        name=name,
+        index=k,
+        mgmt_cidr=mgmt,
+        pod_cidr=pod,
+        service_cidr=svc,
+        subnet=subnet,
+        granularity=gran,
+        locations=tuple(locations),
+        node_prefix=prefix,
+        agent_args=args,
+    )
 
 
-def _peers(raw: list[Any], internet: Sequence[IPv4Net], used: set[IPv4Addr]) -> tuple[PeerSpec, ...]:
+def _peers(
+    raw: list[Any], internet: Sequence[IPv4Net], used: set[IPv4Addr]
+) -> tuple[PeerSpec, ...]:
     pool = (internet[1] if len(internet) > 1 else internet[0]).hosts()
     peers: list[PeerSpec] = []
     for i, praw in enumerate(raw):
@@ -280,21 +326,29 @@ def _validate(spec: LabSpec) -> None:
     seen: set[str] = set()
     for n in names:
         if n in seen or n in reserved:
-            raise SpecError(f"name {n!r} is used twice (or reserved: sw, admin); "
-                            "cluster, node and peer names must be unique in a lab")
+            raise SpecError(
+                f"name {n!r} is used twice (or reserved: sw, admin); "
+                "cluster, node and peer names must be unique in a lab"
+            )
         if re.search(r"-(cp|p\d+)$", n):
-            raise SpecError(f"name {n!r}: names ending in -cp or -p<number> are kept for "
-                            "control planes and pods")
+            raise SpecError(
+                f"name {n!r}: names ending in -cp or -p<number> are kept for "
+                "control planes and pods"
+            )
         seen.add(n)
     nets: list[tuple[str, IPv4Net]] = [(f"internet {n}", n) for n in spec.internet]
     for c in spec.clusters:
-        nets += [(f"{c.name} mgmtCIDR", c.mgmt_cidr), (f"{c.name} podCIDR", c.pod_cidr),
-                 (f"{c.name} serviceCIDR", c.service_cidr), (f"{c.name} subnet", c.subnet)]
+        nets += [
+            (f"{c.name} mgmtCIDR", c.mgmt_cidr),
+            (f"{c.name} podCIDR", c.pod_cidr),
+            (f"{c.name} serviceCIDR", c.service_cidr),
+            (f"{c.name} subnet", c.subnet),
+        ]
         nets += [(f"{c.name}/{loc.name} cidr", loc.cidr) for loc in c.locations]
     for i, (wa, a) in enumerate(nets):
         if a.overlaps(FORBIDDEN):
             raise SpecError(f"{wa} {a}: 192.0.2.0/24 is kept out of the lab")
-        for wb, b in nets[i + 1:]:
+        for wb, b in nets[i + 1 :]:
             if a.overlaps(b):
                 raise SpecError(f"{wa} {a} overlaps {wb} {b}")
     public = [(n.name, n.public_ip) for n in spec.nodes if n.public_ip is not None]
@@ -311,18 +365,22 @@ def _validate(spec: LabSpec) -> None:
         lans: dict[IPv4Addr, str] = {}
         for node in c.nodes:
             if node.lan_ip in lans:
-                raise SpecError(f"{node.name}: LAN address {node.lan_ip} is also "
-                                f"{lans[node.lan_ip]}'s")
+                raise SpecError(
+                    f"{node.name}: LAN address {node.lan_ip} is also {lans[node.lan_ip]}'s"
+                )
             lans[node.lan_ip] = node.name
 
 
 # --- small readers ------------------------------------------------------------------------
 
+
 def _only(raw: Mapping[str, Any], where: str, keys: set[str]) -> None:
     unknown = set(raw) - keys
     if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
-                        f"(known: {', '.join(sorted(keys))})")
+        raise SpecError(
+            f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(keys))})"
+        )
 
 
 def _list(v: Any, where: str) -> list[Any]:
@@ -335,8 +393,9 @@ def _list(v: Any, where: str) -> list[Any]:
 
 def _name(v: Any, where: str) -> str:
     if not isinstance(v, str) or not _NAME.match(v) or len(v) > 20:
-        raise SpecError(f"{where}: {v!r} is not a name (lower-case letters, digits, '-'; "
-                        "at most 20 characters)")
+        raise SpecError(
+            f"{where}: {v!r} is not a name (lower-case letters, digits, '-'; at most 20 characters)"
+        )
     return v
 
 
