@@ -26,9 +26,6 @@ import re
 import time
 from typing import Any
 
-from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.lab.lab import METRICS_PORT, Lab, LabError
-
 from _common import (
     lab_name,
     lab_session,
@@ -38,6 +35,9 @@ from _common import (
     two_locations,
     wait_until,
 )
+
+from kilo.dataplane.wgdevice import UserspaceDevice
+from kilo.lab.lab import METRICS_PORT, Lab, LabError
 
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -29,9 +29,6 @@ import argparse
 import json
 import time
 
-from kilo.lab import netns
-from kilo.lab.lab import Lab, LabError
-
 from _common import (
     first_replies,
     lab_name,
@@ -42,6 +39,9 @@ from _common import (
     table,
     wait_until,
 )
+
+from kilo.lab import netns
+from kilo.lab.lab import Lab, LabError
 
 LAN_LINKS = ("kpy-inet", "kpy-lan", "kpy-mgmt")
 READY_WINDOW = 60  # Kilo: a node is ready while its last check-in is < 2 x 30 s old

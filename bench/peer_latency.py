@@ -30,11 +30,6 @@ import json
 import time
 from typing import Any
 
-from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.keys import generate_private_key, key_str, public_key
-from kilo.lab.lab import Lab, LabError
-from kilo.wireguard import parse
-
 from _common import (
     first_replies,
     lab_name,
@@ -47,6 +42,11 @@ from _common import (
     two_locations,
     wait_until,
 )
+
+from kilo.dataplane.wgdevice import UserspaceDevice
+from kilo.keys import generate_private_key, key_str, public_key
+from kilo.lab.lab import Lab, LabError
+from kilo.wireguard import parse
 
 TARGET_P95 = 1.0
 PEER_IP = "10.5.0.1"

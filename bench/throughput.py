@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any
 
+from _common import lab_name, lab_session, machine_note, say, table, two_locations
+
 from kilo.dataplane.wgdevice import UserspaceDevice
 from kilo.keys import generate_private_key, public_key
 from kilo.lab import netns
@@ -39,8 +41,6 @@ from kilo.lab.binaries import locate, repo_root
 from kilo.lab.lab import Lab, LabError
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
-
-from _common import lab_name, lab_session, machine_note, say, table, two_locations
 
 TARGET = 0.90
 VETH = ("kpy-bv0", "kpy-bv1")

@@ -389,7 +389,7 @@ class Agent:
             try:
                 self._reconcile(changes)
                 self.last_reconcile_ok = True
-            except Exception as e:  # noqa: BLE001 - keep running; the last good state stays
+            except Exception as e:
                 changes += getattr(e, "changes", None) or []  # e.g. routes made before a failure
                 self.last_reconcile_ok = False
                 self.m_errors.inc(event="apply")

@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
+from kilo import graph
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
 from kilo.topology import new_topology
 from kilo.translate import node_from_object, peer_from_object, peer_object
 from kilo.wireguard import WgConf, WgPeer
-from kilo import graph
 
 
 class UserError(Exception):

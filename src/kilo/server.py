@@ -51,7 +51,7 @@ def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/health":
                 ok = agent.last_reconcile_ok

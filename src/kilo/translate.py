@@ -16,15 +16,15 @@ from typing import Any
 from kilo.keys import KeyError_, is_zero, key_str, parse_key
 from kilo.model import (
     REGION_LABEL,
-    is_dns1123_subdomain,
-    parse_endpoint,
     Endpoint,
     Granularity,
     Node,
     Peer,
     Prefix,
     Problem,
+    is_dns1123_subdomain,
     network_prefix,
+    parse_endpoint,
 )
 
 ANNOTATION_PREFIX = "kilo.squat.ai/"

@@ -303,7 +303,7 @@ class Flood:
     def __init__(self, lab: Lab, host: str, ip: str, limit: int = 100_000) -> None:
         self.started = time.monotonic()
         # a file, not a pipe: a full pipe would stall ping (a line per reply)
-        self.out = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in stop()
+        self.out = tempfile.TemporaryFile("w+")
         self.proc = lab.popen(
             host,
             ["ping", "-n", "-i", self.INTERVAL, "-W", "2", "-c", str(limit), ip],

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kilo.lab.demo import leftovers
-from tests.integration.conftest import need_lab, REPO
+from tests.integration.conftest import REPO, need_lab
 
 pytestmark = pytest.mark.integration
 

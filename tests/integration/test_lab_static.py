@@ -18,7 +18,7 @@ import pytest
 
 from kilo.lab import netns
 from kilo.lab.lab import Lab, LabError, load_state, state_dir
-from tests.integration.conftest import need_lab, REPO
+from tests.integration.conftest import REPO, need_lab
 
 pytestmark = pytest.mark.integration
 

@@ -5,8 +5,8 @@ import pytest
 from kilo.firewall import ruleset
 from kilo.model import Granularity
 from kilo.routes import KILO_TABLE, Encapsulation, Interfaces, Strategy, routes
-from tests.unit.test_topology import peers_of, three_nodes, topo
 from tests.unit.helpers import peer_obj
+from tests.unit.test_topology import peers_of, three_nodes, topo
 
 IFS = Interfaces(kilo="kilo0", private="eth0", tunnel="tunl0")
 

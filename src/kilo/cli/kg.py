@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
         default=default,
         metavar="BOOL",
         help=f"{help} (default {str(default).lower()})",
-    )  # noqa: E731
+    )
     p.add_argument(
         "--backend",
         default="kubernetes",

@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 
 from kilo import __version__
-from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
 from kilo.mesh import (
     ClusterState,
     Options,
@@ -28,6 +27,7 @@ from kilo.mesh import (
     showconf_node,
     showconf_peer,
 )
+from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
 
 GRANULARITIES = ["location", "full", "cross", "auto"]
 OUTPUTS = ["json", "wireguard", "yaml"]

@@ -11,14 +11,12 @@ import ipaddress
 import logging
 from typing import Any
 
-
 from kilo.dataplane.uapi import (
     DeviceState,
     DeviceUpdate,
     PeerState,
 )
-
-from kilo.dataplane.wgdevice import Device, DeviceError, Mode, link_kind, short_key, _iproute
+from kilo.dataplane.wgdevice import Device, DeviceError, Mode, _iproute, link_kind, short_key
 
 log = logging.getLogger(__name__)
 

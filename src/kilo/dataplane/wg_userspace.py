@@ -12,14 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 
-
 from kilo.dataplane.uapi import (
     DeviceState,
     DeviceUpdate,
     UapiClient,
     socket_path,
 )
-
 from kilo.dataplane.wgdevice import (
     Device,
     DeviceError,

@@ -32,7 +32,7 @@ def repo_root() -> pathlib.Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def locate(name: str) -> pathlib.Path:
     """The path of an executable ``name``; raises BinaryMissing with the reason otherwise."""
     if name not in KNOWN:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from kilo.lab import netns
-from kilo.lab.signals import raise_on
 from kilo.lab.lab import (
     STATE_ROOT,
     Lab,
@@ -38,6 +37,7 @@ from kilo.lab.lab import (
     status,
     teardown,
 )
+from kilo.lab.signals import raise_on
 from kilo.lab.topology_spec import SpecError
 
 READY = "kilo-lab: ready"

@@ -242,7 +242,7 @@ class Lab:
             "agent": self.agent,
             "spec": self.raw if self.raw is not None else None,
             "owner": {"pid": os.getpid(), "start": netns.start_time(os.getpid())},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(),
             "namespaces": [],
             "processes": {},
             "dirs": [],
@@ -839,7 +839,7 @@ class Lab:
 
 def node_object(n: NodeSpec) -> dict[str, Any]:
     """The Node a kubelet would register for ``n``."""
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     labels = {
         "kubernetes.io/hostname": n.name,
         "kubernetes.io/os": "linux",
@@ -895,7 +895,7 @@ def preflight(agent: bool = True) -> None:
     for b in ("etcd", "kube-apiserver", "kubectl"):
         try:
             locate(b)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise LabError(str(e)) from e
 
 
