@@ -1,4 +1,9 @@
-"""WireGuard keys: Curve25519, 32 bytes, shown in standard base64."""
+"""WireGuard keys: Curve25519, 32 bytes, shown in standard base64.
+
+``Key`` is the one type for a key anywhere in the code: a ``bytes`` of exactly 32 bytes (so it
+compares, hashes and packs like the raw key), printed as base64 by ``str()`` and never in full
+by ``repr()`` (a private key must not leak into a log by accident).
+"""
 
 from __future__ import annotations
 
@@ -16,37 +21,79 @@ from cryptography.hazmat.primitives.serialization import (
 KEY_LEN = 32
 
 
-class KeyError_(ValueError):
+class InvalidKey(ValueError):
     """A WireGuard key that is not 32 bytes of standard base64."""
 
 
-def parse_key(text: str) -> bytes:
-    """Decode a base64 WireGuard key, raising ``KeyError_`` with the reason."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise KeyError_(f"not base64: {e}") from None
-    if len(raw) != KEY_LEN:
-        raise KeyError_(f"decodes to {len(raw)} bytes, want {KEY_LEN}")
-    return raw
+class Key(bytes):
+    """A WireGuard key (public, private or preshared): exactly 32 bytes."""
 
+    __slots__ = ()
 
-def key_str(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
+    def __new__(cls, raw: bytes) -> Key:
+        if len(raw) != KEY_LEN:
+            raise InvalidKey(f"decodes to {len(raw)} bytes, want {KEY_LEN}")
+        return super().__new__(cls, raw)
+
+    @classmethod
+    def parse(cls, text: str) -> Key:
+        """Decode standard base64 (surrounding white space is ignored); ``InvalidKey`` with the
+        reason otherwise."""
+        try:
+            raw = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise InvalidKey(f"not base64: {e}") from None
+        return cls(raw)
+
+    @classmethod
+    def generate(cls) -> Key:
+        """A new private key."""
+        k = X25519PrivateKey.generate()
+        return cls(k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+
+    @classmethod
+    def zero(cls) -> Key:
+        return cls(bytes(KEY_LEN))
+
+    def public(self) -> Key:
+        """The public key of this private key."""
+        pub = X25519PrivateKey.from_private_bytes(bytes(self)).public_key()
+        return Key(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def is_zero(self) -> bool:
+        return not any(self)
+
+    def __str__(self) -> str:
+        return base64.b64encode(self).decode("ascii")
+
+    def short(self) -> str:
+        """The first characters of the base64 form, for logs and change descriptions."""
+        return str(self)[:8] + "…"
+
+    def __repr__(self) -> str:
+        return f"Key({self.short()!r})"
 
 
 def is_zero(key: bytes | None) -> bool:
+    """No key, or the all-zero key (WireGuard's "none")."""
     return key is None or not any(key)
 
 
-def generate_private_key() -> bytes:
-    k = X25519PrivateKey.generate()
-    return k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+# Transitional names, removed once every caller uses ``Key``.
+KeyError_ = InvalidKey
 
 
-def public_key(private: bytes) -> bytes:
-    return (
-        X25519PrivateKey.from_private_bytes(private)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+def parse_key(text: str) -> Key:
+    return Key.parse(text)
+
+
+def key_str(key: bytes) -> str:
+    return str(Key(key))
+
+
+def generate_private_key() -> Key:
+    return Key.generate()
+
+
+def public_key(private: bytes) -> Key:
+    return Key(private).public()
