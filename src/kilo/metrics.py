@@ -1,70 +1,80 @@
-"""Prometheus metrics in the text exposition format, without a client library."""
+"""The agent's Prometheus metrics (prometheus-client), named as Kilo names them where Kilo has
+them (``kilo_leader``, ``kilo_nodes``, ``kilo_peers``, ``kilo_reconciles_total``,
+``kilo_errors_total{event}``), plus our own (changes made, unreadable values, per-peer
+handshake age and bytes)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from kilo.dataplane.uapi import PeerState
+from kilo.keys import Key
+
+# The *_created series say when a counter was made; nobody asked for them and Kilo has none.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
 
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-    return "{" + body + "}"
+class AgentMetrics:
+    """One agent's metrics, in a registry of its own (several agents may share a process)."""
 
-
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-class Metric:
-    def __init__(self, name: str, help: str, kind: str) -> None:
-        self.name, self.help, self.kind = name, help, kind
-        self._values: dict[tuple[tuple[str, str], ...], float] = {}
-        self._lock = threading.Lock()
-
-    def set(self, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[tuple(sorted(labels.items()))] = value
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def get(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(tuple(sorted(labels.items())), 0.0)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
-    def render(self) -> str:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        with self._lock:
-            items = sorted(self._values.items())
-        if not items and self.kind == "counter":
-            items = [((), 0.0)]
-        for key, value in items:
-            v = int(value) if float(value).is_integer() else value
-            lines.append(f"{self.name}{_labels(dict(key))} {v}")
-        return "\n".join(lines) + "\n"
-
-
-class Registry:
     def __init__(self) -> None:
-        self.metrics: list[Metric] = []
+        r = self.registry = CollectorRegistry()
+        self.leader = Gauge("kilo_leader", "Leadership status of the node.", registry=r)
+        self.nodes = Gauge("kilo_nodes", "Number of nodes in the mesh.", registry=r)
+        self.peers = Gauge("kilo_peers", "Number of peers in the mesh.", registry=r)
+        self.reconciles = Counter(
+            "kilo_reconciles", "Number of reconciliation attempts.", registry=r
+        )
+        self.errors = Counter(
+            "kilo_errors",
+            "Number of errors that occurred while administering the mesh.",
+            ["event"],
+            registry=r,
+        )
+        self.changes = Counter(
+            "kilo_reconcile_changes",
+            "Changes made to devices, routes, rules and the firewall.",
+            registry=r,
+        )
+        self.problems = Gauge(
+            "kilo_object_problems",
+            "Values of Node and Peer objects that could not be read.",
+            registry=r,
+        )
+        self.handshake_age = Gauge(
+            "kilo_peer_last_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with a peer.",
+            ["peer"],
+            registry=r,
+        )
+        self.rx = Gauge(
+            "kilo_peer_receive_bytes", "Bytes received from a WireGuard peer.", ["peer"], registry=r
+        )
+        self.tx = Gauge(
+            "kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer.", ["peer"], registry=r
+        )
 
-    def gauge(self, name: str, help: str) -> Metric:
-        m = Metric(name, help, "gauge")
-        self.metrics.append(m)
-        return m
+    def error(self, event: str) -> None:
+        self.errors.labels(event=event).inc()
 
-    def counter(self, name: str, help: str) -> Metric:
-        m = Metric(name, help, "counter")
-        self.metrics.append(m)
-        return m
+    def set_peer_states(
+        self, states: Iterable[PeerState], names: Mapping[bytes, str], now: float
+    ) -> None:
+        """Per-peer gauges for exactly the device's current peers, named by node or Peer."""
+        for m in (self.handshake_age, self.rx, self.tx):
+            m.clear()
+        for st in states:
+            name = names.get(bytes(st.public_key)) or str(Key(st.public_key))
+            if st.last_handshake:
+                self.handshake_age.labels(peer=name).set(round(now - st.last_handshake, 3))
+            self.rx.labels(peer=name).set(st.rx_bytes)
+            self.tx.labels(peer=name).set(st.tx_bytes)
 
-    def render(self, extra: Iterable[Metric] = ()) -> str:
-        return "".join(m.render() for m in [*self.metrics, *extra])
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return prometheus_client.generate_latest(self.registry)

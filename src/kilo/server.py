@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
 from kilo import graph
+from kilo.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from kilo.agent import Agent
@@ -57,7 +58,7 @@ def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
                 ok = agent.last_reconcile_ok
                 self._send(200 if ok else 503, b"ok\n" if ok else b"not reconciled\n")
             elif url.path == "/metrics":
-                self._send(200, agent.metrics.render().encode(), "text/plain; version=0.0.4")
+                self._send(200, agent.metrics.render(), CONTENT_TYPE)
             elif url.path == "/graph":
                 fmt = (parse_qs(url.query).get("format") or ["dot"])[0]
                 t = agent.topology
@@ -72,7 +73,8 @@ def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
                 if fmt not in ("svg", "png") or exe is None:
                     self._send(
                         400,
-                        f"format {fmt!r} needs Graphviz's dot program (formats: dot, svg, png)\n".encode(),
+                        f"format {fmt!r} needs Graphviz's dot program "
+                        "(formats: dot, svg, png)\n".encode(),
                     )
                     return
                 r = subprocess.run(

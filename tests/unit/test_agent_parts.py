@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from kilo.agent import load_or_create_key
+from kilo.dataplane.files import load_or_create_key
 from kilo.cli.kg import _duration, parser
 from kilo.cni import default_conflist, pod_cidr_of, with_pod_cidr
 from kilo.hostinfo import HostAddress, choose_ips
 from kilo.keys import key_str
-from kilo.metrics import Registry
+from kilo.metrics import AgentMetrics
 from kilo.server import parse_listen
 
 
@@ -60,15 +60,14 @@ def test_key_file_made_0600_and_reused(tmp_path: Path) -> None:
 
 
 def test_metrics_text() -> None:
-    r = Registry()
-    g = r.gauge("kilo_leader", "Leadership status of the node.")
-    c = r.counter("kilo_errors_total", "Errors.")
-    g.set(1)
-    c.inc(event="apply")
-    c.inc(event="apply")
-    text = r.render()
-    assert "# TYPE kilo_leader gauge\nkilo_leader 1\n" in text
-    assert 'kilo_errors_total{event="apply"} 2' in text
+    m = AgentMetrics()
+    m.leader.set(1)
+    m.error("apply")
+    m.error("apply")
+    text = m.render().decode()
+    assert "# TYPE kilo_leader gauge\nkilo_leader 1.0\n" in text
+    assert 'kilo_errors_total{event="apply"} 2.0' in text
+    assert "_created" not in text
 
 
 @pytest.mark.parametrize(
@@ -101,7 +100,7 @@ def test_kg_flags_defaults_like_kilo() -> None:
 
 
 def test_outage_time_not_held_against_check_ins() -> None:
-    from kilo.agent import unreachable_seconds
+    from kilo.plan import unreachable_seconds
 
     assert unreachable_seconds(100, 200, []) == 0
     assert unreachable_seconds(100, 200, [(120, 150)]) == 30

@@ -25,6 +25,7 @@ from kilo.model import (
     DEFAULT_SUBNET,
     REGION_LABEL,
     Granularity,
+    Prefix,
     network_prefix,
 )
 from kilo.routes import Compatibility, Encapsulation, Strategy
@@ -47,7 +48,7 @@ def _bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean {v!r}")
 
 
-def _cidrs(values: list[str]) -> list:
+def _cidrs(values: list[str]) -> list[Prefix]:
     out = []
     for raw in values:
         for c in filter(None, raw.split(",")):
@@ -59,15 +60,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    b = lambda name, default, help: p.add_argument(
-        name,
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=default,
-        metavar="BOOL",
-        help=f"{help} (default {str(default).lower()})",
-    )
+
+    def b(name: str, default: bool, help: str) -> None:
+        p.add_argument(
+            name,
+            type=_bool,
+            nargs="?",
+            const=True,
+            default=default,
+            metavar="BOOL",
+            help=f"{help} (default {str(default).lower()})",
+        )
+
     p.add_argument(
         "--backend",
         default="kubernetes",
@@ -116,7 +120,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mtu",
         default="auto",
-        help="The MTU of the WireGuard interface created by Kilo. 'auto' detects it from the underlay interface.",
+        help="The MTU of the WireGuard interface created by Kilo. "
+        "'auto' detects it from the underlay interface.",
     )
     p.add_argument(
         "--topology-label",
@@ -176,6 +181,13 @@ def parser() -> argparse.ArgumentParser:
         help="Which WireGuard to use: the kernel module if present (auto), or wireguard-go.",
     )
     p.add_argument(
+        "--wireguard-go",
+        default=None,
+        metavar="PATH",
+        help="The wireguard-go binary for --wireguard userspace "
+        "(default: $KILO_BIN_WIREGUARD_GO, else wireguard-go on PATH).",
+    )
+    p.add_argument(
         "--nft-table",
         default="kilo",
         help="The name of the agent's own nftables table (family inet).",
@@ -204,52 +216,60 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     log = logging.getLogger("kg")
-    from kilo.agent import Agent, AgentConfig
+    from kilo.agent import Agent, AgentConfig, Ports
+    from kilo.plan import Settings
 
     try:
         if a.backend != "kubernetes":
             raise ValueError(f"backend {a.backend} unknown; possible values are: kubernetes")
         if not 1 <= a.port <= 65535:
             raise ValueError(f"invalid port {a.port}")
-        cfg = AgentConfig(
+        settings = Settings(
             hostname=a.hostname,
-            kubeconfig=a.kubeconfig,
             interface=a.interface,
             port=a.port,
             subnet=network_prefix(a.subnet),
             granularity=Granularity(a.mesh_granularity),
-            topology_label=a.topology_label,
             local=a.local,
             encapsulation=Encapsulation(Strategy(a.encapsulate), Compatibility(a.compatibility)),
             mtu=None if a.mtu == "auto" else int(a.mtu),
             cni=a.cni,
-            cni_path=a.cni_path,
-            service_cidrs=_cidrs(a.service_cidr),
-            internal_cidrs=_cidrs(a.internal_cidr),
+            service_cidrs=tuple(_cidrs(a.service_cidr)),
+            forward_rules=a.iptables_forward_rules,
+            prioritise_private=a.prioritise_private_addresses,
+            nft_table=a.nft_table,
+        )
+        cfg = AgentConfig(
+            settings=settings,
+            topology_label=a.topology_label,
+            internal_cidrs=tuple(_cidrs(a.internal_cidr)),
             resync_period=_duration(a.resync_period),
             create_interface=a.create_interface,
             clean_up=a.clean_up,
             clean_up_interface=a.clean_up_interface,
-            forward_rules=a.iptables_forward_rules,
-            prioritise_private=a.prioritise_private_addresses,
-            private_key_path=a.private_key,
-            wireguard_mode=a.wireguard,
-            nft_table=a.nft_table,
         )
     except ValueError as e:
         print(f"kg: {e}", file=sys.stderr)
         sys.exit(2)
 
     from kilo.backend.kubernetes import BackendError, KubernetesBackend
+    from kilo.dataplane.files import AgentFiles
+    from kilo.dataplane.host import LocalHost
     from kilo.dataplane.netlink import Netlink
     from kilo.dataplane.nftables import Nftables
     from kilo.dataplane.wgdevice import open_device
     from kilo.server import serve
 
     try:
-        backend = KubernetesBackend(cfg.kubeconfig)
-        device = open_device(cfg.interface, cfg.wireguard_mode)
-        agent = Agent(cfg, backend, device, Netlink(), Nftables(owned=(("inet", cfg.nft_table),)))
+        ports = Ports(
+            backend=KubernetesBackend(a.kubeconfig),
+            device=open_device(a.interface, a.wireguard, binary=a.wireguard_go),
+            routes=Netlink(),
+            firewall=Nftables(owned=(("inet", a.nft_table),)),
+            host=LocalHost(),
+            files=AgentFiles(a.private_key, a.cni_path),
+        )
+        agent = Agent(cfg, ports)
         agent.start()
         serve(agent, a.listen)
     except (BackendError, OSError, RuntimeError, ValueError) as e:

@@ -33,18 +33,16 @@ log = logging.getLogger(__name__)
 SOCKET_ROOT = "/run/kilo/wireguard"
 
 
-def find_wireguard_go() -> str:
-    """The wireguard-go binary: the lab's pinned build, else ``KILO_BIN_WIREGUARD_GO``, else PATH."""
-    try:
-        from kilo.lab import binaries
-
-        return str(binaries.locate("wireguard-go"))
-    except Exception:  # noqa: BLE001  (no lab module, or no source checkout to build from)
-        pass
-    path = os.environ.get("KILO_BIN_WIREGUARD_GO") or shutil.which("wireguard-go")
-    if not path:
-        raise DeviceError("wireguard-go not found (set KILO_BIN_WIREGUARD_GO or put it on PATH)")
-    return path
+def find_wireguard_go(path: str | None = None) -> str:
+    """The wireguard-go binary: ``path`` (kg's ``--wireguard-go``), else the environment's
+    ``KILO_BIN_WIREGUARD_GO``, else the first on PATH."""
+    found = path or os.environ.get("KILO_BIN_WIREGUARD_GO") or shutil.which("wireguard-go")
+    if not found:
+        raise DeviceError(
+            "wireguard-go not found (pass --wireguard-go, set KILO_BIN_WIREGUARD_GO or put it "
+            "on PATH)"
+        )
+    return found
 
 
 def netns_path(netns: str) -> str:
@@ -224,8 +222,13 @@ class UserspaceDevice(Device):
 
     # -- supervision
 
-    def supervise(self, interval: float = 0.5) -> None:
-        """Check every ``interval`` seconds that wireguard-go runs; restart and restore it if not."""
+    def supervise(
+        self, on_restart: Callable[[], None] | None = None, interval: float = 0.5
+    ) -> None:
+        """Check every ``interval`` seconds that wireguard-go runs; restart and restore it if
+        not, then call ``on_restart``."""
+        if on_restart is not None:
+            self.on_restart = on_restart
         if self._thread is not None:
             return
         self._stop.clear()

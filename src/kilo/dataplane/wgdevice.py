@@ -260,6 +260,10 @@ class Device(abc.ABC):
     def close(self, remove: bool = True) -> None:
         """Stop managing; with ``remove`` also delete the device (stop wireguard-go)."""
 
+    def supervise(self, on_restart: Callable[[], None] | None = None) -> None:  # noqa: B027
+        """Watch the device and call ``on_restart`` after restoring it (wireguard-go only; the
+        kernel's device needs no supervisor)."""
+
     @abc.abstractmethod
     def _get(self) -> DeviceState: ...
 

@@ -1,0 +1,59 @@
+"""Making the node match a plan, through the agent's ports, one part at a time: a part that
+fails is reported and the others are still applied."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kilo.plan import Plan, Status
+from kilo.ports import Files, Firewall, Host, RoutingTables, WireGuardDevice
+
+log = logging.getLogger("kilo.agent")
+
+
+@dataclass
+class Applied:
+    changes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "part: error"
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def run(self, part: str, step: Callable[[], list[str]]) -> None:
+        try:
+            self.changes += step()
+        except Exception as e:  # noqa: BLE001 - one part failing must not stop the others
+            self.changes += getattr(e, "changes", None) or []  # what it did before failing
+            self.failures.append(f"{part}: {e}")
+            log.error("applying the %s failed: %s", part, e)
+
+
+def apply_plan(
+    plan: Plan,
+    device: WireGuardDevice,
+    routes: RoutingTables,
+    firewall: Firewall,
+    host: Host,
+    files: Files,
+) -> Applied:
+    """Apply what the plan holds: the CNI file and the IPIP device whenever the local node is
+    known; the device, link, firewall and routes only when the whole data plane is planned
+    (otherwise they stay as they are)."""
+    out = Applied()
+    cni = plan.cni_conf
+    if cni is not None:
+        out.run("CNI configuration", lambda: files.write_cni(dict(cni)))
+    node = plan.node
+    if plan.ipip and node is not None:
+        out.run("IPIP device", lambda: host.ensure_ipip(node.subnet))
+    dp = plan.dataplane
+    if plan.status is not Status.OK or dp is None:
+        return out
+    out.run("WireGuard configuration", lambda: device.apply(dp.wireguard))
+    out.run("WireGuard link", lambda: device.configure_link(list(dp.addresses), dp.mtu))
+    out.run("firewall", lambda: firewall.apply(dp.ruleset))
+    out.run("routes", lambda: routes.reconcile(dp.routes, dp.rules))
+    return out

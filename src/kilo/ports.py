@@ -1,0 +1,118 @@
+"""The agent's ports: what it needs from the world, as ``typing.Protocol``s.
+
+The agent (``kilo.agent``) talks to the cluster, the WireGuard device, the routing tables, the
+firewall, the host and its files only through these. The real adapters live in
+``kilo.backend`` and ``kilo.dataplane``; the unit tests drive the agent's loop through in-memory
+fakes of the same shape (tests/unit/fakes.py). Every apply-style call returns the changes it
+made as human-readable strings, and raises when it could not do what it was asked.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from kilo.dataplane.uapi import PeerState
+from kilo.firewall import Ruleset
+from kilo.hostinfo import HostAddress
+from kilo.keys import Key
+from kilo.model import Prefix
+from kilo.routes import Route, Rule
+from kilo.wireguard import WgConf
+
+Obj = dict[str, Any]
+#: An API server outage: (start, end) in Unix seconds; end None while it lasts.
+Outage = tuple[float, float | None]
+
+
+class ClusterBackend(Protocol):
+    """The cluster's Node and Peer objects, kept current by a watch; the local node's
+    annotations written back."""
+
+    #: Something is put here whenever a Node or Peer changed (the agent only counts arrivals).
+    events: queue.Queue[Any]
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def nodes(self) -> list[Obj]: ...
+    def peers(self) -> list[Obj]: ...
+    def outages(self) -> list[Outage]: ...
+    def set_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> object: ...
+    def clean_up(self, name: str) -> object: ...
+
+
+class WireGuardDevice(Protocol):
+    """The node's WireGuard interface (kernel or wireguard-go)."""
+
+    def ensure(self) -> list[str]: ...
+    def supervise(self, on_restart: Callable[[], None]) -> None: ...
+    def apply(self, desired: WgConf) -> list[str]: ...
+    def configure_link(self, addresses: Sequence[Prefix], mtu: int | None) -> list[str]: ...
+    def peers(self) -> list[PeerState]: ...
+    def close(self, remove: bool = True) -> None: ...
+
+
+class RoutingTables(Protocol):
+    """Routes and policy rules; only those marked as the agent's (protocol 107) are touched."""
+
+    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]: ...
+    def remove_all(self) -> list[str]: ...
+
+
+class Firewall(Protocol):
+    """The agent's own nftables table, replaced in one transaction."""
+
+    def apply(self, ruleset: Ruleset) -> list[str]: ...
+    def remove(self) -> list[str]: ...
+
+
+class Host(Protocol):
+    """Facts of the local host and the few host-level things the agent makes."""
+
+    def addresses(self) -> list[HostAddress]: ...
+    def underlay_mtu(self) -> int | None: ...
+    def ensure_ipip(self, pod_cidr: Prefix | None) -> list[str]: ...
+
+
+class Files(Protocol):
+    """The agent's files: its private key and the CNI configuration list."""
+
+    def load_or_create_key(self) -> Key: ...
+    def read_cni(self) -> Obj | None:
+        """The current conflist; None if missing or unreadable (then the default is written)."""
+        ...
+
+    def write_cni(self, conf: Obj) -> list[str]: ...
+
+
+class Clock(Protocol):
+    """Time, and waiting for the backend's events: the loop's only sources of time."""
+
+    def time(self) -> float: ...
+    def monotonic(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for an event; True if one arrived (it is consumed)."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
+        try:
+            events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return False
+        return True
