@@ -16,13 +16,13 @@ import time
 import tracemalloc
 from typing import Any
 
-from kilo.firewall import ruleset
+from kilo.keys import Key
 from kilo.mesh import read_cluster
-from kilo.model import DEFAULT_SUBNET, Granularity
-from kilo.routes import Encapsulation, Interfaces, Strategy, routes
-from kilo.topology import new_topology
+from kilo.plan import ClusterView, LocalFacts, Settings, Status, plan
+from kilo.routes import Encapsulation, Strategy
 
 NOW = 1_790_000_000
+FACTS = LocalFacts(private_key=Key(bytes(range(32))), now=float(NOW), underlay_mtu=1500)
 
 
 def key(s: str) -> str:
@@ -72,19 +72,18 @@ def cluster(
     return nodes, peers
 
 
-def plan(nodes: list[dict[str, Any]], peers: list[dict[str, Any]], host: str) -> int:
+def plan_raw(nodes: list[dict[str, Any]], peers: list[dict[str, Any]], host: str) -> int:
     return plan_model(read_cluster(nodes, peers, "topology.kubernetes.io/region"), host)
 
 
 def plan_model(st: Any, host: str) -> int:
     """What the agent does on each reconcile: its cache holds the translated objects."""
-    ready = {n.name: n for n in st.nodes if n.ready(NOW)}
-    ps = {p.name: p for p in st.peers if p.ready()}
-    t = new_topology(ready, ps, Granularity.LOCATION, host, 51820, None, DEFAULT_SUBNET)
-    conf = t.conf()
-    r, rules = routes(t, Interfaces(), True, Encapsulation(Strategy.NEVER))
-    fw = ruleset(t, cni=True, forward_rules=False).nft_json()
-    return len(conf.peers) + len(r) + len(rules) + len(fw["nftables"])
+    view = ClusterView({n.name: n for n in st.nodes}, {p.name: p for p in st.peers})
+    p = plan(view, FACTS, Settings(hostname=host, encapsulation=Encapsulation(Strategy.NEVER)))
+    assert p.status is Status.OK and p.dataplane is not None
+    dp = p.dataplane
+    fw = dp.ruleset.nft_json()
+    return len(dp.wireguard.peers) + len(dp.routes) + len(dp.rules) + len(fw["nftables"])
 
 
 def _time(f: Any, repeat: int) -> float:
@@ -104,9 +103,9 @@ def measure(n: int, locs: int, peers: int, repeat: int = 5) -> tuple[float, floa
     host = nodes[0]["metadata"]["name"]
     st = read_cluster(nodes, ps, "topology.kubernetes.io/region")
     plan_ms = _time(lambda: plan_model(st, host), repeat)
-    full_ms = _time(lambda: plan(nodes, ps, host), repeat)
+    full_ms = _time(lambda: plan_raw(nodes, ps, host), repeat)
     tracemalloc.start()
-    plan(nodes, ps, host)
+    plan_raw(nodes, ps, host)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return plan_ms, full_ms, peak / 2**20

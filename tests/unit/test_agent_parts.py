@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kilo.dataplane.files import load_or_create_key
 from kilo.cli.kg import _duration, parser
 from kilo.cni import default_conflist, pod_cidr_of, with_pod_cidr
+from kilo.dataplane.files import load_or_create_key
 from kilo.hostinfo import HostAddress, choose_ips
 from kilo.keys import key_str
 from kilo.metrics import AgentMetrics

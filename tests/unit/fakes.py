@@ -1,0 +1,247 @@
+"""In-memory fakes of the agent's ports (kilo.ports), for unit tests of the agent's loop.
+
+Each fake records what it was asked, reports a change only when what it holds changes (as the
+real adapters do), and can be told to fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kilo.dataplane.uapi import PeerState
+from kilo.firewall import Ruleset
+from kilo.hostinfo import HostAddress
+from kilo.keys import Key
+from kilo.model import Prefix
+from kilo.routes import Route, Rule
+from kilo.wireguard import WgConf
+
+Obj = dict[str, Any]
+
+
+class Broken(RuntimeError):
+    """What a fake raises when told to fail."""
+
+
+class FakeClock:
+    """Time stands still until the agent waits or sleeps; waiting with no event queued moves
+    time to the end of the wait."""
+
+    def __init__(self, wall: float = 1_790_000_000.0) -> None:
+        self.wall = wall
+        self.mono = 1000.0
+        self.waits: list[float] = []
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
+        self.waits.append(timeout)
+        try:
+            events.get_nowait()
+            return True
+        except queue.Empty:
+            self.advance(max(0.0, timeout))
+            return False
+
+
+class FakeBackend:
+    def __init__(self, nodes: Iterable[Obj] = (), peers: Iterable[Obj] = ()) -> None:
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.node_objs: dict[str, Obj] = {o["metadata"]["name"]: copy.deepcopy(o) for o in nodes}
+        self.peer_objs: dict[str, Obj] = {o["metadata"]["name"]: copy.deepcopy(o) for o in peers}
+        self.outage_list: list[tuple[float, float | None]] = []
+        self.published: list[tuple[str, dict[str, str | None]]] = []
+        self.fail_publish = False
+        self.fail_list = False
+        self.started = self.stopped = False
+        self.cleaned: list[str] = []
+        self._rv = 1
+
+    def _bump(self, obj: Obj) -> None:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+
+    def put_node(self, obj: Obj) -> None:
+        obj = copy.deepcopy(obj)
+        self._bump(obj)
+        self.node_objs[obj["metadata"]["name"]] = obj
+        self.events.put(("Node", obj["metadata"]["name"]))
+
+    def put_peer(self, obj: Obj) -> None:
+        obj = copy.deepcopy(obj)
+        self._bump(obj)
+        self.peer_objs[obj["metadata"]["name"]] = obj
+        self.events.put(("Peer", obj["metadata"]["name"]))
+
+    def delete_node(self, name: str) -> None:
+        del self.node_objs[name]
+        self.events.put(("Node", name))
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def nodes(self) -> list[Obj]:
+        if self.fail_list:
+            raise Broken("the API server is away")
+        return list(self.node_objs.values())
+
+    def peers(self) -> list[Obj]:
+        if self.fail_list:
+            raise Broken("the API server is away")
+        return list(self.peer_objs.values())
+
+    def outages(self) -> list[tuple[float, float | None]]:
+        return list(self.outage_list)
+
+    def set_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> Obj:
+        if self.fail_publish:
+            raise Broken("the API server is away")
+        self.published.append((name, dict(annotations)))
+        obj = self.node_objs[name]
+        ann = obj["metadata"].setdefault("annotations", {})
+        for k, v in annotations.items():
+            if v is None:
+                ann.pop(k, None)
+            else:
+                ann[k] = v
+        self._bump(obj)
+        return obj
+
+    def clean_up(self, name: str) -> Obj:
+        self.cleaned.append(name)
+        return self.node_objs.get(name, {})
+
+
+@dataclass
+class FakeDevice:
+    conf: WgConf | None = None
+    link: tuple[list[str], int | None] | None = None
+    states: list[PeerState] = field(default_factory=list)
+    applied: int = 0
+    fail: bool = False
+    ensured: bool = False
+    on_restart: Callable[[], None] | None = None
+    closed: bool | None = None  # the ``remove`` it was closed with
+
+    def ensure(self) -> list[str]:
+        self.ensured = True
+        return ["create device"]
+
+    def supervise(self, on_restart: Callable[[], None]) -> None:
+        self.on_restart = on_restart
+
+    def apply(self, desired: WgConf) -> list[str]:
+        if self.fail:
+            raise Broken("the device refused the configuration")
+        self.applied += 1
+        if desired.render() == (self.conf.render() if self.conf else None):
+            return []
+        self.conf = desired
+        return ["configure device"]
+
+    def configure_link(self, addresses: Sequence[Prefix], mtu: int | None) -> list[str]:
+        want = (sorted(str(a) for a in addresses), mtu)
+        if want == self.link:
+            return []
+        self.link = want
+        return [f"link {want}"]
+
+    def peers(self) -> list[PeerState]:
+        return list(self.states)
+
+    def close(self, remove: bool = True) -> None:
+        self.closed = remove
+
+
+@dataclass
+class FakeRoutes:
+    routes: list[Route] | None = None
+    rules: list[Rule] | None = None
+    fail: bool = False
+    removed: bool = False
+
+    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]:
+        if self.fail:
+            raise Broken("a route was refused")
+        want, want_rules = list(routes), list(rules)
+        if (want, want_rules) == (self.routes, self.rules):
+            return []
+        self.routes, self.rules = want, want_rules
+        return [f"{len(want)} routes, {len(want_rules)} rules"]
+
+    def remove_all(self) -> list[str]:
+        self.removed = True
+        return ["remove routes"]
+
+
+@dataclass
+class FakeFirewall:
+    ruleset: dict[str, Any] | None = None
+    fail: bool = False
+    removed: bool = False
+
+    def apply(self, ruleset: Ruleset) -> list[str]:
+        if self.fail:
+            raise Broken("nft refused the transaction")
+        want = ruleset.nft_json()
+        if want == self.ruleset:
+            return []
+        self.ruleset = want
+        return ["replace table"]
+
+    def remove(self) -> list[str]:
+        self.removed = True
+        return ["remove table"]
+
+
+@dataclass
+class FakeHost:
+    address_list: list[HostAddress] = field(default_factory=list)
+    mtu: int | None = 1500
+    ipip: list[Prefix | None] = field(default_factory=list)
+
+    def addresses(self) -> list[HostAddress]:
+        return list(self.address_list)
+
+    def underlay_mtu(self) -> int | None:
+        return self.mtu
+
+    def ensure_ipip(self, pod_cidr: Prefix | None) -> list[str]:
+        self.ipip.append(pod_cidr)
+        return []
+
+
+@dataclass
+class FakeFiles:
+    key: Key = field(default_factory=Key.generate)
+    cni: Obj | None = None
+    cni_writes: int = 0
+
+    def load_or_create_key(self) -> Key:
+        return self.key
+
+    def read_cni(self) -> Obj | None:
+        return copy.deepcopy(self.cni)
+
+    def write_cni(self, conf: Obj) -> list[str]:
+        self.cni = copy.deepcopy(conf)
+        self.cni_writes += 1
+        return ["write CNI"]

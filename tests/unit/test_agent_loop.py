@@ -1,0 +1,224 @@
+"""The agent's loop through in-memory fakes of its ports: events and debounce, resync, the API
+outage credit, publish retries, a failed apply, clean-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from kilo.agent import Agent, AgentConfig, Ports
+from kilo.hostinfo import HostAddress
+from kilo.plan import ClusterView, LocalFacts, Settings, Status, plan
+from kilo.routes import Encapsulation, Strategy
+from kilo.translate import KEY, LAST_SEEN, WIREGUARD_IP, node_from_object
+
+from .fakes import (
+    FakeBackend,
+    FakeClock,
+    FakeDevice,
+    FakeFiles,
+    FakeFirewall,
+    FakeHost,
+    FakeRoutes,
+)
+from .helpers import NOW, key_for, node_obj, peer_obj
+
+Obj = dict[str, Any]
+
+
+def cluster(b1_last_seen: int = NOW) -> list[Obj]:
+    return [
+        node_obj("a1", "a", internal_ip="10.1.0.1/24", pod_cidr="10.2.1.0/24", key=None,
+                 leader="true"),
+        node_obj("a2", "a", internal_ip="10.1.0.2/24", pod_cidr="10.2.2.0/24"),
+        node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24",
+                 last_seen=b1_last_seen),
+    ]  # fmt: skip
+
+
+class Rig:
+    def __init__(self, nodes: list[Obj] | None = None, **cfg: Any) -> None:
+        self.clock = FakeClock(wall=float(NOW))
+        self.backend = FakeBackend(cluster() if nodes is None else nodes)
+        self.device = FakeDevice()
+        self.routes = FakeRoutes()
+        self.firewall = FakeFirewall()
+        self.host = FakeHost([HostAddress("eth0", ipaddress.ip_interface("10.1.0.1/24"))])
+        self.files = FakeFiles()
+        settings = Settings(hostname="a1", encapsulation=Encapsulation(Strategy.NEVER))
+        self.agent = Agent(
+            AgentConfig(settings=settings, **cfg),
+            Ports(self.backend, self.device, self.routes, self.firewall, self.host, self.files,
+                  self.clock),
+        )  # fmt: skip
+        self.agent.start()
+
+    def peer_keys(self) -> set[str]:
+        assert self.device.conf is not None
+        return {str(p.public_key) for p in self.device.conf.peers}
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.agent.metrics.registry.get_sample_value(name, labels)
+
+
+def test_first_step_applies_the_plan_and_publishes() -> None:
+    r = Rig()
+    assert r.device.ensured and r.backend.started and r.device.on_restart is not None
+    r.agent.step()
+    assert r.agent.last_reconcile_ok
+    assert r.peer_keys() == {key_for("b1")}  # a2 shares the location: no tunnel
+    assert r.device.link == (["10.4.0.1/16"], 1420)  # underlay 1500 minus WireGuard's 80
+    assert r.routes.routes and r.firewall.ruleset is not None
+    assert r.files.cni is not None and "10.2.1.0/24" in str(r.files.cni)
+    name, ann = r.backend.published[-1]
+    assert name == "a1" and ann[KEY] == str(r.files.key.public())
+    assert ann[WIREGUARD_IP] == "10.4.0.1/16"
+    assert r.sample("kilo_leader") == 1 and r.sample("kilo_nodes") == 3
+
+
+def test_plan_is_a_function_of_its_inputs() -> None:
+    view = ClusterView(
+        {n.name: n for n in (node_from_object(o)[0] for o in cluster())},
+        {},
+    )
+    facts = LocalFacts(private_key=FakeFiles().key, now=float(NOW), underlay_mtu=1500)
+    settings = Settings(hostname="a1", encapsulation=Encapsulation(Strategy.NEVER))
+    one, two = plan(view, facts, settings), plan(view, facts, settings)
+    assert one.status is Status.OK and one == two
+    assert one.dataplane is not None and one.dataplane.mtu == 1420
+
+
+def test_a_burst_of_events_is_one_reconcile() -> None:
+    r = Rig()
+    r.agent.step()
+    applied = r.device.applied
+    for i in range(5):
+        r.backend.put_peer(peer_obj(f"p{i}", [f"10.5.0.{i + 1}/32"]))
+    r.agent.step()
+    assert r.device.applied == applied + 1
+    assert {key_for(f"p{i}") for i in range(5)} <= r.peer_keys()
+    assert r.backend.events.empty()
+
+
+def test_resync_reconciles_without_events_and_changes_nothing() -> None:
+    r = Rig(resync_period=10.0)
+    r.agent.step()
+    applied, t0 = r.device.applied, r.clock.monotonic()
+    r.agent.step()  # nothing happens but the timer
+    assert r.device.applied == applied + 1
+    assert r.clock.monotonic() - t0 == pytest.approx(10.0)
+    assert r.agent.last_changes == []
+
+
+def test_a_device_restart_asks_for_a_reconcile_at_once() -> None:
+    r = Rig(resync_period=30.0)
+    r.agent.step()
+    applied, t0 = r.device.applied, r.clock.monotonic()
+    assert r.device.on_restart is not None
+    r.device.on_restart()
+    r.backend.events.put(None)  # the supervisor's thread wakes the loop through the queue
+    r.agent.step()
+    assert r.device.applied == applied + 1 and r.clock.monotonic() - t0 < 1
+
+
+def test_a_new_node_reaches_the_device() -> None:
+    r = Rig()
+    r.agent.step()
+    r.backend.put_node(node_obj("c1", "c", internal_ip="10.6.0.1/24", pod_cidr="10.2.6.0/24"))
+    r.agent.step()
+    assert r.peer_keys() == {key_for("b1"), key_for("c1")}
+    r.backend.delete_node("c1")
+    r.agent.step()
+    assert r.peer_keys() == {key_for("b1")}
+
+
+def test_api_outage_time_is_not_held_against_a_nodes_check_in() -> None:
+    stale = NOW - 100  # past Kilo's 60 s window
+    r = Rig(nodes=cluster(b1_last_seen=stale))
+    r.agent.step()
+    assert r.peer_keys() == set()  # b1 looks gone
+    r.backend.outage_list = [(float(stale + 5), None)]  # but the API server was away since
+    r.agent.reconcile()
+    assert r.peer_keys() == {key_for("b1")}
+
+
+def test_check_ins_refresh_last_seen_and_retry_sooner_after_a_failure() -> None:
+    r = Rig(resync_period=1000.0)
+    r.agent.step()
+    published = len(r.backend.published)
+    r.agent.step()  # the next due timer is the check-in, 30 s on
+    assert len(r.backend.published) == published + 1
+    assert r.backend.published[-1][1][LAST_SEEN] == str(int(r.clock.time()))
+    r.backend.fail_publish = True
+    r.agent.step()
+    assert not r.agent.publisher.ok
+    failed_at = r.clock.monotonic()
+    r.backend.fail_publish = False
+    r.agent.step()
+    assert r.agent.publisher.ok
+    assert r.clock.monotonic() - failed_at == pytest.approx(5.0)  # not a whole period
+    assert r.sample("kilo_errors_total", event="local") == 1
+
+
+def test_an_unchanged_plan_publishes_nothing_new() -> None:
+    r = Rig()
+    r.agent.reconcile()
+    published = len(r.backend.published)
+    r.agent.reconcile()
+    assert len(r.backend.published) == published
+
+
+def test_a_failed_part_does_not_stop_the_others() -> None:
+    r = Rig()
+    r.firewall.fail = True
+    changes = r.agent.reconcile()
+    assert not r.agent.last_reconcile_ok
+    assert r.device.conf is not None and r.routes.routes  # applied all the same
+    assert "configure device" in changes
+    assert r.sample("kilo_errors_total", event="apply") == 1
+    r.firewall.fail = False
+    assert r.agent.reconcile() == ["replace table"]
+    assert r.agent.last_reconcile_ok
+
+
+def test_a_failed_read_leaves_everything_as_it_is() -> None:
+    r = Rig()
+    r.agent.reconcile()
+    conf = r.device.conf
+    r.backend.fail_list = True
+    assert r.agent.reconcile() == []
+    assert not r.agent.last_reconcile_ok and r.device.conf is conf
+
+
+def test_a_node_not_in_the_cluster_does_nothing() -> None:
+    r = Rig(nodes=[node_obj("b1", "b", pod_cidr="10.2.3.0/24")])
+    assert r.agent.reconcile() == []
+    assert r.device.conf is None and r.backend.published == [] and r.files.cni is None
+
+
+def test_a_node_without_a_pod_cidr_only_publishes() -> None:
+    r = Rig(nodes=[node_obj("a1", "a", internal_ip="10.1.0.1/24", key=None)])
+    r.agent.reconcile()
+    assert r.agent.plan is not None and r.agent.plan.status is Status.NOT_READY
+    assert r.backend.published and r.backend.published[-1][1][KEY]
+    assert r.device.conf is None and r.files.cni is None
+
+
+@pytest.mark.parametrize("clean_up", [False, True])
+def test_shutdown_cleans_up_only_when_asked(clean_up: bool) -> None:
+    r = Rig(clean_up=clean_up, clean_up_interface=clean_up)
+    r.agent.step()
+    r.agent.shutdown()
+    assert r.backend.stopped
+    assert r.firewall.removed is clean_up and r.routes.removed is clean_up
+    assert r.backend.cleaned == (["a1"] if clean_up else [])
+    assert r.device.closed is clean_up
+
+
+def test_stop_ends_the_loop() -> None:
+    r = Rig()
+    r.agent.stop()
+    r.agent.run()  # returns at once
+    assert r.device.conf is None
