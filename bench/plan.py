@@ -117,7 +117,8 @@ def main() -> None:
     )
     print("plan: from the agent's cache of translated objects; read+plan: from raw API objects")
     print(
-        f"{'nodes':>6} {'locations':>9} {'peers':>6} {'plan ms':>9} {'read+plan ms':>13} {'peak MiB':>9}"
+        f"{'nodes':>6} {'locations':>9} {'peers':>6} {'plan ms':>9} {'read+plan ms':>13} "
+        f"{'peak MiB':>9}"
     )
     for n, locs in [(100, 10), (100, 50), (1000, 10), (1000, 50), (5000, 10), (5000, 50)]:
         plan_ms, full_ms, peak = measure(n, locs, 1000)
