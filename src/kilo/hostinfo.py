@@ -1,11 +1,10 @@
 """The local host's addresses, and Kilo's choice of private and public IP among them.
 
-``choose_ips`` is pure; ``host_addresses`` reads the kernel through netlink.
+Pure: the addresses themselves are read by the ``Host`` adapter (``kilo.dataplane.host``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -51,23 +50,3 @@ def choose_ips(
         ):
             private = a
     return private, public or private
-
-
-def host_addresses() -> list[HostAddress]:
-    """Global addresses of the current network namespace."""
-    from pyroute2 import IPRoute
-
-    out: list[HostAddress] = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_ADDRESS")
-            if addr is None:
-                continue
-            out.append(
-                HostAddress(
-                    names.get(msg["index"], "?"),
-                    ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}"),
-                )
-            )
-    return out

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 from pyroute2 import IPRoute
 
 from kilo.dataplane import ipip
-from kilo.hostinfo import HostAddress, host_addresses
+from kilo.hostinfo import HostAddress
 from kilo.model import Prefix
 
 MAIN_TABLE = 254
@@ -22,6 +23,20 @@ def underlay_mtu(netns: str | None = None) -> int | None:
                 if links:
                     return int(links[0].get_attr("IFLA_MTU"))
     return None
+
+
+def host_addresses(netns: str | None = None) -> list[HostAddress]:
+    """The global and private addresses of the network namespace, with their interfaces."""
+    out: list[HostAddress] = []
+    with IPRoute(netns=netns) if netns else IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr is None:
+                continue
+            prefix = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
+            out.append(HostAddress(names.get(msg["index"], "?"), prefix))
+    return out
 
 
 class LocalHost:
