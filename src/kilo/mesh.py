@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from kilo import graph
+from kilo.keys import Key
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
 from kilo.topology import new_topology
 from kilo.translate import node_from_object, peer_from_object, peer_object
@@ -160,7 +161,7 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     if not opts.as_peer:
         return Output(stdout=t.peer_conf(name).render())
     p = WgPeer(
-        public_key=peer.public_key or bytes(32),
+        public_key=peer.public_key or Key.zero(),
         allowed_ips=list(peer.allowed_ips) + opts.allowed_ips,
         endpoint=peer.endpoint,
         persistent_keepalive=peer.persistent_keepalive,
