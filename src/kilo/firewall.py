@@ -63,7 +63,8 @@ class Ruleset:
             self.rules.append(FwRule(chain, verdict, match, comment))
 
     def nft_json(self) -> dict[str, Any]:
-        """One nft transaction: (re)create the table, then chains and rules (for ``nft -j -f -``)."""
+        """One nft transaction: (re)create the table, then chains and rules
+        (for ``nft -j -f -``)."""
         fam = "inet"
         cmds: list[dict[str, Any]] = [
             {"add": {"table": {"family": fam, "name": self.table}}},

@@ -307,15 +307,15 @@ def new_topology(
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
     for s in t.segments:
-        ip = alloc.next()
-        if ip is None:
+        wg_ip = alloc.next()
+        if wg_ip is None:
             raise TopologyError(
                 f"failed to allocate an IP address from {subnet}; ran out of IP addresses"
             )
-        s.wireguard_ip = ip
-        s.allowed_ips.append(host_prefix(ip))
+        s.wireguard_ip = wg_ip
+        s.allowed_ips.append(host_prefix(wg_ip))
         if t.leader and s.location == t.location:
-            t.wireguard_cidr = ipaddress.ip_interface(f"{ip}/{subnet.network.prefixlen}")
+            t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
         for n in groups[s.location]:
             for k, e in (n.discovered_endpoints or {}).items():
                 t.discovered_endpoints.setdefault(k, e)

@@ -303,7 +303,7 @@ class KubernetesBackend:
         for resp in list(self._streams.values()):
             try:
                 resp.shutdown()
-            except Exception:  # the stream may already be gone
+            except Exception:  # noqa: BLE001  (the stream may already be gone)
                 pass
         for thread in self._threads:
             thread.join(timeout=10)

@@ -95,7 +95,7 @@ class Netlink:
     # -- reading
 
     def _links(self, ipr: IPRoute) -> dict[int, str]:
-        return {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
     def _routes(
         self, ipr: IPRoute, names: dict[int, str]
