@@ -147,61 +147,24 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
         )
     if cni and forward_rules:
         rs.base_chains.append(BaseChain("forward", "filter", "forward", 0))
+
+        def forward(prefix: Prefix, what: str) -> None:
+            rs.add(
+                "forward", "accept", Match("saddr", prefix), f"Kilo: forward packets from {what}"
+            )
+            rs.add("forward", "accept", Match("daddr", prefix), f"Kilo: forward packets to {what}")
+
         own = t.local_segment()
         if t.leader and own is not None:
             for c in own.cidrs:
                 if c is not None:
-                    rs.add(
-                        "forward",
-                        "accept",
-                        Match("saddr", c),
-                        "Kilo: forward packets from the pod subnet",
-                    )
-                    rs.add(
-                        "forward",
-                        "accept",
-                        Match("daddr", c),
-                        "Kilo: forward packets to the pod subnet",
-                    )
+                    forward(c, "the pod subnet")
             for c in own.allowed_location_ips:
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("saddr", c),
-                    "Kilo: forward packets from allowed location IPs",
-                )
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("daddr", c),
-                    "Kilo: forward packets to allowed location IPs",
-                )
+                forward(c, "allowed location IPs")
             for ip in own.private_ips or []:
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("saddr", host_prefix(ip)),
-                    "Kilo: forward packets from private IPs",
-                )
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("daddr", host_prefix(ip)),
-                    "Kilo: forward packets to private IPs",
-                )
+                forward(host_prefix(ip), "private IPs")
         elif t.subnet is not None:
-            rs.add(
-                "forward",
-                "accept",
-                Match("saddr", t.subnet),
-                "Kilo: forward packets from the node's pod subnet",
-            )
-            rs.add(
-                "forward",
-                "accept",
-                Match("daddr", t.subnet),
-                "Kilo: forward packets to the node's pod subnet",
-            )
+            forward(t.subnet, "the node's pod subnet")
     for s in t.segments:
         if s.wireguard_ip is not None:
             rs.add(

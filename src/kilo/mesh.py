@@ -129,11 +129,19 @@ class Output:
     stderr: str = ""
 
 
-def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+def _ready_with(
+    state: ClusterState, opts: Options, now: int, kind: str, name: str
+) -> tuple[Granularity, _Ready]:
+    """The granularity and the ready nodes and peers, which must include the ``kind`` ``name``."""
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
-    if name not in r.nodes:
-        raise UserError(f"did not find any node named {_goq(name)} in the cluster")
+    if name not in (r.nodes if kind == "node" else r.peers):
+        raise UserError(f"did not find any {kind} named {_goq(name)} in the cluster")
+    return g, r
+
+
+def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+    g, r = _ready_with(state, opts, now, "node", name)
     t = new_topology(
         r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive
     )
@@ -150,10 +158,7 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
 
 
 def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
-    g = determine_granularity(opts.granularity, state.nodes)
-    r = _ready(state, now)
-    if name not in r.peers:
-        raise UserError(f"did not find any peer named {_goq(name)} in the cluster")
+    g, r = _ready_with(state, opts, now, "peer", name)
     peer = r.peers[name]
     t = new_topology(
         r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive

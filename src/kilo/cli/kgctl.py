@@ -29,7 +29,7 @@ from kilo.mesh import (
 )
 from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
 
-GRANULARITIES = ["location", "full", "cross", "auto"]
+GRANULARITIES = [g.value for g in Granularity]
 OUTPUTS = ["json", "wireguard", "yaml"]
 
 
