@@ -165,41 +165,31 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
                 forward(host_prefix(ip), "private IPs")
         elif t.subnet is not None:
             forward(t.subnet, "the node's pod subnet")
-    for s in t.segments:
-        if s.wireguard_ip is not None:
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", host_prefix(s.wireguard_ip)),
-                "Kilo: do not NAT packets destined for WireGuard IPs",
-            )
-        for a in s.allowed_ips:
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", a),
-                "Kilo: do not NAT packets destined for known IPs",
-            )
-        if s.location == t.location:
-            for a in s.allowed_location_ips:
-                rs.add(
-                    "postrouting", f"jump {NAT_CHAIN}", Match("daddr", a), "Kilo: jump to NAT chain"
-                )
-    for p in t.peers:
-        for a in p.allowed_ips:
-            rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", a), "Kilo: jump to NAT chain")
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", a),
-                "Kilo: do not NAT packets destined for peers",
-            )
-    for c in t.service_cidrs:
+
+    def no_nat(prefix: Prefix, what: str) -> None:
         rs.add(
             NAT_CHAIN,
             "return",
-            Match("daddr", c),
-            "Kilo: do not NAT packets destined for service CIDRs",
+            Match("daddr", prefix),
+            f"Kilo: do not NAT packets destined for {what}",
         )
+
+    def jump(field: str, prefix: Prefix) -> None:
+        rs.add("postrouting", f"jump {NAT_CHAIN}", Match(field, prefix), "Kilo: jump to NAT chain")
+
+    for s in t.segments:
+        if s.wireguard_ip is not None:
+            no_nat(host_prefix(s.wireguard_ip), "WireGuard IPs")
+        for a in s.allowed_ips:
+            no_nat(a, "known IPs")
+        if s.location == t.location:
+            for a in s.allowed_location_ips:
+                jump("daddr", a)
+    for p in t.peers:
+        for a in p.allowed_ips:
+            jump("saddr", a)
+            no_nat(a, "peers")
+    for c in t.service_cidrs:
+        no_nat(c, "service CIDRs")
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs
