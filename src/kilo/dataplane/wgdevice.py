@@ -1,20 +1,21 @@
 """The WireGuard device of a node: create it, keep it alive, and make its config match a WgConf.
 
-Two implementations sit behind one interface (``Device``):
+Two implementations sit behind one interface (``Device``), each in a module of its own:
 
-- ``UserspaceDevice`` starts ``wireguard-go`` in the current (or a named) network namespace and
-  supervises it: if the process dies it is started again and the last link settings and config
-  are put back, then ``on_restart`` is called so the caller can restore its routes. wireguard-go
-  always puts its UAPI socket in ``/var/run/wireguard``, a directory every network namespace of
-  the machine shares, so two nodes' ``kilo0`` would clash there. Each process is therefore started
-  in a private mount namespace (``unshare --mount``) with a directory of our own bind-mounted over
-  ``/var/run/wireguard``; by default ``/run/kilo/wireguard/net-<inode of the netns>``, so one
-  network namespace always maps to the same directory and a restarted agent finds (and adopts)
-  the running process instead of starting a new one. ``wg_argv`` builds a ``wg`` command line
-  that sees that directory.
-- ``KernelDevice`` creates a ``type wireguard`` link and configures it over generic netlink. It is
-  a thin adapter that cannot be exercised on machines without the kernel module (such as the
-  ones this project is tested on); it shares the diffing logic (``plan``) with the userspace path.
+- ``UserspaceDevice`` (``wg_userspace``) starts ``wireguard-go`` in the current (or a named)
+  network namespace and supervises it: if the process dies it is started again and the last link
+  settings and config are put back, then ``on_restart`` is called so the caller can restore its
+  routes. wireguard-go always puts its UAPI socket in ``/var/run/wireguard``, a directory every
+  network namespace of the machine shares, so two nodes' ``kilo0`` would clash there. Each
+  process is therefore started in a private mount namespace (``unshare --mount``) with a
+  directory of our own bind-mounted over ``/var/run/wireguard``; by default
+  ``/run/kilo/wireguard/net-<inode of the netns>``, so one network namespace always maps to the
+  same directory and a restarted agent finds (and adopts) the running process instead of
+  starting a new one. ``wg_argv`` builds a ``wg`` command line that sees that directory.
+- ``KernelDevice`` (``wg_kernel``) creates a ``type wireguard`` link and configures it over
+  generic netlink. It is a thin adapter that cannot be exercised on machines without the kernel
+  module (such as the ones this project is tested on); it shares the diffing logic (``plan``)
+  with the userspace path.
 
 ``open_device`` picks one (``Mode.AUTO``: the kernel's if a ``wireguard`` link can be made).
 ``Device.apply(conf)`` diffs the device's current state against the desired ``WgConf`` and sends
