@@ -63,7 +63,8 @@ class Ruleset:
             self.rules.append(FwRule(chain, verdict, match, comment))
 
     def nft_json(self) -> dict[str, Any]:
-        """One nft transaction: (re)create the table, then chains and rules (for ``nft -j -f -``)."""
+        """One nft transaction: (re)create the table, then chains and rules
+        (for ``nft -j -f -``)."""
         fam = "inet"
         cmds: list[dict[str, Any]] = [
             {"add": {"table": {"family": fam, "name": self.table}}},
@@ -146,96 +147,49 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
         )
     if cni and forward_rules:
         rs.base_chains.append(BaseChain("forward", "filter", "forward", 0))
+
+        def forward(prefix: Prefix, what: str) -> None:
+            rs.add(
+                "forward", "accept", Match("saddr", prefix), f"Kilo: forward packets from {what}"
+            )
+            rs.add("forward", "accept", Match("daddr", prefix), f"Kilo: forward packets to {what}")
+
         own = t.local_segment()
         if t.leader and own is not None:
             for c in own.cidrs:
                 if c is not None:
-                    rs.add(
-                        "forward",
-                        "accept",
-                        Match("saddr", c),
-                        "Kilo: forward packets from the pod subnet",
-                    )
-                    rs.add(
-                        "forward",
-                        "accept",
-                        Match("daddr", c),
-                        "Kilo: forward packets to the pod subnet",
-                    )
+                    forward(c, "the pod subnet")
             for c in own.allowed_location_ips:
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("saddr", c),
-                    "Kilo: forward packets from allowed location IPs",
-                )
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("daddr", c),
-                    "Kilo: forward packets to allowed location IPs",
-                )
+                forward(c, "allowed location IPs")
             for ip in own.private_ips or []:
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("saddr", host_prefix(ip)),
-                    "Kilo: forward packets from private IPs",
-                )
-                rs.add(
-                    "forward",
-                    "accept",
-                    Match("daddr", host_prefix(ip)),
-                    "Kilo: forward packets to private IPs",
-                )
+                forward(host_prefix(ip), "private IPs")
         elif t.subnet is not None:
-            rs.add(
-                "forward",
-                "accept",
-                Match("saddr", t.subnet),
-                "Kilo: forward packets from the node's pod subnet",
-            )
-            rs.add(
-                "forward",
-                "accept",
-                Match("daddr", t.subnet),
-                "Kilo: forward packets to the node's pod subnet",
-            )
-    for s in t.segments:
-        if s.wireguard_ip is not None:
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", host_prefix(s.wireguard_ip)),
-                "Kilo: do not NAT packets destined for WireGuard IPs",
-            )
-        for a in s.allowed_ips:
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", a),
-                "Kilo: do not NAT packets destined for known IPs",
-            )
-        if s.location == t.location:
-            for a in s.allowed_location_ips:
-                rs.add(
-                    "postrouting", f"jump {NAT_CHAIN}", Match("daddr", a), "Kilo: jump to NAT chain"
-                )
-    for p in t.peers:
-        for a in p.allowed_ips:
-            rs.add("postrouting", f"jump {NAT_CHAIN}", Match("saddr", a), "Kilo: jump to NAT chain")
-            rs.add(
-                NAT_CHAIN,
-                "return",
-                Match("daddr", a),
-                "Kilo: do not NAT packets destined for peers",
-            )
-    for c in t.service_cidrs:
+            forward(t.subnet, "the node's pod subnet")
+
+    def no_nat(prefix: Prefix, what: str) -> None:
         rs.add(
             NAT_CHAIN,
             "return",
-            Match("daddr", c),
-            "Kilo: do not NAT packets destined for service CIDRs",
+            Match("daddr", prefix),
+            f"Kilo: do not NAT packets destined for {what}",
         )
+
+    def jump(field: str, prefix: Prefix) -> None:
+        rs.add("postrouting", f"jump {NAT_CHAIN}", Match(field, prefix), "Kilo: jump to NAT chain")
+
+    for s in t.segments:
+        if s.wireguard_ip is not None:
+            no_nat(host_prefix(s.wireguard_ip), "WireGuard IPs")
+        for a in s.allowed_ips:
+            no_nat(a, "known IPs")
+        if s.location == t.location:
+            for a in s.allowed_location_ips:
+                jump("daddr", a)
+    for p in t.peers:
+        for a in p.allowed_ips:
+            jump("saddr", a)
+            no_nat(a, "peers")
+    for c in t.service_cidrs:
+        no_nat(c, "service CIDRs")
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs

@@ -61,15 +61,16 @@ def dot(t: Topology) -> str:
             edges.append(f"{leaders[i]}->{leaders[j]}{_attrs(both)}")
     peer_nodes: dict[str, str] = {}
     for p in t.peers:
-        label = _q(f"{p.name}\\n{endpoint_str(p.endpoint)}\n")
-        peer_nodes[_q(p.name)] = f"{_q(p.name)} {_attrs({'label': label, 'shape': 'ellipse'})}"
+        peer_label = _q(f"{p.name}\\n{endpoint_str(p.endpoint)}\n")
+        peer_attrs = {"label": peer_label, "shape": "ellipse"}
+        peer_nodes[_q(p.name)] = f"{_q(p.name)} {_attrs(peer_attrs)}"
     subgraphs[_q("cluster_peers")] = [f"label={_q('peers')}", 'style="dashed,rounded"'] + [
         peer_nodes[k] for k in sorted(peer_nodes)
     ]
     dashed = {"dir": "both", "style": "dashed"}
     for leader in leaders:
-        for p in sorted(peer_nodes):
-            edges.append(f"{leader}->{p}{_attrs(dashed)}")
+        for peer in sorted(peer_nodes):
+            edges.append(f"{leader}->{peer}{_attrs(dashed)}")
     stmts = top + edges
     for name in sorted(subgraphs):
         stmts.append(f"subgraph {name} {{\n{_stmts(subgraphs[name])}\n}}\n")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from kilo import graph
+from kilo.keys import Key
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
 from kilo.topology import new_topology
 from kilo.translate import node_from_object, peer_from_object, peer_object
@@ -128,11 +129,19 @@ class Output:
     stderr: str = ""
 
 
-def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+def _ready_with(
+    state: ClusterState, opts: Options, now: int, kind: str, name: str
+) -> tuple[Granularity, _Ready]:
+    """The granularity and the ready nodes and peers, which must include the ``kind`` ``name``."""
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
-    if name not in r.nodes:
-        raise UserError(f"did not find any node named {_goq(name)} in the cluster")
+    if name not in (r.nodes if kind == "node" else r.peers):
+        raise UserError(f"did not find any {kind} named {_goq(name)} in the cluster")
+    return g, r
+
+
+def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+    g, r = _ready_with(state, opts, now, "node", name)
     t = new_topology(
         r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive
     )
@@ -149,10 +158,7 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
 
 
 def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
-    g = determine_granularity(opts.granularity, state.nodes)
-    r = _ready(state, now)
-    if name not in r.peers:
-        raise UserError(f"did not find any peer named {_goq(name)} in the cluster")
+    g, r = _ready_with(state, opts, now, "peer", name)
     peer = r.peers[name]
     t = new_topology(
         r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive
@@ -160,7 +166,7 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     if not opts.as_peer:
         return Output(stdout=t.peer_conf(name).render())
     p = WgPeer(
-        public_key=peer.public_key or bytes(32),
+        public_key=peer.public_key or Key.zero(),
         allowed_ips=list(peer.allowed_ips) + opts.allowed_ips,
         endpoint=peer.endpoint,
         persistent_keepalive=peer.persistent_keepalive,

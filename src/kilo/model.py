@@ -13,8 +13,11 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from kilo.keys import Key, is_zero
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Prefix = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+UdpAddress = tuple[IPAddress, int]  # a resolved endpoint, as WireGuard devices take and report it
 
 CHECK_IN_PERIOD_SECONDS = 30
 DEFAULT_INTERFACE = "kilo0"
@@ -87,14 +90,13 @@ class Endpoint:
         """DNS first, as Kilo prints endpoints."""
         if self.dns:
             return f"{self.dns}:{self.port}"
-        return self.udp_string()
+        return "" if self.ip is None else format_udp((self.ip, self.port))
 
-    def udp_string(self) -> str:
-        if self.ip is None:
-            return ""
-        if self.ip.version == 6:
-            return f"[{self.ip}]:{self.port}"
-        return f"{self.ip}:{self.port}"
+
+def format_udp(addr: UdpAddress) -> str:
+    """``IP:port``, or ``[IPv6]:port``: the one way an endpoint's address is written."""
+    ip, port = addr
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -106,7 +108,8 @@ def is_dns1123_subdomain(s: str) -> bool:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """Kilo's ``ParseEndpoint`` (raises ValueError): ``IP:port``, ``[IPv6]:port`` or ``dns-name:port``."""
+    """Kilo's ``ParseEndpoint`` (raises ValueError): ``IP:port``, ``[IPv6]:port`` or
+    ``dns-name:port``."""
     host, sep, port_s = text.rpartition(":")
     if not sep or not port_s.isdigit():
         raise ValueError("not HOST:PORT")
@@ -136,7 +139,7 @@ class Node:
 
     name: str
     endpoint: Endpoint | None = None
-    key: bytes | None = None  # WireGuard public key (32 bytes)
+    key: Key | None = None  # WireGuard public key
     no_internal_ip: bool = False
     internal_ip: Prefix | None = None
     cni_compatibility_ip: Prefix | None = None
@@ -155,8 +158,7 @@ class Node:
         return (
             self.endpoint is not None
             and self.endpoint.ready()
-            and self.key is not None
-            and any(self.key)
+            and not is_zero(self.key)
             and self.subnet is not None
             and now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS
         )
@@ -167,14 +169,14 @@ class Peer:
     """A WireGuard peer outside the cluster (the ``Peer`` custom resource)."""
 
     name: str
-    public_key: bytes | None
+    public_key: Key | None
     allowed_ips: tuple[Prefix, ...] = ()
     endpoint: Endpoint | None = None
     persistent_keepalive: int = 0  # seconds
-    preshared_key: bytes | None = None
+    preshared_key: Key | None = None
 
     def ready(self) -> bool:
-        return bool(self.allowed_ips) and self.public_key is not None and any(self.public_key)
+        return bool(self.allowed_ips) and not is_zero(self.public_key)
 
 
 @dataclass(frozen=True)

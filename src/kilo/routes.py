@@ -86,7 +86,7 @@ class Rule:
             parts.append(f"to {self.dst.network}")
         if self.iif is not None:
             parts.append(f"iif {self.iif}")
-        return " ".join(parts + [f"lookup {self.table}"])
+        return " ".join([*parts, f"lookup {self.table}"])
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from kilo.keys import key_str
+from kilo.keys import Key
 from kilo.model import (
     Endpoint,
     Granularity,
@@ -50,7 +50,7 @@ class Segment:
     logical_location: str  # the nodes' location: same-location test for cross granularity
     allowed_ips: list[Prefix]
     endpoint: Endpoint | None
-    key: bytes | None
+    key: Key | None
     persistent_keepalive: int
     cidrs: list[Prefix | None]
     hostnames: list[str]
@@ -76,7 +76,7 @@ class Topology:
     peers: list[Peer] = field(default_factory=list)
     service_cidrs: list[Prefix] = field(default_factory=list)
     discovered_endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    key: bytes | None = None  # the local private key, if known
+    key: Key | None = None  # the local private key, if known
     logical_location: str = ""
 
     # -- queries -------------------------------------------------------------------------
@@ -95,40 +95,39 @@ class Topology:
         return True
 
     def update_endpoint(
-        self, endpoint: Endpoint | None, key: bytes | None, keepalive: int | None
+        self, endpoint: Endpoint | None, key: Key | None, keepalive: int | None
     ) -> Endpoint | None:
-        """A discovered endpoint replaces the given one only for peers behind NAT (keepalive > 0)."""
+        """A discovered endpoint replaces the given one only for peers behind NAT
+        (keepalive > 0)."""
         if not keepalive or key is None:
             return endpoint
-        return self.discovered_endpoints.get(key_str(key), endpoint)
+        return self.discovered_endpoints.get(str(key), endpoint)
 
     # -- WireGuard configurations -------------------------------------------------------
+    def _segment_peer(self, s: Segment, keepalive: int, psk: Key | None = None) -> WgPeer:
+        return WgPeer(
+            public_key=s.key or Key.zero(),
+            allowed_ips=s.allowed_ips + s.allowed_location_ips,
+            endpoint=self.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
+            persistent_keepalive=keepalive,
+            preshared_key=psk,
+        )
+
+    def _peer_peer(self, p: Peer, keepalive: int, psk: Key | None = None) -> WgPeer:
+        return WgPeer(
+            public_key=p.public_key or Key.zero(),
+            allowed_ips=list(p.allowed_ips),
+            endpoint=self.update_endpoint(p.endpoint, p.public_key, p.persistent_keepalive),
+            persistent_keepalive=keepalive,
+            preshared_key=psk,
+        )
+
     def conf(self) -> WgConf:
         """The local node's WireGuard device configuration."""
-        c = WgConf(
-            private_key=self.key if self.key is not None else bytes(32), listen_port=self.port
-        )
-        for s in self.segments:
-            if not self.is_tunnelled(s):
-                continue
-            c.peers.append(
-                WgPeer(
-                    public_key=s.key or bytes(32),
-                    allowed_ips=s.allowed_ips + s.allowed_location_ips,
-                    endpoint=self.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
-                    persistent_keepalive=self.persistent_keepalive,
-                )
-            )
-        for p in self.peers:
-            c.peers.append(
-                WgPeer(
-                    public_key=p.public_key or bytes(32),
-                    allowed_ips=list(p.allowed_ips),
-                    endpoint=self.update_endpoint(p.endpoint, p.public_key, p.persistent_keepalive),
-                    persistent_keepalive=self.persistent_keepalive,
-                    preshared_key=p.preshared_key,
-                )
-            )
+        pka = self.persistent_keepalive
+        c = WgConf(private_key=self.key or Key.zero(), listen_port=self.port)
+        c.peers += [self._segment_peer(s, pka) for s in self.segments if self.is_tunnelled(s)]
+        c.peers += [self._peer_peer(p, pka, p.preshared_key) for p in self.peers]
         return c
 
     def as_peer(self) -> WgPeer | None:
@@ -137,7 +136,7 @@ class Topology:
         if s is None:
             return None
         return WgPeer(
-            public_key=s.key or bytes(32), allowed_ips=list(s.allowed_ips), endpoint=s.endpoint
+            public_key=s.key or Key.zero(), allowed_ips=list(s.allowed_ips), endpoint=s.endpoint
         )
 
     def peer_conf(self, name: str) -> WgConf:
@@ -148,27 +147,8 @@ class Topology:
                 pka, psk = p.persistent_keepalive, p.preshared_key
                 break
         c = WgConf()
-        for s in self.segments:
-            c.peers.append(
-                WgPeer(
-                    public_key=s.key or bytes(32),
-                    allowed_ips=s.allowed_ips + s.allowed_location_ips,
-                    endpoint=self.update_endpoint(s.endpoint, s.key, s.persistent_keepalive),
-                    persistent_keepalive=pka,
-                    preshared_key=psk,
-                )
-            )
-        for p in self.peers:
-            if p.name == name:
-                continue
-            c.peers.append(
-                WgPeer(
-                    public_key=p.public_key or bytes(32),
-                    allowed_ips=list(p.allowed_ips),
-                    endpoint=self.update_endpoint(p.endpoint, p.public_key, p.persistent_keepalive),
-                    persistent_keepalive=pka,
-                )
-            )
+        c.peers += [self._segment_peer(s, pka, psk) for s in self.segments]
+        c.peers += [self._peer_peer(p, pka) for p in self.peers if p.name != name]
         return c
 
 
@@ -209,8 +189,6 @@ def find_leader(nodes: list[Node]) -> int:
 
 def deduplicate_peer_ips(peers: Iterable[Peer]) -> list[Peer]:
     """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped."""
-    from dataclasses import replace
-
     seen: set[Prefix] = set()
     out: list[Peer] = []
     for p in peers:
@@ -257,7 +235,7 @@ def new_topology(
     granularity: Granularity,
     hostname: str,
     port: int,
-    key: bytes | None,
+    key: Key | None,
     subnet: Prefix,
     service_cidrs: Iterable[Prefix] = (),
     persistent_keepalive: int = 0,
@@ -329,15 +307,15 @@ def new_topology(
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
     for s in t.segments:
-        ip = alloc.next()
-        if ip is None:
+        wg_ip = alloc.next()
+        if wg_ip is None:
             raise TopologyError(
                 f"failed to allocate an IP address from {subnet}; ran out of IP addresses"
             )
-        s.wireguard_ip = ip
-        s.allowed_ips.append(host_prefix(ip))
+        s.wireguard_ip = wg_ip
+        s.allowed_ips.append(host_prefix(wg_ip))
         if t.leader and s.location == t.location:
-            t.wireguard_cidr = ipaddress.ip_interface(f"{ip}/{subnet.network.prefixlen}")
+            t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
         for n in groups[s.location]:
             for k, e in (n.discovered_endpoints or {}).items():
                 t.discovered_endpoints.setdefault(k, e)
@@ -352,8 +330,6 @@ def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Pr
     the claim is refused with a warning and the mesh keeps working (a wider prefix that merely
     contains node addresses is kept: WireGuard and the kernel prefer the more specific entry).
     """
-    from dataclasses import replace
-
     alloc = _Allocator(subnet)
     taken: dict[tuple[int, int], dict[int, Prefix]] = {}  # (version, prefixlen) -> network -> owner
 

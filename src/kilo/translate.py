@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kilo.keys import KeyError_, is_zero, key_str, parse_key
+from kilo.keys import InvalidKey, Key, is_zero
 from kilo.model import (
     REGION_LABEL,
     Endpoint,
@@ -22,6 +22,7 @@ from kilo.model import (
     Peer,
     Prefix,
     Problem,
+    endpoint_str,
     is_dns1123_subdomain,
     network_prefix,
     parse_endpoint,
@@ -160,8 +161,8 @@ def node_from_object(
     key = None
     if ann.get(KEY):
         try:
-            key = parse_key(ann[KEY])
-        except KeyError_ as e:
+            key = Key.parse(ann[KEY])
+        except InvalidKey as e:
             r.problem(f"metadata.annotations[{KEY}]", ann[KEY], f"not a WireGuard key: {e}")
 
     node = Node(
@@ -237,8 +238,8 @@ def peer_validation_error(spec: Mapping[str, Any]) -> str | None:
     if not isinstance(pka, int) or pka < 0:
         return f"spec.persistentKeepalive: {pka!r} must be an integer >= 0"
     try:
-        parse_key(str(spec.get("publicKey", "")))
-    except KeyError_ as e:
+        Key.parse(str(spec.get("publicKey", "")))
+    except InvalidKey as e:
         return f"spec.publicKey: not a WireGuard key: {e}"
     return None
 
@@ -266,13 +267,13 @@ def peer_from_object(obj: Mapping[str, Any]) -> tuple[Peer | None, list[Problem]
     psk = None
     if spec.get("presharedKey"):
         try:
-            psk = parse_key(str(spec["presharedKey"]))
-        except KeyError_ as e:
+            psk = Key.parse(str(spec["presharedKey"]))
+        except InvalidKey as e:
             r.problem("spec.presharedKey", "<redacted>", f"not a WireGuard key: {e}; ignored")
     return (
         Peer(
             name=name,
-            public_key=parse_key(str(spec["publicKey"])),
+            public_key=Key.parse(str(spec["publicKey"])),
             allowed_ips=allowed,
             endpoint=endpoint,
             persistent_keepalive=max(int(spec.get("persistentKeepalive") or 0), 0),
@@ -292,9 +293,9 @@ def _spec_value(spec: Mapping[str, Any], field: str) -> Any:
 def node_annotations(node: Node) -> dict[str, str]:
     """The annotations the agent publishes for its own node (Kilo's ``Set``)."""
     return {
-        ENDPOINT: "" if node.endpoint is None else str(node.endpoint),
+        ENDPOINT: endpoint_str(node.endpoint),
         INTERNAL_IP: "" if node.internal_ip is None else str(node.internal_ip),
-        KEY: "" if is_zero(node.key) else key_str(node.key or b""),
+        KEY: _key_text(node.key),
         LAST_SEEN: str(node.last_seen),
         WIREGUARD_IP: "" if node.wireguard_ip is None else str(node.wireguard_ip),
         DISCOVERED_ENDPOINTS: ""
@@ -307,13 +308,18 @@ def node_annotations(node: Node) -> dict[str, str]:
     }
 
 
+def _key_text(key: Key | None) -> str:
+    """A key as the API holds it: base64, or "" for no key (or the zero key)."""
+    return "" if is_zero(key) else str(key)
+
+
 def peer_object(
     name: str,
-    public_key: bytes | None,
+    public_key: Key | None,
     allowed_ips: list[Prefix],
     endpoint: Endpoint | None,
     persistent_keepalive: int = 0,
-    preshared_key: bytes | None = None,
+    preshared_key: Key | None = None,
 ) -> dict[str, Any]:
     """A ``Peer`` object as kgctl's ``--as-peer -o yaml|json`` prints it (keys in Kilo's order)."""
     spec: dict[str, Any] = {"allowedIPs": [str(a) for a in allowed_ips]}
@@ -327,8 +333,8 @@ def peer_object(
     if persistent_keepalive > 0:
         spec["persistentKeepalive"] = persistent_keepalive
     if not is_zero(preshared_key):
-        spec["presharedKey"] = key_str(preshared_key or b"")
-    spec["publicKey"] = "" if is_zero(public_key) else key_str(public_key or b"")
+        spec["presharedKey"] = _key_text(preshared_key)
+    spec["publicKey"] = _key_text(public_key)
     return {
         "apiVersion": PEER_API_VERSION,
         "kind": PEER_KIND,

@@ -11,17 +11,17 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from kilo.keys import is_zero, key_str, parse_key
-from kilo.model import Endpoint, Prefix, parse_endpoint
+from kilo.keys import Key, is_zero
+from kilo.model import Endpoint, Prefix, endpoint_str, parse_endpoint
 
 
 @dataclass
 class WgPeer:
-    public_key: bytes
+    public_key: Key
     allowed_ips: list[Prefix] = field(default_factory=list)
     endpoint: Endpoint | None = None
     persistent_keepalive: int = 0
-    preshared_key: bytes | None = None
+    preshared_key: Key | None = None
 
     def deduplicate_ips(self) -> None:
         seen: set[str] = set()
@@ -37,7 +37,7 @@ class WgPeer:
 class WgConf:
     """A device configuration; ``private_key is None`` means no ``[Interface]`` section."""
 
-    private_key: bytes | None = None
+    private_key: Key | None = None
     listen_port: int | None = None
     peers: list[WgPeer] = field(default_factory=list)
 
@@ -46,7 +46,7 @@ class WgConf:
         if self.private_key is not None:
             out.append("[Interface]\n")
             if not is_zero(self.private_key):
-                out.append(f"PrivateKey = {key_str(self.private_key)}\n")
+                out.append(f"PrivateKey = {self.private_key}\n")
             out.append(f"ListenPort = {self.listen_port or 0}\n")
         for i, p in enumerate(self.peers):
             if i > 0 or self.private_key is not None:
@@ -54,15 +54,14 @@ class WgConf:
             out.append("[Peer]\n")
             if p.allowed_ips:
                 out.append("AllowedIPs = " + ", ".join(str(a) for a in p.allowed_ips) + "\n")
-            ep = "" if p.endpoint is None else str(p.endpoint)
+            ep = endpoint_str(p.endpoint)
             if ep:
                 out.append(f"Endpoint = {ep}\n")
             out.append(f"PersistentKeepalive = {p.persistent_keepalive}\n")
             if not is_zero(p.preshared_key):
-                assert p.preshared_key is not None
-                out.append(f"PresharedKey = {key_str(p.preshared_key)}\n")
+                out.append(f"PresharedKey = {p.preshared_key}\n")
             if not is_zero(p.public_key):
-                out.append(f"PublicKey = {key_str(p.public_key)}\n")
+                out.append(f"PublicKey = {p.public_key}\n")
         return "".join(out)
 
 
@@ -81,9 +80,9 @@ def parse(text: str) -> WgConf:
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1].strip().lower()
             if section == "interface":
-                conf.private_key = conf.private_key or bytes(32)
+                conf.private_key = conf.private_key or Key.zero()
             elif section == "peer":
-                current = WgPeer(public_key=bytes(32))
+                current = WgPeer(public_key=Key.zero())
                 conf.peers.append(current)
             else:
                 raise ConfigError(f"line {n}: unknown section {line!r}")
@@ -95,7 +94,7 @@ def parse(text: str) -> WgConf:
         try:
             if section == "interface":
                 if key == "privatekey":
-                    conf.private_key = parse_key(value)
+                    conf.private_key = Key.parse(value)
                 elif key == "listenport":
                     conf.listen_port = int(value)
                 elif key in ("fwmark", "address", "dns", "mtu", "table"):
@@ -104,9 +103,9 @@ def parse(text: str) -> WgConf:
                     raise ConfigError(f"line {n}: unknown interface key {key!r}")
             elif section == "peer" and current is not None:
                 if key == "publickey":
-                    current.public_key = parse_key(value)
+                    current.public_key = Key.parse(value)
                 elif key == "presharedkey":
-                    current.preshared_key = parse_key(value)
+                    current.preshared_key = Key.parse(value)
                 elif key == "allowedips":
                     current.allowed_ips.extend(
                         ipaddress.ip_interface(a.strip()) for a in value.split(",") if a.strip()

@@ -10,7 +10,6 @@ from kilo.cli.kg import _duration, parser
 from kilo.cni import default_conflist, pod_cidr_of, with_pod_cidr
 from kilo.dataplane.files import load_or_create_key
 from kilo.hostinfo import HostAddress, choose_ips
-from kilo.keys import key_str
 from kilo.metrics import AgentMetrics
 from kilo.server import parse_listen
 
@@ -53,7 +52,7 @@ def test_key_file_made_0600_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "kilo" / "key"
     k1 = load_or_create_key(str(path))
     assert os.stat(path).st_mode & 0o777 == 0o600
-    assert path.read_text().strip() == key_str(k1)
+    assert path.read_text().strip() == str(k1)
     assert load_or_create_key(str(path)) == k1
     path.write_text("garbage")
     assert load_or_create_key(str(path)) != k1

@@ -33,7 +33,7 @@ def kgctl(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 
 
 def test_showconf_node(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "a")
+    rc, out, _ = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "a")
     assert rc == 0 and out.startswith("[Interface]\nListenPort = 51820\n\n[Peer]\n")
 
 
@@ -43,14 +43,14 @@ def test_not_a_leader_message_exit_zero(dump: Path, capsys: pytest.CaptureFixtur
 
 
 def test_unknown_node_and_peer(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "zz")
+    rc, _, err = kgctl(capsys, "--from-file", str(dump), "showconf", "node", "zz")
     assert rc == 1 and 'did not find any node named "zz" in the cluster' in err
-    rc, out, err = kgctl(capsys, "--from-file", str(dump), "showconf", "peer", "zz")
+    rc, _, err = kgctl(capsys, "--from-file", str(dump), "showconf", "peer", "zz")
     assert rc == 1 and 'did not find any peer named "zz" in the cluster' in err
 
 
 def test_seed_multicluster_loop_flags(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = kgctl(
+    rc, out, _ = kgctl(
         capsys,
         "--from-file",
         str(dump),
@@ -111,5 +111,5 @@ def test_auto_granularity_needs_annotation(
     p.write_text(yaml.safe_dump_all([node_obj("a", "1", pod_cidr="10.2.0.0/24")]))
     rc, _, err = kgctl(capsys, "--from-file", str(p), "graph")
     assert rc == 1 and "failed to determine granularity" in err
-    rc, out, _ = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", "graph")
+    rc, _, _ = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", "graph")
     assert rc == 0

@@ -88,5 +88,5 @@ def test_matches_kilo(
     assert out == expected_out
     if expected_err:
         assert [
-            l for l in err.splitlines() if not l.startswith("warning: ")
+            line for line in err.splitlines() if not line.startswith("warning: ")
         ] == expected_err.splitlines()

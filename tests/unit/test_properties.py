@@ -7,12 +7,13 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kilo.keys import Key
 from kilo.model import DEFAULT_SUBNET, Endpoint, Granularity, Node, Peer
 from kilo.routes import Encapsulation, Interfaces, Strategy, routes
 from kilo.topology import new_topology
 from kilo.wireguard import WgConf, WgPeer, parse
 
-keys = st.binary(min_size=32, max_size=32).filter(any)
+keys = st.binary(min_size=32, max_size=32).filter(any).map(Key)
 prefixes = st.one_of(
     st.builds(
         lambda a, n: ipaddress.ip_interface((a, n)),
@@ -49,7 +50,7 @@ wg_peers = st.builds(
 )
 confs = st.builds(
     WgConf,
-    st.one_of(st.none(), keys, st.just(bytes(32))),
+    st.one_of(st.none(), keys, st.just(Key.zero())),
     st.integers(1, 65535),
     st.lists(wg_peers, max_size=5),
 )
@@ -86,7 +87,7 @@ def clusters(draw: st.DrawFn) -> tuple[dict[str, Node], dict[str, Peer]]:
                     f"203.0.113.{i + 1}" if public else f"10.{ord(loc)}.0.{i + 1}"
                 ),
             ),
-            key=bytes([i + 1]) * 32,
+            key=Key(bytes([i + 1]) * 32),
             internal_ip=ipaddress.ip_interface(f"10.{ord(loc)}.0.{i + 1}/24")
             if has_internal
             else None,
@@ -118,7 +119,7 @@ def clusters(draw: st.DrawFn) -> tuple[dict[str, Node], dict[str, Peer]]:
             )
         )
         peers[f"p{j}"] = Peer(
-            f"p{j}", bytes([100 + j]) * 32, tuple(ipaddress.ip_interface(x) for x in ips)
+            f"p{j}", Key(bytes([100 + j]) * 32), tuple(ipaddress.ip_interface(x) for x in ips)
         )
     return nodes, peers
 

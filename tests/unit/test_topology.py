@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -147,7 +148,9 @@ def test_peers_deduplicated_first_by_name_wins() -> None:
 
 
 def test_discovered_endpoint_used_only_with_keepalive() -> None:
-    de = '{"%s":{"IP":"198.51.100.77","Port":40000,"Zone":""}}' % key_for("b")
+    de = json.dumps(
+        {key_for("b"): {"IP": "198.51.100.77", "Port": 40000, "Zone": ""}}, separators=(",", ":")
+    )
     ns = nodes_of(
         node_obj(
             "a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24", discovered_endpoints=de

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kilo.model import Granularity
@@ -133,7 +135,9 @@ def test_valid_peer() -> None:
 
 
 def test_node_annotations_round_trip() -> None:
-    de = '{"%s":{"IP":"198.51.100.7","Port":4000,"Zone":""}}' % key_for("x")
+    de = json.dumps(
+        {key_for("x"): {"IP": "198.51.100.7", "Port": 4000, "Zone": ""}}, separators=(",", ":")
+    )
     n, _ = node_from_object(
         node_obj(
             "n",

@@ -4,16 +4,17 @@ import ipaddress
 
 import pytest
 
+from kilo.keys import Key
 from kilo.model import Endpoint
 from kilo.wireguard import ConfigError, WgConf, WgPeer, parse
 
-K1 = bytes(range(32))
-K2 = bytes(range(1, 33))
+K1 = Key(bytes(range(32)))
+K2 = Key(bytes(range(1, 33)))
 
 
 def test_render_matches_kilo_layout() -> None:
     c = WgConf(
-        private_key=bytes(32),
+        private_key=Key.zero(),
         listen_port=51820,
         peers=[
             WgPeer(
@@ -27,7 +28,8 @@ def test_render_matches_kilo_layout() -> None:
     )
     assert c.render() == (
         "[Interface]\nListenPort = 51820\n\n"
-        "[Peer]\nAllowedIPs = 10.2.0.0/24, 10.4.0.1/32\nEndpoint = 203.0.113.1:51820\nPersistentKeepalive = 0\n"
+        "[Peer]\nAllowedIPs = 10.2.0.0/24, 10.4.0.1/32\nEndpoint = 203.0.113.1:51820\n"
+        "PersistentKeepalive = 0\n"
         "PublicKey = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n\n"
         "[Peer]\nAllowedIPs = 10.5.0.1/32\nPersistentKeepalive = 25\n"
         "PresharedKey = AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"

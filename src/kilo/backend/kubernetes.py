@@ -9,10 +9,8 @@ network error) resumes from the last resourceVersion seen; ``410 Gone`` means th
 too old, so the kind is listed again and the difference to what was known is delivered as
 events. Events go to a callback or, by default, to the thread-safe queue ``events``.
 
-The HTTP requests go through the official ``kubernetes`` client's configuration and connection
-pool (kubeconfig, in-cluster config, client certificates, tokens, exec plugins), but the JSON
-is read raw rather than through the generated models, which would rename fields and reformat
-timestamps.
+The requests themselves (client configuration, raw JSON, retries, errors) are
+``kilo.backend.apiserver``'s.
 """
 
 from __future__ import annotations
@@ -27,48 +25,42 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
+from kilo.backend.apiserver import (
+    NODE_PATH,
+    PEER_PATH,
+    RETRIABLE,
+    ApiHttp,
+    BackendError,
+    CRDMissing,
+    api_client,
+    reason,
+    retry_after,
+)
 from kilo.model import Node
 from kilo.translate import OWNED_ANNOTATIONS, node_annotations
 
+__all__ = [
+    "BackendError",
+    "CRDMissing",
+    "Event",
+    "KubernetesBackend",
+    "api_client",
+    "list_objects",
+]
+
 log = logging.getLogger(__name__)
 
-CRD_NAME = "peers.kilo.squat.ai"
-CRD_MANIFEST = "manifests/crds.yaml"
-NODE_PATH = "/api/v1/nodes"
-PEER_PATH = "/apis/kilo.squat.ai/v1alpha1/peers"
 KINDS: dict[str, tuple[str, str]] = {  # kind -> (collection path, apiVersion)
     "Node": (NODE_PATH, "v1"),
     "Peer": (PEER_PATH, "kilo.squat.ai/v1alpha1"),
 }
 Obj = dict[str, Any]
-RETRIABLE = frozenset({429, 500, 502, 503, 504})
 OUTAGE_MEMORY = 600.0  # seconds an ended outage is remembered
-
-
-class BackendError(RuntimeError):
-    """A request to the API server failed; the message says which and why."""
-
-    def __init__(self, message: str, status: int = 0, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after  # the server's Retry-After, when it said one
-
-
-class CRDMissing(BackendError):
-    """The Peer CRD is not installed."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            f"the Peer custom resource definition ({CRD_NAME}) is not installed in this cluster; "
-            f"install it with: kubectl apply -f {CRD_MANIFEST}",
-            404,
-        )
 
 
 class _Gone(Exception):
@@ -87,91 +79,6 @@ class Event:
     @property
     def name(self) -> str:
         return str(self.object.get("metadata", {}).get("name", ""))
-
-
-def api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClient:
-    """A client from ``kubeconfig``; without one, in-cluster config, else $KUBECONFIG or
-    ~/.kube/config, as kubectl does."""
-    new_client: Callable[..., k8s_client.ApiClient] = k8s_config.new_client_from_config
-    if kubeconfig:
-        return new_client(config_file=str(kubeconfig))
-    cfg = k8s_client.Configuration()
-    load_incluster: Callable[..., None] = k8s_config.load_incluster_config
-    try:
-        load_incluster(client_configuration=cfg)
-    except k8s_config.ConfigException:
-        return new_client()
-    return k8s_client.ApiClient(cfg)
-
-
-class _Http:
-    """Raw JSON requests over the client's configured connection pool."""
-
-    def __init__(self, api: k8s_client.ApiClient) -> None:
-        self.cfg = api.configuration
-        self.pool = api.rest_client.pool_manager
-        self.host = str(self.cfg.host).rstrip("/")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout: urllib3.Timeout | None = None,
-        stream: bool = False,
-    ) -> urllib3.BaseHTTPResponse:
-        headers = {"Accept": "application/json", "User-Agent": "kilo-py"}
-        for auth in self.cfg.auth_settings().values():  # refreshes expiring tokens
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        url = self.host + path + ("?" + urlencode(query) if query else "")
-        return self.pool.request(
-            method,
-            url,
-            body=data,
-            headers=headers,
-            retries=False,
-            timeout=timeout or urllib3.Timeout(connect=5, read=30),
-            preload_content=not stream,
-        )
-
-    def json(self, method: str, path: str, *, patience: float = 30.0, **kwargs: Any) -> Obj:
-        """The decoded response; 429 and 5xx are retried (honouring Retry-After) for up to
-        ``patience`` seconds, as the API server says them while it starts up."""
-        deadline = time.monotonic() + patience
-        while True:
-            resp = self.request(method, path, **kwargs)
-            if resp.status not in RETRIABLE or time.monotonic() >= deadline:
-                break
-            delay = _retry_after(resp) or 0.5
-            time.sleep(min(max(delay, 0.1), 2.0, max(deadline - time.monotonic(), 0.1)))
-        if resp.status == 404 and path.startswith(PEER_PATH):
-            raise CRDMissing()
-        if not 200 <= resp.status < 300:
-            raise BackendError(
-                f"{method} {path}: HTTP {resp.status}: {_reason(resp.data)}", resp.status
-            )
-        return dict(json.loads(resp.data))
-
-
-def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
-    try:
-        return float(resp.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-
-
-def _reason(data: bytes) -> str:
-    try:
-        return str(json.loads(data).get("message") or data[:200].decode(errors="replace"))
-    except (ValueError, AttributeError):
-        return data[:200].decode(errors="replace")
 
 
 def _with_type(obj: Obj, kind: str) -> Obj:
@@ -205,7 +112,7 @@ class KubernetesBackend:
         watch_timeout: int = 300,
     ) -> None:
         self.api = api or api_client(kubeconfig)
-        self.http = _Http(self.api)
+        self.http = ApiHttp(self.api)
         self.on_event = on_event
         self.events: queue.Queue[Event] = queue.Queue()
         self.watch_timeout = watch_timeout
@@ -303,7 +210,7 @@ class KubernetesBackend:
         for resp in list(self._streams.values()):
             try:
                 resp.shutdown()
-            except Exception:  # the stream may already be gone
+            except Exception:  # noqa: BLE001  (the stream may already be gone)
                 pass
         for thread in self._threads:
             thread.join(timeout=10)
@@ -390,9 +297,9 @@ class KubernetesBackend:
             if resp.status == 404 and kind == "Peer":
                 raise CRDMissing()
             raise BackendError(
-                f"watch {kind}s: HTTP {resp.status}: {_reason(data)}",
+                f"watch {kind}s: HTTP {resp.status}: {reason(data)}",
                 resp.status,
-                _retry_after(resp),
+                retry_after(resp),
             )
         self._reached()
         self._streams[kind] = resp

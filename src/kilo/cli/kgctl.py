@@ -29,7 +29,7 @@ from kilo.mesh import (
 )
 from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
 
-GRANULARITIES = ["location", "full", "cross", "auto"]
+GRANULARITIES = [g.value for g in Granularity]
 OUTPUTS = ["json", "wireguard", "yaml"]
 
 
@@ -56,7 +56,8 @@ def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument(
         "--mesh-granularity",
         default=d("auto"),
-        help=f"The granularity of the network mesh to create. Possible values: {', '.join(GRANULARITIES)}",
+        help="The granularity of the network mesh to create. "
+        f"Possible values: {', '.join(GRANULARITIES)}",
     )
     p.add_argument(
         "--port",
@@ -73,14 +74,16 @@ def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
         "--from-file",
         default=d(None),
         metavar="FILE",
-        help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' instead of the API.",
+        help="Read the cluster from a saved 'kubectl get nodes,peers -o yaml|json' "
+        "instead of the API.",
     )
     p.add_argument(
         "--now",
         type=int,
         default=d(None),
         metavar="UNIX",
-        help="With --from-file: judge node readiness at this Unix time (default: the newest kilo.squat.ai/last-seen in the file).",
+        help="With --from-file: judge node readiness at this Unix time "
+        "(default: the newest kilo.squat.ai/last-seen in the file).",
     )
 
 
@@ -88,7 +91,8 @@ def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--as-peer",
         action="store_true",
-        help="Show the resource as a peer, to configure it as a peer of another WireGuard interface.",
+        help="Show the resource as a peer, "
+        "to configure it as a peer of another WireGuard interface.",
     )
     p.add_argument(
         "-o",
@@ -100,7 +104,8 @@ def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
         "--allowed-ips",
         action="append",
         default=[],
-        help="Add the given CIDRs (comma-separated, repeatable) to the allowed IPs. Only with --as-peer.",
+        help="Add the given CIDRs (comma-separated, repeatable) to the allowed IPs. "
+        "Only with --as-peer.",
     )
 
 
@@ -139,7 +144,8 @@ def _options(a: argparse.Namespace) -> Options:
         raise UserError(f"invalid port: port mus be in range [1:65535], but got {a.port}")
     if a.mesh_granularity not in GRANULARITIES:
         raise UserError(
-            f"mesh granularity {a.mesh_granularity} unknown; posible values are: [{' '.join(GRANULARITIES)}]"
+            f"mesh granularity {a.mesh_granularity} unknown; "
+            f"posible values are: [{' '.join(GRANULARITIES)}]"
         )
     if a.backend != "kubernetes":
         raise UserError(f"backend {a.backend} unknown; posible values are: [kubernetes]")
@@ -176,13 +182,13 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
         state = read_cluster(nodes, peers, opts.topology_label)
         return state, a.now if a.now is not None else dump_reference_time(state.nodes)
     try:
-        from kilo.backend.kubernetes import list_objects  # type: ignore[attr-defined]
+        from kilo.backend.kubernetes import list_objects
     except ImportError as e:
         raise UserError(f"the Kubernetes backend is not available: {e}") from None
     kubeconfig = a.kubeconfig or _default_kubeconfig()
     try:
         nodes, peers = list_objects(kubeconfig)
-    except Exception as e:  # the client's errors are many; say what failed
+    except Exception as e:  # noqa: BLE001  (the client's errors are many; say what failed)
         raise UserError(f"failed to list nodes and peers: {e}") from None
     return read_cluster(nodes, peers, opts.topology_label), int(time.time())
 
@@ -193,7 +199,8 @@ def _render(dot_text: str, fmt: str) -> bytes:
     exe = shutil.which("dot")
     if exe is None:
         raise UserError(
-            f"--format {fmt} needs Graphviz's 'dot' program, which is not installed (apt-get install graphviz); --format dot prints the graph as text"
+            f"--format {fmt} needs Graphviz's 'dot' program, which is not installed "
+            "(apt-get install graphviz); --format dot prints the graph as text"
         )
     r = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, check=False)
     if r.returncode != 0:

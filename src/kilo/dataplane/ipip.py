@@ -32,8 +32,8 @@ def ensure(pod_cidr: Prefix | None) -> list[str]:
                 ipr.link("add", ifname=TUNNEL, kind="ipip")
             except NetlinkError as e:
                 raise EncapsulationUnavailable(
-                    f"cannot create the IPIP device {TUNNEL} ({e}); this kernel has no IPIP support: "
-                    "run with --encapsulate never"
+                    f"cannot create the IPIP device {TUNNEL} ({e}); "
+                    "this kernel has no IPIP support: run with --encapsulate never"
                 ) from None
             idx = ipr.link_lookup(ifname=TUNNEL)
             changes.append(f"create {TUNNEL}")

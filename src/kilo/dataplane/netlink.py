@@ -95,7 +95,7 @@ class Netlink:
     # -- reading
 
     def _links(self, ipr: IPRoute) -> dict[int, str]:
-        return {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
     def _routes(
         self, ipr: IPRoute, names: dict[int, str]
@@ -259,16 +259,8 @@ def _delete_args(m: Any) -> dict[str, Any]:
         "table": m.get_attr("RTA_TABLE") or m["table"],
         "proto": m["proto"],
     }
-    for attr, key in (
-        ("RTA_DST", "dst"),
-        ("RTA_OIF", "oif"),
-        ("RTA_GATEWAY", "gateway"),
-        ("RTA_PRIORITY", "priority"),
-    ):
-        v = m.get_attr(attr)
-        if v is not None:
-            args[key] = v
-    return args
+    pairs = [("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway")]
+    return _with_attrs(args, m, [*pairs, ("RTA_PRIORITY", "priority")])
 
 
 def _rule_delete_args(m: Any) -> dict[str, Any]:
@@ -279,12 +271,13 @@ def _rule_delete_args(m: Any) -> dict[str, Any]:
         "dst_len": m["dst_len"],
         "protocol": m.get_attr("FRA_PROTOCOL"),
     }
-    for attr, key in (
-        ("FRA_SRC", "src"),
-        ("FRA_DST", "dst"),
-        ("FRA_IIFNAME", "iifname"),
-        ("FRA_PRIORITY", "priority"),
-    ):
+    pairs = [("FRA_SRC", "src"), ("FRA_DST", "dst"), ("FRA_IIFNAME", "iifname")]
+    return _with_attrs(args, m, [*pairs, ("FRA_PRIORITY", "priority")])
+
+
+def _with_attrs(args: dict[str, Any], m: Any, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``args`` plus each (attribute, argument) of ``pairs`` that the message ``m`` has."""
+    for attr, key in pairs:
         v = m.get_attr(attr)
         if v is not None:
             args[key] = v

@@ -74,7 +74,7 @@ def desired_objects(
         kind = next(iter(body))
         if kind == "metainfo":
             continue
-        if verb not in ("add", "create") and kind not in OBJECTS + ("rule", "element", "table"):
+        if verb not in ("add", "create") and kind not in (*OBJECTS, "rule", "element", "table"):
             raise ValueError(f"unsupported nft command {cmd!r}")
         obj = body[kind]
         tid = _table_of(kind, obj)

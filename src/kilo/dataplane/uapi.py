@@ -15,10 +15,10 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
-from kilo.model import IPAddress, Prefix
+from kilo.keys import Key
+from kilo.model import Prefix, UdpAddress, format_udp
 
 DEFAULT_SOCKET_DIR = "/var/run/wireguard"
-ZERO_KEY = bytes(32)
 
 
 def socket_path(iface: str, directory: str = DEFAULT_SOCKET_DIR) -> str:
@@ -34,9 +34,9 @@ class UapiError(OSError):
 class PeerState:
     """A peer as the device reports it, counters included."""
 
-    public_key: bytes
-    preshared_key: bytes | None = None
-    endpoint: tuple[IPAddress, int] | None = None
+    public_key: Key
+    preshared_key: Key | None = None
+    endpoint: UdpAddress | None = None
     persistent_keepalive: int = 0
     allowed_ips: list[Prefix] = field(default_factory=list)
     last_handshake: float = 0.0  # seconds since the epoch; 0 = never
@@ -46,21 +46,21 @@ class PeerState:
 
 @dataclass
 class DeviceState:
-    private_key: bytes | None = None
+    private_key: Key | None = None
     listen_port: int = 0
     fwmark: int = 0
-    peers: dict[bytes, PeerState] = field(default_factory=dict)
+    peers: dict[Key, PeerState] = field(default_factory=dict)
 
 
 @dataclass
 class PeerUpdate:
     """One peer's part of a ``set``; ``None`` fields are left as they are on the device."""
 
-    public_key: bytes
+    public_key: Key
     remove: bool = False
     update_only: bool = False
-    preshared_key: bytes | None = None  # ZERO_KEY clears it
-    endpoint: tuple[IPAddress, int] | None = None
+    preshared_key: Key | None = None  # the zero key clears it
+    endpoint: UdpAddress | None = None
     persistent_keepalive: int | None = None
     replace_allowed_ips: bool = False
     allowed_ips: list[Prefix] = field(default_factory=list)
@@ -68,7 +68,7 @@ class PeerUpdate:
 
 @dataclass
 class DeviceUpdate:
-    private_key: bytes | None = None
+    private_key: Key | None = None
     listen_port: int | None = None
     fwmark: int | None = None
     replace_peers: bool = False
@@ -84,22 +84,15 @@ class DeviceUpdate:
         )
 
 
-def format_endpoint(ep: tuple[IPAddress, int]) -> str:
-    ip, port = ep
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-
-
-def parse_endpoint(text: str) -> tuple[IPAddress, int]:
+def parse_endpoint(text: str) -> UdpAddress:
     host, _, port = text.rpartition(":")
     host = host.strip("[]").split("%", 1)[0]
     return ipaddress.ip_address(host), int(port)
 
 
-def _key(value: str) -> bytes:
-    raw = bytes.fromhex(value)
-    if len(raw) != 32:
-        raise ValueError(f"key of {len(raw)} bytes")
-    return raw
+def _key(value: str) -> Key:
+    """A key as the UAPI writes it: lower-case hex (``InvalidKey``, a ValueError, otherwise)."""
+    return Key(bytes.fromhex(value))
 
 
 def encode_set(update: DeviceUpdate) -> str:
@@ -123,7 +116,7 @@ def encode_set(update: DeviceUpdate) -> str:
         if p.preshared_key is not None:
             lines.append(f"preshared_key={p.preshared_key.hex()}")
         if p.endpoint is not None:
-            lines.append(f"endpoint={format_endpoint(p.endpoint)}")
+            lines.append(f"endpoint={format_udp(p.endpoint)}")
         if p.persistent_keepalive is not None:
             lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
         if p.replace_allowed_ips:
@@ -156,7 +149,7 @@ def parse_get(text: str) -> DeviceState:
                 dev.fwmark = int(value)
         elif key == "preshared_key":
             k = _key(value)
-            peer.preshared_key = None if k == ZERO_KEY else k
+            peer.preshared_key = None if k.is_zero() else k
         elif key == "endpoint":
             peer.endpoint = parse_endpoint(value)
         elif key == "persistent_keepalive_interval":

@@ -11,12 +11,9 @@ import ipaddress
 import logging
 from typing import Any
 
-from kilo.dataplane.uapi import (
-    DeviceState,
-    DeviceUpdate,
-    PeerState,
-)
-from kilo.dataplane.wgdevice import Device, DeviceError, Mode, _iproute, link_kind, short_key
+from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState
+from kilo.dataplane.wgdevice import Device, DeviceError, Mode, _iproute, link_kind
+from kilo.keys import Key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ class KernelDevice(Device):
         with self._wg() as wg:
             for msg in wg.info(self.name):
                 k = _kernel_key(msg.get_attr("WGDEVICE_A_PRIVATE_KEY"))
-                if k is not None and any(k):
+                if k is not None and not k.is_zero():
                     dev.private_key = k
                 dev.listen_port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or dev.listen_port
                 dev.fwmark = msg.get_attr("WGDEVICE_A_FWMARK") or dev.fwmark
@@ -62,7 +59,6 @@ class KernelDevice(Device):
         return dev
 
     def _set(self, update: DeviceUpdate) -> None:
-        b64 = short_key
         with self._wg() as wg:
             if (
                 update.private_key is not None
@@ -73,16 +69,16 @@ class KernelDevice(Device):
                     self.name,
                     listen_port=update.listen_port,
                     fwmark=update.fwmark,
-                    private_key=None if update.private_key is None else b64(update.private_key),
+                    private_key=None if update.private_key is None else str(update.private_key),
                 )
             for p in update.peers:
-                peer: dict[str, Any] = {"public_key": b64(p.public_key)}
+                peer: dict[str, Any] = {"public_key": str(p.public_key)}
                 if p.remove:
                     peer["remove"] = True
                 else:
                     peer["update_only"] = p.update_only
                     if p.preshared_key is not None:
-                        peer["preshared_key"] = b64(p.preshared_key)
+                        peer["preshared_key"] = str(p.preshared_key)
                     if p.endpoint is not None:
                         peer["endpoint_addr"], peer["endpoint_port"] = (
                             str(p.endpoint[0]),
@@ -96,13 +92,13 @@ class KernelDevice(Device):
                 wg.set(self.name, peer=peer)
 
 
-def _kernel_key(v: Any) -> bytes | None:
+def _kernel_key(v: Any) -> Key | None:
     """pyroute2 decodes a key attribute to its base64 text (older versions: a dict with 'key')."""
     if v is None:
         return None
     if isinstance(v, (bytes, bytearray, str)):
-        return base64.b64decode(v)
-    return bytes(v["key"])
+        return Key(base64.b64decode(v))
+    return Key(bytes(v["key"]))
 
 
 def _merge_kernel_peer(dev: DeviceState, p: Any) -> None:
@@ -112,7 +108,7 @@ def _merge_kernel_peer(dev: DeviceState, p: Any) -> None:
         return
     st = dev.peers.setdefault(key, PeerState(public_key=key))
     psk = _kernel_key(p.get_attr("WGPEER_A_PRESHARED_KEY"))
-    if psk is not None and any(psk):
+    if psk is not None and not psk.is_zero():
         st.preshared_key = psk
     ep = p.get_attr("WGPEER_A_ENDPOINT")
     if ep is not None and ep.get("addr") and ep["addr"] not in ("0.0.0.0", "::"):

@@ -1,20 +1,21 @@
 """The WireGuard device of a node: create it, keep it alive, and make its config match a WgConf.
 
-Two implementations sit behind one interface (``Device``):
+Two implementations sit behind one interface (``Device``), each in a module of its own:
 
-- ``UserspaceDevice`` starts ``wireguard-go`` in the current (or a named) network namespace and
-  supervises it: if the process dies it is started again and the last link settings and config
-  are put back, then ``on_restart`` is called so the caller can restore its routes. wireguard-go
-  always puts its UAPI socket in ``/var/run/wireguard``, a directory every network namespace of
-  the machine shares, so two nodes' ``kilo0`` would clash there. Each process is therefore started
-  in a private mount namespace (``unshare --mount``) with a directory of our own bind-mounted over
-  ``/var/run/wireguard``; by default ``/run/kilo/wireguard/net-<inode of the netns>``, so one
-  network namespace always maps to the same directory and a restarted agent finds (and adopts)
-  the running process instead of starting a new one. ``wg_argv`` builds a ``wg`` command line
-  that sees that directory.
-- ``KernelDevice`` creates a ``type wireguard`` link and configures it over generic netlink. It is
-  a thin adapter that cannot be exercised on machines without the kernel module (such as the
-  ones this project is tested on); it shares the diffing logic (``plan``) with the userspace path.
+- ``UserspaceDevice`` (``wg_userspace``) starts ``wireguard-go`` in the current (or a named)
+  network namespace and supervises it: if the process dies it is started again and the last link
+  settings and config are put back, then ``on_restart`` is called so the caller can restore its
+  routes. wireguard-go always puts its UAPI socket in ``/var/run/wireguard``, a directory every
+  network namespace of the machine shares, so two nodes' ``kilo0`` would clash there. Each
+  process is therefore started in a private mount namespace (``unshare --mount``) with a
+  directory of our own bind-mounted over ``/var/run/wireguard``; by default
+  ``/run/kilo/wireguard/net-<inode of the netns>``, so one network namespace always maps to the
+  same directory and a restarted agent finds (and adopts) the running process instead of
+  starting a new one. ``wg_argv`` builds a ``wg`` command line that sees that directory.
+- ``KernelDevice`` (``wg_kernel``) creates a ``type wireguard`` link and configures it over
+  generic netlink. It is a thin adapter that cannot be exercised on machines without the kernel
+  module (such as the ones this project is tested on); it shares the diffing logic (``plan``)
+  with the userspace path.
 
 ``open_device`` picks one (``Mode.AUTO``: the kernel's if a ``wireguard`` link can be made).
 ``Device.apply(conf)`` diffs the device's current state against the desired ``WgConf`` and sends
@@ -25,7 +26,6 @@ handshake survive. It returns a list of human-readable changes (``[]`` when noth
 from __future__ import annotations
 
 import abc
-import base64
 import enum
 import ipaddress
 import logging
@@ -36,14 +36,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from kilo.dataplane.uapi import (
-    ZERO_KEY,
-    DeviceState,
-    DeviceUpdate,
-    PeerState,
-    PeerUpdate,
-)
-from kilo.model import Endpoint, IPAddress, Prefix
+from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState, PeerUpdate
+from kilo.keys import Key, is_zero
+from kilo.model import Endpoint, Prefix, UdpAddress, format_udp
 from kilo.wireguard import WgConf, WgPeer
 
 log = logging.getLogger(__name__)
@@ -52,7 +47,7 @@ DEFAULT_MTU = 1420
 WIREGUARD_OVERHEAD = 80
 IFF_UP = 0x1
 
-Resolver = Callable[[Endpoint], "tuple[IPAddress, int] | None"]
+Resolver = Callable[[Endpoint], UdpAddress | None]
 
 
 class Mode(str, enum.Enum):
@@ -65,14 +60,10 @@ class DeviceError(RuntimeError):
     """The device could not be created, started or configured; the message says why."""
 
 
-def short_key(key: bytes) -> str:
-    return base64.b64encode(key).decode()
-
-
 # ---------------------------------------------------------------------------- diffing (pure)
 
 
-def resolve_endpoint(ep: Endpoint) -> tuple[IPAddress, int] | None:
+def resolve_endpoint(ep: Endpoint) -> UdpAddress | None:
     """The UDP address to give WireGuard: a DNS name is resolved (IPv4 first), else the IP."""
     if ep.dns:
         try:
@@ -91,10 +82,10 @@ def _nets(prefixes: Sequence[Prefix]) -> set[str]:
     return {str(p.network) for p in prefixes}
 
 
-def _peer_update(want: WgPeer, endpoint: tuple[IPAddress, int] | None) -> PeerUpdate:
+def _peer_update(want: WgPeer, endpoint: UdpAddress | None) -> PeerUpdate:
     return PeerUpdate(
         public_key=want.public_key,
-        preshared_key=want.preshared_key or ZERO_KEY,
+        preshared_key=want.preshared_key or Key.zero(),
         endpoint=endpoint,
         persistent_keepalive=want.persistent_keepalive,
         replace_allowed_ips=True,
@@ -103,13 +94,13 @@ def _peer_update(want: WgPeer, endpoint: tuple[IPAddress, int] | None) -> PeerUp
 
 
 def _diff_peer(
-    have: PeerState, want: WgPeer, endpoint: tuple[IPAddress, int] | None
+    have: PeerState, want: WgPeer, endpoint: UdpAddress | None
 ) -> tuple[PeerUpdate | None, list[str]]:
     up = PeerUpdate(public_key=want.public_key, update_only=True)
     what: list[str] = []
-    want_psk = want.preshared_key if want.preshared_key and any(want.preshared_key) else None
+    want_psk = None if is_zero(want.preshared_key) else want.preshared_key
     if want_psk != have.preshared_key:
-        up.preshared_key = want_psk or ZERO_KEY
+        up.preshared_key = want_psk or Key.zero()
         what.append("preshared key")
     if endpoint is not None and endpoint != have.endpoint:
         up.endpoint = endpoint
@@ -124,10 +115,8 @@ def _diff_peer(
     return (up if what else None), what
 
 
-def _ep(ep: tuple[IPAddress, int] | None) -> str:
-    if ep is None:
-        return "none"
-    return f"[{ep[0]}]:{ep[1]}" if ep[0].version == 6 else f"{ep[0]}:{ep[1]}"
+def _ep(ep: UdpAddress | None) -> str:
+    return "none" if ep is None else format_udp(ep)
 
 
 def plan(
@@ -141,13 +130,15 @@ def plan(
     """
     up = DeviceUpdate()
     changes: list[str] = []
-    if desired.private_key is not None and desired.private_key != (current.private_key or ZERO_KEY):
+    if desired.private_key is not None and desired.private_key != (
+        current.private_key or Key.zero()
+    ):
         up.private_key = desired.private_key
         changes.append("set private key")
     if desired.listen_port is not None and desired.listen_port != current.listen_port:
         up.listen_port = desired.listen_port
         changes.append(f"set listen port {current.listen_port} -> {desired.listen_port}")
-    wanted: dict[bytes, WgPeer] = {}
+    wanted: dict[Key, WgPeer] = {}
     for p in desired.peers:
         wanted[p.public_key] = p
     for key, want in wanted.items():
@@ -156,7 +147,7 @@ def plan(
         if have is None:
             up.peers.append(_peer_update(want, endpoint))
             changes.append(
-                f"add peer {short_key(key)} (endpoint {_ep(endpoint)}, allowed IPs "
+                f"add peer {key} (endpoint {_ep(endpoint)}, allowed IPs "
                 + ",".join(str(a.network) for a in want.allowed_ips)
                 + ")"
             )
@@ -164,11 +155,11 @@ def plan(
         pu, what = _diff_peer(have, want, endpoint)
         if pu is not None:
             up.peers.append(pu)
-            changes.append(f"update peer {short_key(key)}: " + "; ".join(what))
+            changes.append(f"update peer {key}: " + "; ".join(what))
     for key in current.peers:
         if key not in wanted:
             up.peers.append(PeerUpdate(public_key=key, remove=True))
-            changes.append(f"remove peer {short_key(key)}")
+            changes.append(f"remove peer {key}")
     return up, changes
 
 
@@ -191,7 +182,8 @@ def auto_mtu(netns: str | None = None) -> int:
 
 
 def link_kind(name: str, netns: str | None = None) -> str | None:
-    """``"wireguard"``, ``"tun"``... for an existing link, ``""`` if it has no kind, None if absent."""
+    """``"wireguard"``, ``"tun"``... for an existing link, ``""`` if it has no kind, None if
+    absent."""
     with _iproute(netns) as ipr:
         idx = ipr.link_lookup(ifname=name)
         if not idx:
@@ -254,7 +246,8 @@ class Device(abc.ABC):
 
     @abc.abstractmethod
     def ensure(self) -> list[str]:
-        """Create the device if it is missing (for wireguard-go: start it, or adopt a running one)."""
+        """Create the device if it is missing (for wireguard-go: start it, or adopt a running
+        one)."""
 
     @abc.abstractmethod
     def close(self, remove: bool = True) -> None:
@@ -297,7 +290,8 @@ class Device(abc.ABC):
 
 
 def kernel_available(name: str, netns: str | None = None) -> bool:
-    """Whether ``name`` is (or can be created as) a kernel WireGuard link; a probe link is removed."""
+    """Whether ``name`` is (or can be created as) a kernel WireGuard link; a probe link is
+    removed."""
     kind = link_kind(name, netns)
     if kind is not None:
         return kind == "wireguard"
@@ -314,7 +308,8 @@ def kernel_available(name: str, netns: str | None = None) -> bool:
 def open_device(
     name: str, mode: Mode | str = Mode.AUTO, netns: str | None = None, **userspace: Any
 ) -> Device:
-    """A Device for ``name``: the kernel's if ``mode`` is kernel (or auto and it works), else wireguard-go."""
+    """A Device for ``name``: the kernel's if ``mode`` is kernel (or auto and it works), else
+    wireguard-go."""
     mode = Mode(mode)
     if mode is Mode.AUTO:
         mode = Mode.KERNEL if kernel_available(name, netns) else Mode.USERSPACE
@@ -325,21 +320,3 @@ def open_device(
     from kilo.dataplane.wg_userspace import UserspaceDevice
 
     return UserspaceDevice(name, netns=netns, **userspace)
-
-
-_MOVED = {
-    "KernelDevice": "wg_kernel",
-    "UserspaceDevice": "wg_userspace",
-    "find_wireguard_go": "wg_userspace",
-    "default_socket_dir": "wg_userspace",
-    "netns_path": "wg_userspace",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The two implementations live in their own modules; reach them from here too."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"kilo.dataplane.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
