@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from kilo.dataplane.uapi import PeerState
 from kilo.keys import Key
+from kilo.wgstate import PeerState
 
 # The *_created series say when a counter was made; nobody asked for them and Kilo has none.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]

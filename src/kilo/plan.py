@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kilo import cni as cnilib
-from kilo.dataplane.uapi import PeerState
 from kilo.firewall import Ruleset, ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
@@ -33,6 +32,7 @@ from kilo.model import (
 from kilo.routes import Encapsulation, Interfaces, Route, Rule, Strategy, routes
 from kilo.topology import Topology, TopologyError, new_topology
 from kilo.translate import node_annotations
+from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
 
 #: How recent a handshake must be for its source address to count as a discovered endpoint.

@@ -10,7 +10,7 @@ import ipaddress
 import socket
 
 from kilo.dataplane import uapi, wg_kernel, wgdevice
-from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState, PeerUpdate
+from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
 

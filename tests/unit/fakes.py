@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kilo.dataplane.uapi import PeerState
 from kilo.firewall import Ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
 from kilo.model import Prefix
 from kilo.routes import Route, Rule
+from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
 
 Obj = dict[str, Any]

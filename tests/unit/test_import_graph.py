@@ -23,6 +23,7 @@ CORE = {
     "cni",
     "hostinfo",
     "cache",
+    "wgstate",
 }
 #: What the core must not import: our adapters and loop, and anything with a clock or a socket.
 NOT_IN_CORE = (

@@ -11,9 +11,9 @@ import ipaddress
 import logging
 from typing import Any
 
-from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState
 from kilo.dataplane.wgdevice import Device, DeviceError, Mode, _iproute, link_kind
 from kilo.keys import Key
+from kilo.wgstate import DeviceState, DeviceUpdate, PeerState
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kilo.dataplane.uapi import (
-    DeviceState,
-    DeviceUpdate,
-    UapiClient,
-    socket_path,
-)
+from kilo.dataplane.uapi import UapiClient, socket_path
 from kilo.dataplane.wgdevice import (
     Device,
     DeviceError,
@@ -27,6 +22,7 @@ from kilo.dataplane.wgdevice import (
     link_kind,
     resolve_endpoint,
 )
+from kilo.wgstate import DeviceState, DeviceUpdate
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from kilo.dataplane.uapi import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 from kilo.keys import Key, is_zero
 from kilo.model import Endpoint, Prefix, UdpAddress, format_udp
+from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 from kilo.wireguard import WgConf, WgPeer
 
 log = logging.getLogger(__name__)
