@@ -106,7 +106,14 @@ def _ready(state: ClusterState, now: int) -> _Ready:
     return _Ready(nodes, peers, subnet, last)
 
 
-def graph_text(state: ClusterState, opts: Options, now: int) -> str:
+@dataclass
+class Output:
+    stdout: str = ""
+    stderr: str = ""
+    warnings: list[Problem] = field(default_factory=list)  # printed as "warning: ..."
+
+
+def graph_text(state: ClusterState, opts: Options, now: int) -> Output:
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
     t = new_topology(
@@ -120,13 +127,7 @@ def graph_text(state: ClusterState, opts: Options, now: int) -> str:
         (),
         r.nodes[r.last_ready].persistent_keepalive,
     )
-    return graph.dot(t) + "\n"
-
-
-@dataclass
-class Output:
-    stdout: str = ""
-    stderr: str = ""
+    return Output(stdout=graph.dot(t) + "\n", warnings=t.refusals)
 
 
 def _ready_with(
@@ -146,15 +147,15 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
         r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive
     )
     if not any(p.public_key == r.nodes[name].key for p in t.peer_conf("").peers):
-        return Output(stderr=f"Node {_goq(name)} is not a leader node\n")
+        return Output(stderr=f"Node {_goq(name)} is not a leader node\n", warnings=t.refusals)
     if not opts.as_peer:
-        return Output(stdout=t.conf().render())
+        return Output(stdout=t.conf().render(), warnings=t.refusals)
     p = t.as_peer()
     if p is None:
         raise UserError("cannot generate config from nil peer")
     p.allowed_ips = p.allowed_ips + opts.allowed_ips
     p.deduplicate_ips()
-    return Output(stdout=_peer_output(name, p, opts.output))
+    return Output(stdout=_peer_output(name, p, opts.output), warnings=t.refusals)
 
 
 def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
@@ -164,7 +165,7 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
         r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive
     )
     if not opts.as_peer:
-        return Output(stdout=t.peer_conf(name).render())
+        return Output(stdout=t.peer_conf(name).render(), warnings=t.refusals)
     p = WgPeer(
         public_key=peer.public_key or Key.zero(),
         allowed_ips=list(peer.allowed_ips) + opts.allowed_ips,
@@ -173,7 +174,7 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
         preshared_key=peer.preshared_key,
     )
     p.deduplicate_ips()
-    return Output(stdout=_peer_output(name, p, opts.output))
+    return Output(stdout=_peer_output(name, p, opts.output), warnings=t.refusals)
 
 
 def _peer_output(name: str, p: WgPeer, output: str) -> str:

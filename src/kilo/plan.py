@@ -128,7 +128,7 @@ class Plan:
     discovered: Mapping[str, Endpoint] = field(default_factory=dict)
     ready_nodes: int = 0
     ready_peers: int = 0
-    problems: tuple[Problem, ...] = ()  # unreadable values and refused claims
+    problems: tuple[Problem, ...] = ()  # unreadable values and the topology's refusals
 
     @property
     def leader(self) -> bool:
@@ -197,7 +197,7 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
         topology=t,
         dataplane=dataplane(t, facts, settings, port),
         discovered=discovered,
-        problems=cluster.problems + tuple(refused_claims(ready_peers, t)),
+        problems=cluster.problems + tuple(t.refusals),
     )
 
 
@@ -271,27 +271,6 @@ def discover_nat_endpoints(
         ip, port = st.endpoint
         if ep is None or ep.ip != ip or ep.port != port:
             out[str(Key(key))] = Endpoint(port, ip)  # type: ignore[arg-type]
-    return out
-
-
-def refused_claims(peers: Mapping[str, Peer], t: Topology) -> list[Problem]:
-    """The Peers' allowed IPs the topology refused (inside the mesh's own addresses, or claimed
-    by another peer first), as problems to report."""
-    kept = {p.name: {str(a) for a in p.allowed_ips} for p in t.peers}
-    out = []
-    for name, p in sorted(peers.items()):
-        for a in p.allowed_ips:
-            if str(a) not in kept.get(name, set()):
-                out.append(
-                    Problem(
-                        "Peer",
-                        name,
-                        "spec.allowedIPs",
-                        str(a),
-                        "lies in a node's pod CIDR, internal IP or WireGuard IP, or "
-                        "another peer claims it; ignored",
-                    )
-                )
     return out
 
 

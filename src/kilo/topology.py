@@ -15,7 +15,6 @@ cluster of both agents agrees on every tunnel.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -27,14 +26,13 @@ from kilo.model import (
     Node,
     Peer,
     Prefix,
+    Problem,
     contains,
     host_prefix,
     is_public,
     overlaps,
 )
 from kilo.wireguard import WgConf, WgPeer
-
-log = logging.getLogger(__name__)
 
 LOGICAL_PREFIX = "location:"
 NODE_PREFIX = "node:"
@@ -78,6 +76,8 @@ class Topology:
     discovered_endpoints: dict[str, Endpoint] = field(default_factory=dict)
     key: Key | None = None  # the local private key, if known
     logical_location: str = ""
+    #: Claims the topology refused (a Peer's allowed IP, an allowed-location IP), with why.
+    refusals: list[Problem] = field(default_factory=list)
 
     # -- queries -------------------------------------------------------------------------
     def local_segment(self) -> Segment | None:
@@ -187,16 +187,23 @@ def find_leader(nodes: list[Node]) -> int:
     return 0
 
 
-def deduplicate_peer_ips(peers: Iterable[Peer]) -> list[Peer]:
-    """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped."""
+def deduplicate_peer_ips(peers: Iterable[Peer], refusals: list[Problem]) -> list[Peer]:
+    """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped (and
+    added to ``refusals``)."""
     seen: set[Prefix] = set()
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
         for ip in p.allowed_ips:
             if ip in seen:
-                log.warning(
-                    "peer %s: allowed IP %s is already claimed by another peer; ignored", p.name, ip
+                refusals.append(
+                    Problem(
+                        "Peer",
+                        p.name,
+                        "spec.allowedIPs",
+                        str(ip),
+                        "already claimed by another peer; ignored",
+                    )
                 )
                 continue
             seen.add(ip)
@@ -302,7 +309,10 @@ def new_topology(
         )
     t.segments.sort(key=lambda s: s.location)
     t.peers = _drop_claims_on_nodes(
-        deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name)), t.segments, subnet
+        deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name), t.refusals),
+        t.segments,
+        subnet,
+        t.refusals,
     )
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
@@ -323,11 +333,13 @@ def new_topology(
     return t
 
 
-def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Prefix) -> list[Peer]:
+def _drop_claims_on_nodes(
+    peers: list[Peer], segments: list[Segment], subnet: Prefix, refusals: list[Problem]
+) -> list[Peer]:
     """Drop a peer's allowed IP that lies inside a node's pod CIDR, internal IP or WireGuard IP.
 
     Kilo passes such a claim to WireGuard, which then moves the node's traffic to the peer. Here
-    the claim is refused with a warning and the mesh keeps working (a wider prefix that merely
+    the claim is refused (a refusal, as data) and the mesh keeps working (a wider prefix that merely
     contains node addresses is kept: WireGuard and the kernel prefer the more specific entry).
     """
     alloc = _Allocator(subnet)
@@ -356,8 +368,14 @@ def _drop_claims_on_nodes(peers: list[Peer], segments: list[Segment], subnet: Pr
                     if owner is not None:
                         break
             if owner is not None:
-                log.warning(
-                    "peer %s: allowed IP %s lies in the mesh's %s; ignored", p.name, a, owner
+                refusals.append(
+                    Problem(
+                        "Peer",
+                        p.name,
+                        "spec.allowedIPs",
+                        str(a),
+                        f"lies in the mesh's {owner}; ignored",
+                    )
                 )
                 continue
             keep.append(a)
@@ -387,7 +405,9 @@ def _filter_allowed_location_ips(t: Topology, ips: list[Prefix], location: str) 
                     reason = f"overlaps an allowed IP of peer {p.name}"
                     break
         if reason:
-            log.warning("allowed location IP %s of %s ignored: it %s", ip, location, reason)
+            t.refusals.append(
+                Problem("Location", location, "allowed-location-ips", str(ip), f"{reason}; ignored")
+            )
             continue
         out.append(ip)
     return out

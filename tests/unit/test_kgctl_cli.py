@@ -113,3 +113,26 @@ def test_auto_granularity_needs_annotation(
     assert rc == 1 and "failed to determine granularity" in err
     rc, _, _ = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", "graph")
     assert rc == 0
+
+
+def test_refused_claims_are_warnings_not_log_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    items = [
+        node_obj("a", "1", "203.0.113.1:51820", "10.1.0.1/16", "10.2.1.0/24"),
+        peer_obj("p1", ["10.5.0.1/32"]),
+        peer_obj("p2", ["10.5.0.1/32", "10.2.1.7/32", "10.5.0.2/32"]),
+    ]
+    p = tmp_path / "cluster.yaml"
+    p.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    for cmd in (["graph"], ["showconf", "peer", "p1"]):
+        rc, _, err = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", *cmd)
+        assert rc == 0
+        lines = err.splitlines()
+        assert lines == [
+            "warning: Peer 'p2': spec.allowedIPs='10.5.0.1/32': already claimed by another peer; "
+            "ignored",
+            "warning: Peer 'p2': spec.allowedIPs='10.2.1.7/32': lies in the mesh's 10.2.1.0/24; "
+            "ignored",
+        ], cmd
+    assert caplog.records == []

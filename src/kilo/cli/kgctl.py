@@ -217,16 +217,22 @@ def run(argv: Sequence[str]) -> int:
             print(f"warning: {p}", file=sys.stderr)
         out: Output
         if a.command == "graph":
-            sys.stdout.buffer.write(_render(graph_text(state, opts, now), a.format))
-            sys.stdout.flush()
-            return 0
-        if a.kind == "node":
+            out = graph_text(state, opts, now)
+            rendered = _render(out.stdout, a.format)
+        elif a.kind == "node":
             out = showconf_node(state, a.name, opts, now)
         else:
             out = showconf_peer(state, a.name, opts, now)
     except UserError as e:
         print(e, file=sys.stderr)
         return 1
+    for w in out.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if a.command == "graph":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(rendered)
+        sys.stdout.flush()
+        return 0
     sys.stdout.write(out.stdout)
     sys.stderr.write(out.stderr)
     return 0
