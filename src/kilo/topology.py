@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+from kilo.claims import deduplicate_peer_ips, drop_claims_on_nodes, filter_allowed_location_ips
 from kilo.keys import Key
 from kilo.model import (
     Endpoint,
@@ -27,10 +28,8 @@ from kilo.model import (
     Peer,
     Prefix,
     Problem,
-    contains,
     host_prefix,
     is_public,
-    overlaps,
 )
 from kilo.wireguard import WgConf, WgPeer
 
@@ -187,31 +186,6 @@ def find_leader(nodes: list[Node]) -> int:
     return 0
 
 
-def deduplicate_peer_ips(peers: Iterable[Peer], refusals: list[Problem]) -> list[Peer]:
-    """The first peer (by name) to claim an allowed IP keeps it; later claims are dropped (and
-    added to ``refusals``)."""
-    seen: set[Prefix] = set()
-    out: list[Peer] = []
-    for p in peers:
-        keep: list[Prefix] = []
-        for ip in p.allowed_ips:
-            if ip in seen:
-                refusals.append(
-                    Problem(
-                        "Peer",
-                        p.name,
-                        "spec.allowedIPs",
-                        str(ip),
-                        "already claimed by another peer; ignored",
-                    )
-                )
-                continue
-            seen.add(ip)
-            keep.append(ip)
-        out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)
-    return out
-
-
 class _Allocator:
     def __init__(self, subnet: Prefix) -> None:
         self.network = subnet.network
@@ -308,10 +282,9 @@ def new_topology(
             )
         )
     t.segments.sort(key=lambda s: s.location)
-    t.peers = _drop_claims_on_nodes(
+    t.peers = drop_claims_on_nodes(
         deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name), t.refusals),
-        t.segments,
-        subnet,
+        _owned(t.segments, subnet),
         t.refusals,
     )
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
@@ -329,85 +302,19 @@ def new_topology(
         for n in groups[s.location]:
             for k, e in (n.discovered_endpoints or {}).items():
                 t.discovered_endpoints.setdefault(k, e)
-        s.allowed_location_ips = _filter_allowed_location_ips(t, s.allowed_location_ips, s.location)
+        s.allowed_location_ips = filter_allowed_location_ips(
+            s.allowed_location_ips, s.location, t.segments, t.peers, t.refusals
+        )
     return t
 
 
-def _drop_claims_on_nodes(
-    peers: list[Peer], segments: list[Segment], subnet: Prefix, refusals: list[Problem]
-) -> list[Peer]:
-    """Drop a peer's allowed IP that lies inside a node's pod CIDR, internal IP or WireGuard IP.
-
-    Kilo passes such a claim to WireGuard, which then moves the node's traffic to the peer. Here
-    the claim is refused (a refusal, as data) and the mesh keeps working (a wider prefix that merely
-    contains node addresses is kept: WireGuard and the kernel prefer the more specific entry).
-    """
+def _owned(segments: list[Segment], subnet: Prefix) -> list[Prefix]:
+    """The mesh's own addresses: the segments' allowed IPs and the WireGuard IPs they get."""
     alloc = _Allocator(subnet)
-    taken: dict[tuple[int, int], dict[int, Prefix]] = {}  # (version, prefixlen) -> network -> owner
-
-    def take(p: Prefix) -> None:
-        taken.setdefault((p.version, p.network.prefixlen), {})[int(p.network.network_address)] = p
-
+    out: list[Prefix] = []
     for s in segments:
-        for a in s.allowed_ips:
-            take(a)
+        out += s.allowed_ips
         ip = alloc.next()
         if ip is not None:
-            take(host_prefix(ip))
-    lengths = sorted(taken)
-    out: list[Peer] = []
-    for p in peers:
-        keep: list[Prefix] = []
-        for a in p.allowed_ips:
-            owner = None
-            addr = int(a.network.network_address)
-            for version, plen in lengths:
-                if version == a.version and plen <= a.network.prefixlen:
-                    shift = a.max_prefixlen - plen
-                    owner = taken[(version, plen)].get((addr >> shift) << shift)
-                    if owner is not None:
-                        break
-            if owner is not None:
-                refusals.append(
-                    Problem(
-                        "Peer",
-                        p.name,
-                        "spec.allowedIPs",
-                        str(a),
-                        f"lies in the mesh's {owner}; ignored",
-                    )
-                )
-                continue
-            keep.append(a)
-        out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)
-    return out
-
-
-def _filter_allowed_location_ips(t: Topology, ips: list[Prefix], location: str) -> list[Prefix]:
-    """Drop allowed-location IPs that another location, a known allowed IP or a peer claims.
-
-    As in Kilo, segments later in the order have not been allocated their WireGuard IP yet when
-    an earlier segment is filtered, so only the IPs known at that point count.
-    """
-    out: list[Prefix] = []
-    for ip in ips:
-        reason = ""
-        for s in t.segments:
-            if location != s.location and any(overlaps(ip, o) for o in s.allowed_location_ips):
-                reason = f"overlaps an allowed location IP of {s.location}"
-                break
-            if any(contains(a, ip.ip) for a in s.allowed_ips):
-                reason = f"lies in an allowed IP of {s.location}"
-                break
-        if not reason:
-            for p in t.peers:
-                if any(overlaps(ip, a) for a in p.allowed_ips):
-                    reason = f"overlaps an allowed IP of peer {p.name}"
-                    break
-        if reason:
-            t.refusals.append(
-                Problem("Location", location, "allowed-location-ips", str(ip), f"{reason}; ignored")
-            )
-            continue
-        out.append(ip)
+            out.append(host_prefix(ip))
     return out

@@ -24,6 +24,7 @@ CORE = {
     "hostinfo",
     "cache",
     "wgstate",
+    "claims",
 }
 #: What the core must not import: our adapters and loop, and anything with a clock or a socket.
 NOT_IN_CORE = (

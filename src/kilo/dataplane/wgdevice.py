@@ -14,7 +14,7 @@ Two implementations sit behind one interface (``Device``), each in a module of i
   starting a new one. ``wg_argv`` builds a ``wg`` command line that sees that directory.
 - ``KernelDevice`` (``wg_kernel``) creates a ``type wireguard`` link and configures it over
   generic netlink. It is a thin adapter that cannot be exercised on machines without the kernel
-  module (such as the ones this project is tested on); it shares the diffing logic (``plan``)
+  module (such as the ones this project is tested on); it shares the diffing logic (``diff``)
   with the userspace path.
 
 ``open_device`` picks one (``Mode.AUTO``: the kernel's if a ``wireguard`` link can be made).
@@ -119,7 +119,7 @@ def _ep(ep: UdpAddress | None) -> str:
     return "none" if ep is None else format_udp(ep)
 
 
-def plan(
+def diff(
     current: DeviceState, desired: WgConf, resolve: Resolver = resolve_endpoint
 ) -> tuple[DeviceUpdate, list[str]]:
     """The smallest update that turns ``current`` into ``desired``, and what it changes.
@@ -275,7 +275,7 @@ class Device(abc.ABC):
         """Make the device's config match ``desired``, touching only what differs."""
         with self._lock:
             self._conf = desired
-            up, changes = plan(self._get(), desired, self.resolve)
+            up, changes = diff(self._get(), desired, self.resolve)
             if not up.empty():
                 self._set(up)
             for c in changes:

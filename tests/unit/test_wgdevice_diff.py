@@ -1,6 +1,6 @@
 """The dataplane adapters' pure parts: UAPI text, the WireGuard diff, kernel message parsing.
 
-No root or network needed; they sit with the adapters' integration tests.
+No root or network needed.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import ipaddress
 import socket
 
 from kilo.dataplane import uapi, wg_kernel, wgdevice
-from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
+from kilo.keys import Key
 from kilo.model import Endpoint
+from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 from kilo.wireguard import WgConf, WgPeer
 
-K1, K2, K3, PSK = (bytes([i]) * 32 for i in (1, 2, 3, 9))
+K1, K2, K3, PSK = (Key(bytes([i]) * 32) for i in (1, 2, 3, 9))
 P = ipaddress.ip_interface
 A = ipaddress.ip_address
 
@@ -26,7 +27,7 @@ def test_encode_set() -> None:
         peers=[
             PeerUpdate(
                 K2,
-                preshared_key=uapi.ZERO_KEY,
+                preshared_key=Key.zero(),
                 endpoint=(A("fd00::1"), 51821),
                 persistent_keepalive=0,
                 replace_allowed_ips=True,
@@ -100,18 +101,18 @@ def desired() -> WgConf:
     )
 
 
-def test_plan_noop() -> None:
-    up, changes = wgdevice.plan(current(), desired())
+def test_diff_noop() -> None:
+    up, changes = wgdevice.diff(current(), desired())
     assert up.empty() and changes == []
 
 
-def test_plan_touches_only_what_differs() -> None:
+def test_diff_touches_only_what_differs() -> None:
     want = desired()
     want.peers[1].endpoint = Endpoint(51820, dns="peer.example")
     want.peers[1].preshared_key = PSK
     want.peers.append(WgPeer(K1[:31] + b"\x07", [P("10.4.0.9/32")]))
     del want.peers[0]
-    up, changes = wgdevice.plan(current(), want, resolve=lambda e: (A("203.0.113.5"), e.port))
+    up, changes = wgdevice.diff(current(), want, resolve=lambda e: (A("203.0.113.5"), e.port))
     assert [p.public_key for p in up.peers] == [K3, K1[:31] + b"\x07", K2]
     k3 = up.peers[0]
     assert k3.update_only and k3.preshared_key == PSK and k3.endpoint == (A("203.0.113.5"), 51820)
@@ -124,23 +125,23 @@ def test_plan_touches_only_what_differs() -> None:
     assert changes[1].startswith("add peer ") and changes[2].startswith("remove peer ")
 
 
-def test_plan_unresolvable_endpoint_keeps_the_device_one() -> None:
+def test_diff_unresolvable_endpoint_keeps_the_device_one() -> None:
     want = desired()
     want.peers[0].endpoint = Endpoint(51820, dns="nowhere.invalid")
-    up, changes = wgdevice.plan(current(), want, resolve=lambda e: None)
+    up, changes = wgdevice.diff(current(), want, resolve=lambda e: None)
     assert up.empty() and changes == []
 
 
-def test_plan_interface_section() -> None:
+def test_diff_interface_section() -> None:
     want = desired()
     want.listen_port = 51821
-    up, changes = wgdevice.plan(current(), want)
+    up, changes = wgdevice.diff(current(), want)
     assert (
         up.listen_port == 51821
         and up.private_key is None
         and changes == ["set listen port 51820 -> 51821"]
     )
-    up, _ = wgdevice.plan(current(), WgConf(private_key=None, peers=desired().peers))
+    up, _ = wgdevice.diff(current(), WgConf(private_key=None, peers=desired().peers))
     assert up.empty()
 
 
