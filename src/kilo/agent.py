@@ -21,7 +21,7 @@ from kilo.cache import ObjectCache
 from kilo.hostinfo import HostAddress, choose_ips
 from kilo.metrics import AgentMetrics
 from kilo.model import REGION_LABEL, Prefix
-from kilo.plan import LocalFacts, Plan, Settings, Status, plan
+from kilo.plan import LocalFacts, Outage, Plan, Settings, Status, next_expiry, plan, ready_nodes
 from kilo.ports import (
     Clock,
     ClusterBackend,
@@ -89,6 +89,10 @@ class Agent:
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._next_resync = 0.0
+        self._next_expiry = float("inf")  # monotonic time when a ready node turns not ready
+        self._verify = True  # the next reconcile applies every part (checks the kernel)
+        self._applied: Plan | None = None  # the last plan applied without a failure
+        self._ready: frozenset[str] = frozenset()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +109,8 @@ class Agent:
         self.ports.backend.events.put(None)  # wake the loop now, not at the next event
 
     def request_reconcile(self) -> None:
+        """A full reconcile soon (the device was restarted underneath us, say)."""
+        self._verify = True
         self._dirty.set()
 
     def discover_host(self) -> None:
@@ -130,7 +136,7 @@ class Agent:
     def step(self) -> None:
         """Wait for an event or the next timer, then do what is due."""
         clock = self.ports.clock
-        due = min(self._next_resync, self.publisher.next_check_in())
+        due = min(self._next_resync, self.publisher.next_check_in(), self._next_expiry)
         if clock.wait(self.ports.backend.events, due - clock.monotonic()):
             self._drain_events()
             clock.sleep(DEBOUNCE_SECONDS)  # let the rest of a burst arrive
@@ -140,9 +146,9 @@ class Agent:
             return
         now = clock.monotonic()
         resync = now >= self._next_resync
-        if self._dirty.is_set() or resync:
+        if self._dirty.is_set() or resync or now >= self._next_expiry:
             self._dirty.clear()
-            self.reconcile()
+            self.reconcile(verify=resync or self._verify)
             if resync:
                 self._next_resync = now + self.cfg.resync_period
         if clock.monotonic() >= self.publisher.next_check_in():
@@ -174,7 +180,7 @@ class Agent:
         p.device.close(remove=self.cfg.clean_up and self.cfg.clean_up_interface)
 
     # -- one reconcile: read, plan, apply, publish -----------------------------------------
-    def facts(self) -> LocalFacts:
+    def facts(self, now: float, outages: tuple[Outage, ...] | list[Outage]) -> LocalFacts:
         p = self.ports
         try:
             handshakes = tuple(p.device.peers())
@@ -182,26 +188,39 @@ class Agent:
             handshakes = ()
         return LocalFacts(
             private_key=self.private_key,
-            now=p.clock.time(),
+            now=now,
             private_ip=self.private_ip,
             public_ip=self.public_ip,
             underlay_mtu=self.underlay_mtu,
-            outages=tuple(p.backend.outages()),
+            outages=tuple(outages),
             handshakes=handshakes,
             cni_conf=p.files.read_cni() if self.cfg.settings.cni else None,
         )
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, verify: bool = True) -> list[str]:
+        """Read, plan, apply, publish. Without ``verify``, a read that finds nothing the plan
+        depends on changed (a check-in that only moved ``last-seen``) costs no plan, and parts
+        of the plan equal to those last applied are not applied again: nothing is read from or
+        written to the kernel. With it (the resync), every part is applied, which repairs what
+        changed underneath (a route removed by hand)."""
         with self._lock:
-            self.metrics.reconciles.inc()
             p = self.ports
             try:
                 cluster = self.cache.read(p.backend.nodes(), p.backend.peers())
-                facts = self.facts()
+                now, outages = p.clock.time(), p.backend.outages()
             except Exception as e:  # noqa: BLE001 - keep running; the last good state stays
+                self.metrics.reconciles.inc()
                 self._failed(f"cannot read the cluster: {e}")
                 return []
-            desired = plan(cluster, facts, self.cfg.settings)
+            ready = frozenset(ready_nodes(cluster.nodes, now, outages))
+            self._set_expiry(next_expiry(cluster.nodes, now, outages), now)
+            unchanged = not self.cache.changed and ready == self._ready
+            self._ready = ready
+            if unchanged and not verify and self._applied is not None and self.last_reconcile_ok:
+                return []
+            self.metrics.reconciles.inc()
+            self._verify = False
+            desired = plan(cluster, self.facts(now, outages), self.cfg.settings)
             self.plan = desired
             self.problems.report(desired.problems)
             if desired.status is Status.ABSENT:
@@ -209,10 +228,12 @@ class Agent:
                 self.last_reconcile_ok = True
                 self.last_changes = []
                 return []
-            applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files)
+            previous = None if verify else self._applied
+            applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
             if desired.annotations is not None:
                 self.publisher.publish(desired.annotations)
             self._record(desired, applied.changes)
+            self._applied = desired if applied.ok and desired.status is Status.OK else None
             if not applied.ok:
                 self._failed("; ".join(applied.failures))
             elif desired.status is Status.NO_TOPOLOGY:
@@ -222,6 +243,11 @@ class Agent:
                     log.warning("%s; waiting", desired.reason)
                 self.last_reconcile_ok = True
             return applied.changes
+
+    def _set_expiry(self, at: float | None, now: float) -> None:
+        """Wake when the next ready node would expire (as a monotonic deadline)."""
+        mono = self.ports.clock.monotonic()
+        self._next_expiry = float("inf") if at is None else mono + max(0.0, at - now)
 
     def _failed(self, why: str) -> None:
         self.last_reconcile_ok = False

@@ -38,22 +38,32 @@ def apply_plan(
     firewall: Firewall,
     host: Host,
     files: Files,
+    previous: Plan | None = None,
 ) -> Applied:
     """Apply what the plan holds: the CNI file and the IPIP device whenever the local node is
     known; the device, link, firewall and routes only when the whole data plane is planned
-    (otherwise they stay as they are)."""
+    (otherwise they stay as they are). With ``previous``, the plan last applied in full, a part
+    equal to what it held is not applied again (nothing is read from or written to the kernel
+    for it); without, every part is applied, which verifies it against the kernel."""
     out = Applied()
     cni = plan.cni_conf
     if cni is not None:
         out.run("CNI configuration", lambda: files.write_cni(dict(cni)))
     node = plan.node
     if plan.ipip and node is not None:
-        out.run("IPIP device", lambda: host.ensure_ipip(node.subnet))
+        before = previous.node if previous is not None and previous.ipip else None
+        if before is None or before.subnet != node.subnet:
+            out.run("IPIP device", lambda: host.ensure_ipip(node.subnet))
     dp = plan.dataplane
     if plan.status is not Status.OK or dp is None:
         return out
-    out.run("WireGuard configuration", lambda: device.apply(dp.wireguard))
-    out.run("WireGuard link", lambda: device.configure_link(list(dp.addresses), dp.mtu))
-    out.run("firewall", lambda: firewall.apply(dp.ruleset))
-    out.run("routes", lambda: routes.reconcile(dp.routes, dp.rules))
+    old = previous.dataplane if previous is not None else None
+    if old is None or dp.wireguard != old.wireguard:
+        out.run("WireGuard configuration", lambda: device.apply(dp.wireguard))
+    if old is None or (dp.addresses, dp.mtu) != (old.addresses, old.mtu):
+        out.run("WireGuard link", lambda: device.configure_link(list(dp.addresses), dp.mtu))
+    if old is None or dp.ruleset != old.ruleset:
+        out.run("firewall", lambda: firewall.apply(dp.ruleset))
+    if old is None or (dp.routes, dp.rules) != (old.routes, old.rules):
+        out.run("routes", lambda: routes.reconcile(dp.routes, dp.rules))
     return out

@@ -19,6 +19,7 @@ from kilo.firewall import Ruleset, ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
 from kilo.model import (
+    CHECK_IN_PERIOD_SECONDS,
     DEFAULT_INTERFACE,
     DEFAULT_PORT,
     DEFAULT_SUBNET,
@@ -248,6 +249,20 @@ def ready_nodes(
         if n.ready(int(now - credit)):
             ready[k] = n
     return ready
+
+
+def next_expiry(
+    nodes: Mapping[str, Node], now: float, outages: Sequence[Outage] = ()
+) -> float | None:
+    """When the next of the ready nodes stops being ready unless it checks in again (Unix
+    seconds; None: no ready node). Waking then replaces polling for readiness."""
+    soonest = None
+    for n in ready_nodes(nodes, now, outages).values():
+        credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
+        at = n.last_seen + 2 * CHECK_IN_PERIOD_SECONDS + credit
+        if soonest is None or at < soonest:
+            soonest = at
+    return soonest
 
 
 def discover_nat_endpoints(

@@ -140,6 +140,7 @@ class FakeDevice:
     ensured: bool = False
     on_restart: Callable[[], None] | None = None
     closed: bool | None = None  # the ``remove`` it was closed with
+    reads: int = 0  # peers() calls: reads of the device's state
 
     def ensure(self) -> list[str]:
         self.ensured = True
@@ -165,6 +166,7 @@ class FakeDevice:
         return [f"link {want}"]
 
     def peers(self) -> list[PeerState]:
+        self.reads += 1
         return list(self.states)
 
     def close(self, remove: bool = True) -> None:
@@ -177,8 +179,10 @@ class FakeRoutes:
     rules: list[Rule] | None = None
     fail: bool = False
     removed: bool = False
+    calls: int = 0
 
     def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]:
+        self.calls += 1
         if self.fail:
             raise Broken("a route was refused")
         want, want_rules = list(routes), list(rules)
@@ -198,7 +202,10 @@ class FakeFirewall:
     fail: bool = False
     removed: bool = False
 
+    calls: int = 0
+
     def apply(self, ruleset: Ruleset) -> list[str]:
+        self.calls += 1
         if self.fail:
             raise Broken("nft refused the transaction")
         want = ruleset.nft_json()

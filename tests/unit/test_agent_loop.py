@@ -222,3 +222,54 @@ def test_stop_ends_the_loop() -> None:
     r.agent.stop()
     r.agent.run()  # returns at once
     assert r.device.conf is None
+
+
+def kernel_calls(r: Rig) -> tuple[int, int, int, int]:
+    return r.device.applied, r.device.reads, r.routes.calls, r.firewall.calls
+
+
+def test_a_check_in_that_only_moves_last_seen_costs_no_plan_and_no_kernel_call() -> None:
+    r = Rig(resync_period=1000.0)
+    r.agent.step()
+    r.agent.reconcile(verify=False)  # our own annotations come back once (a real change)
+    before, plans = kernel_calls(r), r.sample("kilo_reconciles_total")
+    for _ in range(3):
+        b1 = r.backend.node_objs["b1"]
+        b1["metadata"]["annotations"][LAST_SEEN] = str(int(r.clock.time()))
+        r.backend.put_node(b1)
+        r.agent.step()
+    assert kernel_calls(r) == before
+    assert r.sample("kilo_reconciles_total") == plans
+    assert r.agent.last_changes == [] and r.agent.last_reconcile_ok
+
+
+def test_a_real_change_applies_only_the_parts_that_changed() -> None:
+    r = Rig(resync_period=1000.0)
+    r.agent.step()
+    applied, _, routes, _ = kernel_calls(r)
+    b1 = r.backend.node_objs["b1"]
+    b1["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = "198.51.100.99:51820"
+    r.backend.put_node(b1)
+    r.agent.step()
+    assert r.device.applied == applied + 1  # the endpoint is in the WireGuard config
+    assert r.routes.calls == routes  # the routes did not change: not touched
+
+
+def test_drift_is_repaired_at_the_resync() -> None:
+    r = Rig(resync_period=10.0)
+    r.agent.step()
+    want = r.routes.routes
+    assert want
+    r.routes.routes = want[1:]  # a route removed by hand
+    r.agent.step()  # the resync
+    assert r.routes.routes == want
+
+
+def test_a_node_that_stops_checking_in_expires_on_a_timer() -> None:
+    r = Rig(nodes=cluster(b1_last_seen=NOW - 50), resync_period=1000.0)
+    r.agent.step()
+    assert r.peer_keys() == {key_for("b1")}
+    t0 = r.clock.monotonic()
+    r.agent.step()  # no event: woken when b1's 60 s are up, not at the check-in (30 s)
+    assert r.clock.monotonic() - t0 == pytest.approx(10.0)
+    assert r.peer_keys() == set()
