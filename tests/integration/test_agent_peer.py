@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kilo.dataplane.wgdevice import UserspaceDevice
+from kilo.dataplane.wg_userspace import UserspaceDevice
 from kilo.lab import netns
 from kilo.lab.lab import Lab
 from kilo.wireguard import parse

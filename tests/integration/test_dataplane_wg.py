@@ -20,7 +20,7 @@ import pytest
 
 from kilo import keys
 from kilo.dataplane import uapi, wgdevice
-from kilo.dataplane.wgdevice import UserspaceDevice
+from kilo.dataplane.wg_userspace import UserspaceDevice
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
 
