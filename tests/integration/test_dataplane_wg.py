@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from kilo import keys
 from kilo.dataplane import uapi, wgdevice
-from kilo.dataplane.wg_userspace import UserspaceDevice
+from kilo.dataplane.host import underlay_mtu
+from kilo.dataplane.wg_kernel import KernelDevice
+from kilo.dataplane.wg_userspace import UserspaceDevice, find_wireguard_go
+from kilo.keys import Key
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
 
@@ -42,7 +44,7 @@ def _requirements() -> str | None:
         if shutil.which(tool) is None:
             return f"needs {tool}"
     try:
-        wgdevice.find_wireguard_go()
+        find_wireguard_go()
     except wgdevice.DeviceError as e:
         return str(e)
     return None
@@ -58,12 +60,12 @@ class Node:
     ns: str
     underlay: str
     wg_ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface
-    private_key: bytes
+    private_key: Key
     dev: UserspaceDevice
 
     @property
-    def public_key(self) -> bytes:
-        return keys.public_key(self.private_key)
+    def public_key(self) -> Key:
+        return self.private_key.public()
 
     def peer(self, keepalive: int = 0) -> WgPeer:
         return WgPeer(
@@ -121,13 +123,11 @@ def pair() -> Iterator[tuple[Node, Node]]:
             "netns",
             names[1],
         )
-        for ns, ip, wg_ip in zip(names, UNDERLAY, WG_IPS):
+        for ns, ip, wg_ip in zip(names, UNDERLAY, WG_IPS, strict=True):
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "kpy-veth")
             sh("ip", "-n", ns, "link", "set", "kpy-veth", "up")
             dev = UserspaceDevice("kilo0", netns=ns)
-            nodes.append(
-                Node(ns, ip, ipaddress.ip_interface(wg_ip), keys.generate_private_key(), dev)
-            )
+            nodes.append(Node(ns, ip, ipaddress.ip_interface(wg_ip), Key.generate(), dev))
             dev.start()
             dev.configure_link([ipaddress.ip_interface(wg_ip)], mtu=1420)
         yield nodes[0], nodes[1]
@@ -182,7 +182,7 @@ def test_ping_through_tunnel(pair: tuple[Node, Node]) -> None:
     assert st.rx_bytes > 0 and st.tx_bytes > 0
     assert st.endpoint == (ipaddress.ip_address(b.underlay), PORT)
     shown = sh(*a.dev.wg_argv("show", "kilo0", "peers")).stdout.split()
-    assert shown == [keys.key_str(b.public_key)]
+    assert shown == [str(b.public_key)]
 
 
 def test_noop_and_unrelated_changes_keep_the_handshake(pair: tuple[Node, Node]) -> None:
@@ -194,26 +194,26 @@ def test_noop_and_unrelated_changes_keep_the_handshake(pair: tuple[Node, Node]) 
     assert a.dev.apply(a.conf(b.peer(keepalive=25))) == []
     assert b.dev.apply(b.conf(a.peer())) == []
 
-    other = keys.public_key(keys.generate_private_key())
+    other = Key.generate().public()
     extra = WgPeer(
         public_key=other,
         allowed_ips=[ipaddress.ip_interface("10.4.0.9/32")],
         endpoint=Endpoint(port=PORT, dns="localhost"),
     )
     changes = a.dev.apply(a.conf(b.peer(keepalive=25), extra))
-    assert len(changes) == 1 and changes[0].startswith("add peer " + keys.key_str(other))
+    assert len(changes) == 1 and changes[0].startswith("add peer " + str(other))
     peers = a.dev.state().peers
     assert peers[other].endpoint == (ipaddress.ip_address("127.0.0.1"), PORT)  # DNS resolved
 
     extra.allowed_ips.append(ipaddress.ip_interface("10.99.0.0/24"))
     changes = a.dev.apply(a.conf(b.peer(keepalive=25), extra))
-    assert changes == [f"update peer {keys.key_str(other)}: allowed IPs 10.4.0.9/32,10.99.0.0/24"]
+    assert changes == [f"update peer {other!s}: allowed IPs 10.4.0.9/32,10.99.0.0/24"]
     assert {str(x) for x in a.dev.state().peers[other].allowed_ips} == {
         "10.4.0.9/32",
         "10.99.0.0/24",
     }
 
-    assert a.dev.apply(a.conf(b.peer(keepalive=25))) == [f"remove peer {keys.key_str(other)}"]
+    assert a.dev.apply(a.conf(b.peer(keepalive=25))) == [f"remove peer {other!s}"]
     assert other not in a.dev.state().peers
     assert handshake(a, b) == before
     assert a.ping(str(b.wg_ip.ip), count=1).returncode == 0
@@ -224,9 +224,7 @@ def test_changed_peer_is_updated_in_place(pair: tuple[Node, Node]) -> None:
     a, b = pair
     connect(a, b)
     p = b.peer(keepalive=10)
-    assert a.dev.apply(a.conf(p)) == [
-        f"update peer {keys.key_str(b.public_key)}: keepalive 25 -> 10"
-    ]
+    assert a.dev.apply(a.conf(p)) == [f"update peer {b.public_key!s}: keepalive 25 -> 10"]
     assert a.dev.state().peers[b.public_key].persistent_keepalive == 10
     assert a.dev.apply(WgConf(private_key=a.private_key, listen_port=PORT + 1, peers=[p])) == [
         f"set listen port {PORT} -> {PORT + 1}"
@@ -278,12 +276,12 @@ def test_auto_selection_and_mtu(pair: tuple[Node, Node]) -> None:
     assert wgdevice.link_kind("kpy-probe", a.ns) is None  # and the probe left nothing behind
     dev = wgdevice.open_device("kpy-probe", netns=a.ns)
     assert isinstance(dev, UserspaceDevice) and dev.pid is None  # nothing started yet
-    assert isinstance(wgdevice.open_device("kilo0", "kernel", netns=a.ns), wgdevice.KernelDevice)
+    assert isinstance(wgdevice.open_device("kilo0", "kernel", netns=a.ns), KernelDevice)
 
-    assert wgdevice.auto_mtu(a.ns) == wgdevice.DEFAULT_MTU  # no default route
+    assert underlay_mtu(a.ns) is None  # no default route
     sh("ip", "-n", a.ns, "link", "set", "kpy-veth", "mtu", "9000")
     sh("ip", "-n", a.ns, "route", "add", "default", "via", UNDERLAY[1])
-    assert wgdevice.auto_mtu(a.ns) == 9000 - 80
+    assert underlay_mtu(a.ns) == 9000
     assert a.dev.configure_link([a.wg_ip], mtu=8920) == ["set kilo0 mtu 1420 -> 8920"]
     assert a.dev.configure_link([a.wg_ip, ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
         "add address fd04::1/64 to kilo0"
@@ -291,3 +289,15 @@ def test_auto_selection_and_mtu(pair: tuple[Node, Node]) -> None:
     assert a.dev.configure_link([ipaddress.ip_interface("fd04::1/64")], mtu=8920) == [
         "remove address 10.4.0.1/16 from kilo0"
     ]
+    # A new address in the same subnet as the old (the node's WireGuard IP moved): the old one,
+    # the subnet's primary, goes first, or the kernel would take the new secondary with it.
+    moved = ipaddress.ip_interface("10.4.0.2/16")
+    assert a.dev.configure_link([a.wg_ip], mtu=8920) == [
+        "remove address fd04::1/64 from kilo0",
+        "add address 10.4.0.1/16 to kilo0",
+    ]
+    assert a.dev.configure_link([moved], mtu=8920) == [
+        "remove address 10.4.0.1/16 from kilo0",
+        "add address 10.4.0.2/16 to kilo0",
+    ]
+    assert a.dev.configure_link([moved], mtu=8920) == []  # it is still there

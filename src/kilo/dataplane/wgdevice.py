@@ -43,8 +43,6 @@ from kilo.wireguard import WgConf, WgPeer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MTU = 1420
-WIREGUARD_OVERHEAD = 80
 IFF_UP = 0x1
 
 Resolver = Callable[[Endpoint], UdpAddress | None]
@@ -170,17 +168,6 @@ def _iproute(netns: str | None) -> IPRoute:
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
-def auto_mtu(netns: str | None = None) -> int:
-    """Kilo's ``--mtu auto``: the MTU of the default route's interface minus 80, else 1420."""
-    with _iproute(netns) as ipr:
-        for r in ipr.get_routes(family=socket.AF_INET, table=254):
-            if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
-                links = ipr.get_links(r.get_attr("RTA_OIF"))
-                if links:
-                    return int(links[0].get_attr("IFLA_MTU")) - WIREGUARD_OVERHEAD
-    return DEFAULT_MTU
-
-
 def link_kind(name: str, netns: str | None = None) -> str | None:
     """``"wireguard"``, ``"tun"``... for an existing link, ``""`` if it has no kind, None if
     absent."""
@@ -212,14 +199,16 @@ def configure_link(
             if addr is not None and not ipaddress.ip_address(addr).is_link_local:
                 have[f"{addr}/{a['prefixlen']}"] = (addr, a["prefixlen"])
         want = {str(a): a for a in addresses}
-        for key, a in want.items():
-            if key not in have:
-                ipr.addr("add", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
-                changes.append(f"add address {key} to {name}")
+        # Remove first: deleting the primary address of a subnet also deletes the secondary
+        # ones in it, so a new address added before the old one goes would go with it.
         for key, (addr, plen) in have.items():
             if key not in want:
                 ipr.addr("del", index=index, address=addr, prefixlen=plen)
                 changes.append(f"remove address {key} from {name}")
+        for key, a in want.items():
+            if key not in have:
+                ipr.addr("add", index=index, address=str(a.ip), prefixlen=a.network.prefixlen)
+                changes.append(f"add address {key} to {name}")
         if not link["flags"] & IFF_UP:
             ipr.link("set", index=index, state="up")
             changes.append(f"set {name} up")
