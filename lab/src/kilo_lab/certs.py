@@ -137,7 +137,9 @@ def write_kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": "kpy",
-        "clusters": [{"name": "kpy", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "clusters": [
+            {"name": "kpy", "cluster": {"server": server, "certificate-authority-data": ca}}
+        ],
         "users": [{"name": user, "user": dict(creds)}],
         "contexts": [{"name": "kpy", "context": {"cluster": "kpy", "user": user}}],
     }

@@ -141,23 +141,29 @@ def _print_summary(lab: Lab) -> None:
     sys.stdout.flush()
 
 
+def _stop_holder(name: str) -> None:
+    """SIGTERM the process holding lab ``name`` (if another one does) and wait for it."""
+    owner = (load(name) or {}).get("owner") or {}
+    pid: int | None = owner.get("pid")
+    start: int | None = owner.get("start")
+    if not pid or pid == os.getpid() or not procs.alive(pid, start):
+        return
+    _say(f"stopping the process holding lab {name} (pid {pid})")
+    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(LabError):  # teardown removes what it leaves
+        wait_until(
+            f"the holder of lab {name} (pid {pid}) to stop",
+            lambda: not procs.alive(pid, start),
+            120,
+            0.1,
+            error=LabError,
+        )
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     names = list_labs() if args.all else [_pick(args.name)]
     for name in names:
-        state = load(name) or {}
-        owner = state.get("owner") or {}
-        pid, start = owner.get("pid"), owner.get("start")
-        if pid and pid != os.getpid() and procs.alive(pid, start):
-            _say(f"stopping the process holding lab {name} (pid {pid})")
-            os.kill(pid, signal.SIGTERM)
-            with contextlib.suppress(LabError):  # teardown below removes what it left
-                wait_until(
-                    f"the holder of lab {name} (pid {pid}) to stop",
-                    lambda: not procs.alive(pid, start),
-                    120,
-                    0.1,
-                    error=LabError,
-                )
+        _stop_holder(name)
         problems = teardown(name, progress=lambda msg: None)
         for p in problems:
             print(f"warning: {p}", file=sys.stderr)

@@ -163,4 +163,3 @@ def _pythonpath() -> dict[str, str]:
     here = str(pathlib.Path(__file__).resolve().parents[1])
     rest = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": f"{here}:{rest}" if rest else here}
-

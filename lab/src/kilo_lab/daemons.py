@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kilo.cni import pod_cidr_of
+
 from kilo_lab import pods, procs
 from kilo_lab.binaries import BinaryMissing, env_var, locate
 from kilo_lab.errors import LabError

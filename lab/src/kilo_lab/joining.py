@@ -107,6 +107,4 @@ def _with_nodes(
     new_loc = dataclasses.replace(loc, nodes=nodes)
     locs = tuple(new_loc if x is loc else x for x in c.locations)
     new_c = dataclasses.replace(c, locations=locs)
-    return dataclasses.replace(
-        spec, clusters=tuple(new_c if x is c else x for x in spec.clusters)
-    )
+    return dataclasses.replace(spec, clusters=tuple(new_c if x is c else x for x in spec.clusters))

@@ -320,11 +320,16 @@ class Lab(Commands):
         runtime = pods.Runtime(self.ns(node), self.paths.cni_data(node))
         try:
             net = runtime.add(
-                conf, pns, pns, args=f"IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=default"
+                conf,
+                pns,
+                pns,
+                args=f"IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=default",
             )
         except pods.CNIError as e:
             raise LabError(str(e)) from e
-        pod = Pod(name=name, node=node, netns=pns, container_id=pns, ip=str(net.ip), result=net.result)
+        pod = Pod(
+            name=name, node=node, netns=pns, container_id=pns, ip=str(net.ip), result=net.result
+        )
         self.pods[name] = pod
         self.store.add("pods", name, {**dataclasses.asdict(pod), "conflist": conf})
         return pod

@@ -23,8 +23,8 @@ import os
 import pathlib
 import re
 
-from kilo.dataplane.wg_userspace import SOCKET_ROOT as KG_WG_SOCKET_ROOT
-from kilo.dataplane.wg_userspace import default_socket_dir
+from kilo.dataplane.wg_userspace import SOCKET_ROOT, default_socket_dir
+
 from kilo_lab.spec import LabSpec
 
 STATE_ROOT = pathlib.Path(os.environ.get("KPY_LAB_STATE", "/run/kpy-lab"))
@@ -33,6 +33,7 @@ METRICS_PORT = 1107
 IF_LAN, IF_MGMT, IF_INET = "kpy-lan", "kpy-mgmt", "kpy-inet"
 BRIDGE_INET = "kpy-inet"
 CONFLIST_NAME = "10-kilo.conflist"
+KG_WG_SOCKET_ROOT = SOCKET_ROOT  # where kg's wireguard-go sockets live (the product's)
 
 
 def ns_name(lab: str, host: str) -> str:

@@ -95,7 +95,7 @@ def call(netns: str | None, fn: Callable[[], T]) -> T:
             finally:
                 os.close(fd)
             box["value"] = fn()
-        except BaseException as exc:  # handed to the caller below
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller below)
             box["error"] = exc
 
     thread = threading.Thread(target=target, name=f"kpy-netns-{netns}", daemon=True)
@@ -104,6 +104,7 @@ def call(netns: str | None, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return cast(T, box["value"])
+
 
 # --- namespaces ---------------------------------------------------------------------------
 

@@ -80,7 +80,9 @@ class Network:
         internet, with a default route on-link through the internet or the LAN."""
         ns = self.new_ns(n.name, forwarding=True)
         loc = c.locations[location_index]
-        self.attach(ns, IF_LAN, lan_bridge(c.index, location_index), f"{n.lan_ip}/{loc.cidr.prefixlen}")
+        self.attach(
+            ns, IF_LAN, lan_bridge(c.index, location_index), f"{n.lan_ip}/{loc.cidr.prefixlen}"
+        )
         self.attach(ns, IF_MGMT, mgmt_bridge(c.index), f"{n.mgmt_ip}/{c.mgmt_cidr.prefixlen}")
         if n.public_ip is not None:
             self.attach(ns, IF_INET, BRIDGE_INET, f"{n.public_ip}/{_plen(spec, n.public_ip)}")

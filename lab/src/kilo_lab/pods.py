@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kilo.cni import default_conflist, with_pod_cidr
+
 from kilo_lab import netns
 
 CNI_PATH = "/usr/lib/cni"
