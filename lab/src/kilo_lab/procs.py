@@ -68,11 +68,13 @@ def start(
 
 
 def start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot); None if it is gone."""
+    """The kernel's start time of ``pid`` (clock ticks since boot); None if it is gone (a
+    zombie whose threads have all exited counts as gone; a Go program's main thread may exit
+    before the others, and the process is not gone until they have)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
-        if fields[0] in ("Z", "X"):
+        if fields[0] in ("Z", "X") and len(os.listdir(f"/proc/{pid}/task")) <= 1:
             return None
         return int(fields[19])
     except (OSError, IndexError, ValueError):
@@ -131,12 +133,16 @@ def _wait_gone(
     timeout: float,
 ) -> list[tuple[int, int | None]]:
     deadline = time.monotonic() + timeout
-    ours = {p.pid for p in popens}
+    ours = {p.pid: p for p in popens}
+
+    def running(pid: int, st: int | None) -> bool:
+        if pid in ours:  # our child: until it is reaped (which keeps its exit code)
+            return ours[pid].poll() is None
+        _reap([pid])
+        return alive(pid, st)
+
     while todo and time.monotonic() < deadline:
-        for p in popens:
-            p.poll()  # reaps our own children (keeping their exit codes)
-        _reap(pid for pid, _ in todo if pid not in ours)
-        todo = [(pid, st) for pid, st in todo if alive(pid, st)]
+        todo = [(pid, st) for pid, st in todo if running(pid, st)]
         if todo:
             time.sleep(0.05)
     return todo
