@@ -19,7 +19,6 @@ import json
 import pathlib
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -45,18 +44,6 @@ def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL if the thread that started us goes away."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def free_port(host: str = "127.0.0.1", netns_name: str | None = None) -> int:
-    """A TCP port nobody listens on right now, at ``host`` (inside ``netns_name`` if given)."""
-
-    def pick() -> int:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
-
-    return netns.call(netns_name, pick)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -140,8 +127,8 @@ class ControlPlane:
         self._prepare_files()
         if self.netns is not None:
             netns.ip(self.netns, "link", "set", "lo", "up")
-        self.etcd_port = free_port("127.0.0.1", self.netns)
-        self.port = self._port or free_port(self._probe_host(), self.netns)
+        self.etcd_port = netns.free_port("127.0.0.1", self.netns)
+        self.port = self._port or netns.free_port(self._probe_host(), self.netns)
         admin = (self._path("admin.crt").read_bytes(), self._path("admin.key").read_bytes())
         self._write_cert_kubeconfig(self.kubeconfig, "kpy-admin", ("system:masters",), admin)
         self._start_etcd()
@@ -169,7 +156,7 @@ class ControlPlane:
     @contextlib.contextmanager
     def extra_apiserver(self) -> Iterator[pathlib.Path]:
         """A second kube-apiserver on the same etcd (an HA replica); yields its kubeconfig."""
-        port = free_port(self._probe_host(), self.netns)
+        port = netns.free_port(self._probe_host(), self.netns)
         proc = self._launch_apiserver(port, f"apiserver-{port}")
         try:
             path = self._path(f"admin-{port}.kubeconfig")
@@ -318,7 +305,7 @@ class ControlPlane:
         )
 
     def _start_etcd(self) -> None:
-        peer = free_port("127.0.0.1", self.netns)
+        peer = netns.free_port("127.0.0.1", self.netns)
         client, peer_url = self.etcd_url, f"http://127.0.0.1:{peer}"
         log = self._path("etcd.log")
         self._etcd = self._spawn(

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import yaml
-
 from kilo_lab import joining, netns, pods, state
 from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.commands import Commands
@@ -31,7 +29,7 @@ from kilo_lab.layout import API_PORT, Paths, expected_namespaces, state_dir
 from kilo_lab.network import Network
 from kilo_lab.objects import crd_manifest, node_object
 from kilo_lab.pods import Pod
-from kilo_lab.spec import LabSpec, NodeSpec, parse
+from kilo_lab.spec import LabSpec, NodeSpec, load_yaml, parse
 from kilo_lab.teardown import teardown
 
 __all__ = ["Lab", "LabError", "Pod", "load_yaml", "preflight", "running"]
@@ -278,10 +276,6 @@ class Lab(Commands):
 
     # ---- kg
 
-    def agent_argv(self, node: str) -> list[str]:
-        """How kg is run on ``node`` (inside its namespace)."""
-        return self.daemons.agent_argv(node)
-
     def start_agent(self, node: str, extra_args: tuple[str, ...] = ()) -> Any:
         """Start kg on ``node`` (logging to its kg.log, appended)."""
         return self.daemons.start_agent(node, extra_args)
@@ -290,10 +284,6 @@ class Lab(Commands):
         """SIGTERM kg on ``node`` and wait for it (SIGKILL after ``timeout``); its exit code
         (None if it was not running)."""
         return self.daemons.stop_agents([node], timeout).get(node)
-
-    def stop_agents(self, nodes: list[str], timeout: float = 15.0) -> dict[str, int | None]:
-        """Stop kg on several nodes at once (all get SIGTERM first, then they are waited for)."""
-        return self.daemons.stop_agents(nodes, timeout)
 
     def restart_agent(self, node: str) -> Any:
         self.stop_agent(node)
@@ -414,11 +404,3 @@ def running(spec: LabSpec | Mapping[str, Any], **kw: Any) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
-
-
-def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A lab description file's data (validated later by ``Lab``/``parse``)."""
-    data = yaml.safe_load(pathlib.Path(path).read_text())
-    if not isinstance(data, dict):
-        raise LabError(f"{path}: not a lab description (a mapping)")
-    return data

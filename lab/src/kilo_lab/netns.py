@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -104,6 +105,18 @@ def call(netns: str | None, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return cast(T, box["value"])
+
+
+def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
+    """A TCP port nobody listens on right now, at ``host`` (inside ``netns`` if given)."""
+
+    def pick() -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+    return call(netns, pick)
 
 
 # --- namespaces ---------------------------------------------------------------------------
