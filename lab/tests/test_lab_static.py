@@ -20,7 +20,7 @@ from kilo_lab import netns, procs
 from kilo_lab.lab import Lab, LabError
 from kilo_lab.layout import state_dir
 from kilo_lab.state import load as load_state
-from kilo_lab.testing import REPO, need_lab
+from kilo_lab.testing import REPO, need_lab, root_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -53,22 +53,6 @@ def _requirements() -> None:
     need_lab()
 
 
-def root_view() -> dict[str, str]:
-    """What the root namespace looks like (links, addresses, routes, rules)."""
-
-    def out(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True).stdout
-
-    return {
-        "links": "\n".join(
-            sorted(line.split(":")[1].strip() for line in out("ip", "-o", "link").splitlines())
-        ),
-        "addrs": out("ip", "-o", "addr"),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "rules": out("ip", "rule"),
-    }
-
-
 def lab_namespaces(name: str) -> list[str]:
     return [n for n in netns.names(f"kpy-{name}-")]
 
@@ -83,7 +67,7 @@ def assert_gone(name: str, pids: list[int]) -> None:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Lab, dict[str, str]]]:
     _requirements()
-    before = root_view()
+    before = root_snapshot()
     lab = Lab(SPEC, agent=False)
     lab.up()
     try:
@@ -92,7 +76,7 @@ def lab() -> Iterator[tuple[Lab, dict[str, str]]]:
         pids = [p for n in lab.state.get("namespaces", []) for p in procs.pids(n)]
         lab.down()
         assert_gone(NAME, pids)
-        assert root_view() == before
+        assert root_snapshot() == before
 
 
 def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
@@ -127,7 +111,7 @@ def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
 
 def test_root_namespace_untouched(lab: tuple[Lab, dict[str, str]]) -> None:
     _, before = lab
-    assert root_view() == before
+    assert root_snapshot() == before
 
 
 def test_networks(lab: tuple[Lab, dict[str, str]]) -> None:

@@ -23,7 +23,7 @@ from kilo_lab import netns, procs
 from kilo_lab.lab import Lab
 from kilo_lab.layout import METRICS_PORT, kg_socket_dir, state_dir
 from kilo_lab.poll import wait_until
-from kilo_lab.testing import need_lab
+from kilo_lab.testing import need_lab, root_snapshot
 
 PEER_API = "kilo.squat.ai/v1alpha1"
 
@@ -77,24 +77,6 @@ def preconditions() -> None:
 
 
 # --- the root namespace and leftovers ------------------------------------------------------
-
-
-def root_snapshot() -> dict[str, str]:
-    """What a lab must not change in the root namespace: links, routes, rules, nft tables."""
-
-    def out(*argv: str) -> str:
-        r = subprocess.run(argv, capture_output=True, text=True, check=False)
-        return r.stdout
-
-    links = sorted(re.findall(r"^\d+: ([^:@]+)", out("ip", "-o", "link", "show"), re.MULTILINE))
-    return {
-        "links": "\n".join(links),
-        "routes4": out("ip", "-4", "route", "show", "table", "all"),
-        "routes6": out("ip", "-6", "route", "show", "table", "all"),
-        "rules4": out("ip", "-4", "rule", "show"),
-        "rules6": out("ip", "-6", "rule", "show"),
-        "nft": out("nft", "list", "tables"),
-    }
 
 
 def processes_mentioning(text: str) -> list[int]:

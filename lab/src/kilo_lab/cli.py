@@ -15,7 +15,6 @@ kilo-lab kubeconfig CLUSTER [--lab NAME] print the path of a cluster's kubeconfi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pathlib
@@ -31,7 +30,6 @@ from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.errors import LabError
 from kilo_lab.lab import Lab, load_yaml
 from kilo_lab.layout import STATE_ROOT, Paths, ns_name, state_dir
-from kilo_lab.poll import wait_until
 from kilo_lab.signals import raise_on
 from kilo_lab.spec import SpecError
 from kilo_lab.state import list_labs, load, status
@@ -149,15 +147,7 @@ def _stop_holder(name: str) -> None:
     if not pid or pid == os.getpid() or not procs.alive(pid, start):
         return
     _say(f"stopping the process holding lab {name} (pid {pid})")
-    os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(LabError):  # teardown removes what it leaves
-        wait_until(
-            f"the holder of lab {name} (pid {pid}) to stop",
-            lambda: not procs.alive(pid, start),
-            120,
-            0.1,
-            error=LabError,
-        )
+    procs.stop([(pid, start)], timeout=120)  # it tears the lab down first; teardown then checks
 
 
 def cmd_down(args: argparse.Namespace) -> int:

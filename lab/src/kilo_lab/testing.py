@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -54,6 +56,29 @@ def need_lab(*binaries: str) -> None:
     reason = pods.plugins_available()
     if reason:
         unavailable(reason)
+
+
+def root_snapshot() -> dict[str, str]:
+    """What a lab must not change in the root namespace: links, addresses (without their
+    lifetimes), routes, rules, nftables tables."""
+
+    def out(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+        except FileNotFoundError:
+            return f"({argv[0]} not installed)"
+
+    links = sorted(re.findall(r"^\d+: ([^:@]+)", out("ip", "-o", "link", "show"), re.MULTILINE))
+    addrs = re.sub(r"\s+(?:valid_lft|preferred_lft)\s+\S+", "", out("ip", "-o", "addr", "show"))
+    return {
+        "links": "\n".join(links),
+        "addrs": addrs,
+        "routes4": out("ip", "-4", "route", "show", "table", "all"),
+        "routes6": out("ip", "-6", "route", "show", "table", "all"),
+        "rules4": out("ip", "-4", "rule", "show"),
+        "rules6": out("ip", "-6", "rule", "show"),
+        "nft": out("nft", "list", "tables"),
+    }
 
 
 def install_crd(cp: ControlPlane) -> None:
