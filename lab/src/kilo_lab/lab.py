@@ -3,8 +3,9 @@
 The lab is assembled from parts of one job each: ``network`` (namespaces and links),
 ``controlplane`` (etcd + kube-apiserver per cluster), ``daemons`` (kg and kube-proxy on the
 nodes), ``pods`` (CNI), ``state`` (the state file) and ``teardown``; ``Lab`` orders them and
-offers what tests, benchmarks, the demo and the CLI do with a running lab (``cluster.py``:
-commands in it, nodes joining and leaving). The root namespace gets no link, address or route.
+offers what tests, benchmarks, the demo and the CLI do with a running lab (``commands``: what
+runs in it; ``joining``: nodes joining and leaving). The root namespace gets no link, address
+or route.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kilo_lab import joining, netns, pods, state
@@ -82,11 +84,11 @@ class Lab(Commands):
         return self.store.data
 
     @property
-    def agents(self) -> dict[str, Any]:
+    def agents(self) -> dict[str, subprocess.Popen[bytes]]:
         return self.daemons.agents
 
     @property
-    def proxies(self) -> dict[str, Any]:
+    def proxies(self) -> dict[str, subprocess.Popen[bytes]]:
         return self.daemons.proxies
 
     def ns(self, host: str) -> str:
@@ -276,7 +278,7 @@ class Lab(Commands):
 
     # ---- kg
 
-    def start_agent(self, node: str, extra_args: tuple[str, ...] = ()) -> Any:
+    def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start kg on ``node`` (logging to its kg.log, appended)."""
         return self.daemons.start_agent(node, extra_args)
 
@@ -285,7 +287,7 @@ class Lab(Commands):
         (None if it was not running)."""
         return self.daemons.stop_agents([node], timeout).get(node)
 
-    def restart_agent(self, node: str) -> Any:
+    def restart_agent(self, node: str) -> subprocess.Popen[bytes]:
         self.stop_agent(node)
         return self.start_agent(node)
 
