@@ -14,8 +14,8 @@ per process:
             the resync timer and from the other nodes' check-ins (each node patches its Node's
             last-seen every 30 s, and every agent hears of it)
 
-kg is a Python process (the one ``ip netns exec`` became); wireguard-go is found from the pid
-file kg's device keeps next to its UAPI socket.
+kg is a Python process (the one ``ip netns exec`` became); wireguard-go is the process of that
+name among the node namespace's processes.
 """
 
 from __future__ import annotations
