@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from kilo.lab import netns
-from kilo.lab.lab import Lab, LabError
-from kilo.lab.signals import raise_on
+from kilo_lab import netns, poll, procs
+from kilo_lab.lab import Lab, LabError
+from kilo_lab.signals import raise_on
 
 
 def two_locations(name: str, peers: Sequence[str] = ()) -> dict[str, Any]:
@@ -156,20 +156,7 @@ class FirstReply:
         self.at: float | None = None
         self.done = threading.Event()
         self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                lab.ns(host),
-                "ping",
-                "-n",
-                "-D",
-                "-i",
-                str(interval),
-                "-W",
-                "1",
-                ip,
-            ],
+            netns.command(lab.ns(host), ["ping", "-n", "-D", "-i", str(interval), "-W", "1", ip]),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -194,14 +181,7 @@ class FirstReply:
         return self.at
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        procs.stop([self.proc], timeout=5)
         self._thread.join(2)
 
 
@@ -224,10 +204,4 @@ def wait_until(
     cond: Callable[[], bool], timeout: float, step: float = 0.2, what: str = "condition"
 ) -> float:
     """Poll ``cond`` until true; the seconds it took (LabError after ``timeout``)."""
-    t0 = time.monotonic()
-    while True:
-        if cond():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
+    return poll.wait_until(what, cond, timeout, step, error=LabError)

@@ -14,8 +14,8 @@ per process:
             the resync timer and from the other nodes' check-ins (each node patches its Node's
             last-seen every 30 s, and every agent hears of it)
 
-kg is a Python process (the one ``ip netns exec`` became); wireguard-go is found from the pid
-file kg's device keeps next to its UAPI socket.
+kg is a Python process (the one ``ip netns exec`` became); wireguard-go is the process of that
+name among the node namespace's processes.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from _common import (
     two_locations,
     wait_until,
 )
-
-from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.lab.lab import METRICS_PORT, Lab, LabError
+from kilo_lab import procs
+from kilo_lab.lab import Lab, LabError
+from kilo_lab.layout import METRICS_PORT
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -63,8 +63,11 @@ def cpu_ticks(pid: int, children: bool = False) -> int:
 
 
 def comm(pid: int) -> str:
-    with open(f"/proc/{pid}/comm") as f:
-        return f.read().strip()
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def reconciles(lab: Lab, node: str) -> int | None:
@@ -76,14 +79,11 @@ def reconciles(lab: Lab, node: str) -> int | None:
 
 
 def wg_pid(lab: Lab, node: str) -> int:
-    dev = UserspaceDevice("kilo0", netns=lab.ns(node))
-    with open(dev.pid_file) as f:
-        pid = int(f.read().strip())
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        cmdline = f.read().decode(errors="replace")
-    if "wireguard-go" not in cmdline:
-        raise LabError(f"{node}: pid {pid} from {dev.pid_file} is not wireguard-go")
-    return pid
+    """The wireguard-go that kg started on ``node`` (found among the node's processes)."""
+    found = [p for p in procs.pids(lab.ns(node)) if comm(p) == "wireguard-go"]
+    if len(found) != 1:
+        raise LabError(f"{node}: want one wireguard-go process, found {found}")
+    return found[0]
 
 
 def all_pods_reach(lab: Lab) -> bool:

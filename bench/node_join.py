@@ -39,9 +39,8 @@ from _common import (
     table,
     wait_until,
 )
-
-from kilo.lab import netns
-from kilo.lab.lab import Lab, LabError
+from kilo_lab import netns
+from kilo_lab.lab import Lab, LabError
 
 LAN_LINKS = ("kpy-inet", "kpy-lan", "kpy-mgmt")
 READY_WINDOW = 60  # Kilo: a node is ready while its last check-in is < 2 x 30 s old
@@ -99,7 +98,7 @@ def join_run(lab: Lab, i: int, location: str) -> tuple:
         if lab.pods[f"{name}-p0"].address != ip:
             raise LabError(f"{name}-p0 got {lab.pods[f'{name}-p0'].address}, expected {ip}")
         got = [p.wait(max(1.0, 60 - (time.time() - t0))) for p in probes]
-    missing = [s for s, g in zip(sources, got) if g is None]
+    missing = [s for s, g in zip(sources, got, strict=True) if g is None]
     if missing:
         raise LabError(f"{name}: no reply from {ip} to {missing} within 60 s")
     last = max(got) - t0  # type: ignore[type-var,operator]

@@ -25,7 +25,6 @@ a fresh laptop whose first handshake came too early retries after 5 s.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import time
 from typing import Any
@@ -42,10 +41,11 @@ from _common import (
     two_locations,
     wait_until,
 )
+from kilo_lab import peers
+from kilo_lab.lab import Lab, LabError
+from kilo_lab.peers import PeerHost
 
-from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.keys import generate_private_key, key_str, public_key
-from kilo.lab.lab import Lab, LabError
+from kilo.keys import Key
 from kilo.wireguard import parse
 
 TARGET_P95 = 1.0
@@ -57,42 +57,12 @@ def spec(name: str) -> dict[str, Any]:
     return two_locations(name, ("laptop",))
 
 
-def peer_object(pub: bytes, laptop_ip: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "kilo.squat.ai/v1alpha1",
-            "kind": "Peer",
-            "metadata": {"name": "laptop"},
-            "spec": {
-                "allowedIPs": [f"{PEER_IP}/32"],
-                "publicKey": key_str(pub),
-                "endpoint": {"dnsOrIP": {"ip": laptop_ip}, "port": 51820},
-                "persistentKeepalive": 10,
-            },
-        }
-    )
-
-
-def leaders_have(lab: Lab, pub: bytes) -> tuple[bool, bool]:
-    k = key_str(pub)
+def leaders_have(lab: Lab, pub: Key) -> tuple[bool, bool]:
+    k = str(pub)
     return tuple(
         k in lab.wg(n, "show", "kilo0", "peers", check=False).stdout  # type: ignore
         for n in ("a1", "g1")
     )
-
-
-def configure_laptop(lab: Lab, priv: bytes) -> UserspaceDevice:
-    """wg0 in the laptop namespace from ``kgctl showconf peer laptop``, routes for its IPs."""
-    conf = parse(lab.kgctl("c1", "showconf", "peer", "laptop").stdout)
-    conf.private_key, conf.listen_port = priv, 51820
-    dev = UserspaceDevice("wg0", netns=lab.ns("laptop"))
-    dev.ensure()
-    dev.configure_link([ipaddress.ip_interface(f"{PEER_IP}/32")], 1420)
-    dev.apply(conf)
-    for p in conf.peers:
-        for a in p.allowed_ips:
-            lab.exec("laptop", ["ip", "route", "replace", str(a.network), "dev", "wg0"], check=True)
-    return dev
 
 
 def main() -> None:
@@ -101,17 +71,17 @@ def main() -> None:
     args = ap.parse_args()
     note = machine_note()
     say(note)
-    priv = generate_private_key()
-    pub = public_key(priv)
+    laptop = PeerHost(host="laptop", peer="laptop", address=f"{PEER_IP}/32")
+    pub = laptop.public_key
     rows = []
-    dev = None
     with lab_session(spec(lab_name("bpeer"))) as lab:
-        laptop_ip = str(lab.spec.peers[0].public_ip)
-        manifest = peer_object(pub, laptop_ip)
+        manifest = json.dumps(peers.peer_manifest(lab, laptop, endpoint=True))
         try:
             lab.kubectl("c1", "apply", "-f", "-", input=manifest)
             wait_until(lambda: all(leaders_have(lab, pub)), 60, what="the leaders to add the peer")
-            dev = configure_laptop(lab, priv)
+            peers.configure(
+                lab, laptop, parse(lab.kgctl("c1", "showconf", "peer", "laptop").stdout)
+            )
             for pod in PODS:
                 lab.wait_ping(pod, PEER_IP, timeout=30)
             say("peer configured; the pods reach the laptop")
@@ -137,8 +107,7 @@ def main() -> None:
                     f"gcp pod {gcp:.2f} s"
                 )
         finally:
-            if dev is not None:
-                dev.close()
+            peers.stop_device(lab, laptop)
     print("Peer created (kubectl apply) -> first ping reply from the peer (pods ping the laptop);")
     print("seconds from the start of the apply")
     print(table(["run", "apply s", "aws pod s", "gcp pod s", "both s"], rows))

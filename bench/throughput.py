@@ -33,12 +33,12 @@ import time
 from typing import Any
 
 from _common import lab_name, lab_session, machine_note, say, table, two_locations
+from kilo_lab import netns
+from kilo_lab.binaries import locate, repo_root
+from kilo_lab.lab import Lab, LabError
 
 from kilo.dataplane.wgdevice import UserspaceDevice
 from kilo.keys import generate_private_key, public_key
-from kilo.lab import netns
-from kilo.lab.binaries import locate, repo_root
-from kilo.lab.lab import Lab, LabError
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
 
@@ -119,7 +119,7 @@ def bare_tunnel(lab: Lab) -> list[UserspaceDevice]:
     keys = [generate_private_key() for _ in range(2)]
     devs = []
     for i, host in enumerate((A, B)):
-        dev = UserspaceDevice(WG_IF, netns=lab.ns(host))
+        dev = UserspaceDevice(WG_IF, netns=lab.ns(host), binary=str(locate("wireguard-go")))
         devs.append(dev)
         dev.ensure()
         dev.configure_link([ipaddress.ip_interface(f"{WG_IPS[i]}/30")], 1420)

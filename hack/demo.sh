@@ -6,7 +6,7 @@
 #   bash hack/demo.sh [--keep] [--lab FILE] [--out DIR]
 #
 # It installs what is missing (hack/setup.sh: packages, the Python package, the pinned binaries,
-# built once), then python3 -m kilo.lab.demo plays the acts, prints a summary table and tears the
+# built once), then python3 -m kilo_lab.demo plays the acts, prints a summary table and tears the
 # lab down (--keep leaves it up; `kilo-lab down demo` removes it). Exit code 0 iff every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +32,4 @@ say "setup done in $((SECONDS - start)) s"
 
 eval "$(bash hack/binaries.sh --env)"
 export PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" -m kilo.lab.demo "$@"
+exec "${PYTHON:-python3}" -m kilo_lab.demo "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need on a fresh Debian machine (as root), idempotently:
-# system packages, the Python package with its test extras, and the pinned third-party binaries.
+# system packages, the Python packages (kilo-py with its test extras, and the lab, kilo-lab, from
+# ./lab) installed editable from this checkout, and the pinned third-party binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +20,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if ! "$PY" -c 'import kilo, hypothesis, pytest, kubernetes, pyroute2' 2>/dev/null \
-   || ! "$PY" -c 'import kilo, sys; sys.exit(0 if kilo.__file__.startswith("'"$PWD"'") else 1)' 2>/dev/null; then
-  log "installing the kilo-py package (editable) with its test extras"
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# both packages must come from this checkout (another checkout's editable install does not do)
+from_here() {
+  "$PY" -c 'import sys, importlib; m = importlib.import_module(sys.argv[1]); sys.exit(0 if m.__file__.startswith(sys.argv[2]) else 1)' "$1" "$2" 2>/dev/null
+}
+if ! "$PY" -c 'import kilo, kilo_lab, hypothesis, pytest, kubernetes, pyroute2, yaml' 2>/dev/null \
+   || ! from_here kilo "$PWD/src/" || ! from_here kilo_lab "$PWD/lab/src/"; then
+  log "installing kilo-py (with its test extras) and kilo-lab, editable from $PWD"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' -e ./lab
 fi
 
 log "providing the control-plane and WireGuard binaries (built once, then cached)"

@@ -1,90 +1,17 @@
-"""Fixtures for tests against a real kube-apiserver + etcd (see kilo.lab.controlplane).
+"""Fixtures for tests against a real kube-apiserver + etcd and labs of network namespaces; they
+and the helpers (need_lab, need_binaries, ...) come from the lab's ``kilo_lab.testing``."""
 
-Where the binaries are missing (or root is needed and absent) the tests are skipped with the
-reason, except in CI (CI=true), where they fail instead.
-"""
-
-from __future__ import annotations
-
-import os
-import pathlib
-from collections.abc import Callable, Iterator
-
-import pytest
-
-from kilo.lab.binaries import BinaryMissing, locate
-from kilo.lab.controlplane import ControlPlane
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-MANIFESTS = REPO / "manifests"
-CRDS = MANIFESTS / "crds.yaml"
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or in CI fail, with ``reason``."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: not skipping)")
-    pytest.skip(reason)
-
-
-def need_binaries(*names: str) -> None:
-    for name in names:
-        try:
-            locate(name)
-        except BinaryMissing as err:
-            unavailable(f"binary missing: {err}")
-
-
-def need_root() -> None:
-    if os.geteuid() != 0:
-        unavailable("needs root (network namespaces)")
-
-
-def need_lab(*binaries: str) -> None:
-    """What a lab needs: root, the CNI plugins, etcd + kube-apiserver + kubectl and ``binaries``
-    (the agent's labs add wireguard-go, kube-proxy)."""
-    from kilo.lab import cni
-
-    need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", *binaries)
-    reason = cni.plugins_available()
-    if reason:
-        unavailable(reason)
-
-
-def install_crd(cp: ControlPlane) -> None:
-    cp.kubectl("apply", "-f", str(CRDS))
-    cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/peers.kilo.squat.ai")
-
-
-@pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
-    """One cluster for the session, with the Peer CRD installed."""
-    need_binaries("etcd", "kube-apiserver", "kubectl")
-    with ControlPlane() as cp:
-        install_crd(cp)
-        yield cp
-
-
-@pytest.fixture(scope="session")
-def helm() -> pathlib.Path:
-    need_binaries("helm")
-    return locate("helm")
-
-
-class Require:
-    """Preconditions a test states; unmet ones skip it (fail it in CI)."""
-
-    binaries = staticmethod(need_binaries)
-    root = staticmethod(need_root)
-
-
-@pytest.fixture(scope="session")
-def require() -> Require:
-    return Require()
-
-
-@pytest.fixture(scope="session")
-def crd_installer() -> Callable[[ControlPlane], None]:
-    """Installs manifests/crds.yaml into a control plane and waits until it is served."""
-    return install_crd
+from kilo_lab.testing import (  # noqa: F401  (fixtures and helpers offered to the tests)
+    CRDS,
+    MANIFESTS,
+    REPO,
+    control_plane,
+    crd_installer,
+    helm,
+    install_crd,
+    need_binaries,
+    need_lab,
+    need_root,
+    require,
+    unavailable,
+)

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from typing import IO
 
 import pytest
+from kilo_lab.binaries import locate
+from kilo_lab.lab import Lab
 
-from kilo.lab.binaries import locate
-from kilo.lab.lab import Lab
 from tests.integration.test_agent_support import (
     LEADERS,
     Flood,

@@ -13,10 +13,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kilo_lab import peers
+from kilo_lab.lab import Lab
+from kilo_lab.peers import PeerHost
 
-from kilo.dataplane.wg_userspace import UserspaceDevice
-from kilo.lab import netns
-from kilo.lab.lab import Lab
+from kilo.keys import Key
 from kilo.wireguard import parse
 from tests.integration.test_agent_support import (
     LEADERS,
@@ -48,34 +49,19 @@ def lab(lab_tracker: tuple[Lab, Tracker]) -> Lab:
     return lab_tracker[0]
 
 
-def configure_laptop(
-    lab: Lab, device: UserspaceDevice, private_key: str, showconf: str
-) -> list[str]:
-    """wireguard-go in the laptop namespace, set from ``kgctl showconf peer laptop`` plus the
-    laptop's private key; its address and a route for every allowed IP through it. Returns
-    the routed prefixes."""
-    device.start()
-    conf = f"[Interface]\nPrivateKey = {private_key}\n\n{showconf}"
-    netns.run(device.wg_argv("setconf", device.name, "/dev/stdin"), input=conf, check=True)
-    lab.exec("laptop", ["ip", "address", "add", LAPTOP_IP, "dev", device.name], check=True)
-    lab.exec("laptop", ["ip", "link", "set", device.name, "up"], check=True)
-    prefixes = sorted({str(a.network) for p in parse(showconf).peers for a in p.allowed_ips})
-    for prefix in prefixes:
-        lab.exec("laptop", ["ip", "route", "replace", prefix, "dev", device.name], check=True)
-    return prefixes
-
-
 def test_a_peer_reaches_pods_and_leaves(lab: Lab) -> None:
     private, public = genkey()
     targets = {loc: lab.pods[f"{loc}2-p0"].address for loc in ("a", "g")}  # on the followers
-    device = UserspaceDevice("wg0", netns=lab.ns("laptop"))
+    laptop = PeerHost(
+        host="laptop", peer="laptop", address=LAPTOP_IP, private_key=Key.parse(private)
+    )
     try:
         peer = peer_object("laptop", public, [LAPTOP_IP], keepalive=10)
         t0 = time.monotonic()
         lab.kubectl("c1", "apply", "-f", "-", input=json.dumps(peer))
         showconf = lab.kgctl("c1", "showconf", "peer", "laptop").stdout
         assert len(parse(showconf).peers) == len(LEADERS), showconf
-        routed = configure_laptop(lab, device, private, showconf)
+        routed = peers.configure(lab, laptop, parse(showconf))
         assert "10.2.1.0/24" in routed and "10.2.3.0/24" in routed, routed
         first = lab.wait_ping("laptop", targets["a"], timeout=30)
         first_reply = time.monotonic() - t0
@@ -110,7 +96,7 @@ def test_a_peer_reaches_pods_and_leaves(lab: Lab) -> None:
             routes = lab.exec(node.name, ["ip", "route", "show", "proto", "107"]).stdout
             assert "10.5.0.1" not in routes, f"{node.name} still routes the deleted peer:\n{routes}"
     finally:
-        device.close(remove=True)
+        peers.stop_device(lab, laptop)
 
 
 def test_nothing_left_behind(lab_tracker: tuple[Lab, Tracker]) -> None:

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kilo_lab.lab import Lab, LabError
 
-from kilo.lab.lab import Lab, LabError
 from tests.integration.test_agent_support import (
     LEADERS,
     Tracker,

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
-from kilo.lab import netns
-from kilo.lab.lab import METRICS_PORT, Lab, state_dir
-from tests.integration.conftest import need_lab
+from kilo_lab import netns, procs
+from kilo_lab.lab import Lab
+from kilo_lab.layout import METRICS_PORT, kg_socket_dir, state_dir
+from kilo_lab.poll import wait_until
+from kilo_lab.testing import need_lab, root_snapshot
 
 PEER_API = "kilo.squat.ai/v1alpha1"
 
@@ -78,24 +79,6 @@ def preconditions() -> None:
 # --- the root namespace and leftovers ------------------------------------------------------
 
 
-def root_snapshot() -> dict[str, str]:
-    """What a lab must not change in the root namespace: links, routes, rules, nft tables."""
-
-    def out(*argv: str) -> str:
-        r = subprocess.run(argv, capture_output=True, text=True, check=False)
-        return r.stdout
-
-    links = sorted(re.findall(r"^\d+: ([^:@]+)", out("ip", "-o", "link", "show"), re.MULTILINE))
-    return {
-        "links": "\n".join(links),
-        "routes4": out("ip", "-4", "route", "show", "table", "all"),
-        "routes6": out("ip", "-6", "route", "show", "table", "all"),
-        "rules4": out("ip", "-4", "rule", "show"),
-        "rules6": out("ip", "-6", "rule", "show"),
-        "nft": out("nft", "list", "tables"),
-    }
-
-
 def processes_mentioning(text: str) -> list[int]:
     """PIDs whose command line contains ``text`` (e.g. the lab's state directory)."""
     found = []
@@ -139,28 +122,24 @@ class Tracker:
         self.lab = lab
         self.root_before = root_before
         self.pids: set[int] = set()
-        self.inodes: set[int] = set()
+        self.wg_dirs: set[str] = set()
 
     def record(self) -> None:
         for n in self.lab.state.get("namespaces", []):
-            self.pids.update(netns.pids(n))
-            ino = netns.inode(n)
-            if ino is not None:
-                self.inodes.add(ino)
+            self.pids.update(procs.pids(n))
+            d = kg_socket_dir(n)
+            if d is not None:
+                self.wg_dirs.add(d)
 
     def leftovers(self) -> Leftovers:
         name = self.lab.name
         after = root_snapshot()
         return Leftovers(
             namespaces=netns.names(f"kpy-{name}-"),
-            processes=sorted(p for p in self.pids if netns.alive(p)),
+            processes=sorted(p for p in self.pids if procs.alive(p)),
             named_processes=processes_mentioning(f"/kpy-lab/{name}/")
             + processes_mentioning(f"kpy-{name}-"),
-            wg_dirs=[
-                f"/run/kilo/wireguard/net-{i}"
-                for i in sorted(self.inodes)
-                if os.path.exists(f"/run/kilo/wireguard/net-{i}")
-            ],
+            wg_dirs=[d for d in sorted(self.wg_dirs) if os.path.exists(d)],
             state_dir=state_dir(name).exists(),
             root_changes=[k for k, v in after.items() if v != self.root_before[k]],
         )
@@ -231,13 +210,7 @@ def wait_for(
 ) -> float:
     """Poll ``cond(*args)`` until true; returns the seconds it took (fails the test on
     timeout)."""
-    t0 = time.monotonic()
-    while True:
-        if cond(*args):
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
+    return wait_until(what, lambda: cond(*args), timeout, interval, error=pytest.fail.Exception)
 
 
 def wait_healthy(lab: Lab, node: str, timeout: float = 30) -> float:

@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 import pytest
-
-from kilo.lab.controlplane import ControlPlane
+from kilo_lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

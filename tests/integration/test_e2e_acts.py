@@ -16,22 +16,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from kilo.keys import key_str
-from kilo.lab import netns
-from kilo.lab.demo import (
-    CLIENT_PEER,
-    Story,
+from kilo_lab.acts import CLIENT_PEER
+from kilo_lab.lab import Lab
+from kilo_lab.observe import (
     allowed_ips,
+    lab_pids,
     leaders,
     leftovers,
     node_keys,
     unreachable_pairs,
-    wait_for,
 )
-from kilo.lab.lab import Lab
+from kilo_lab.poll import wait_until
+from kilo_lab.story import Story
+from kilo_lab.testing import need_lab
+
+from kilo.keys import key_str
 from kilo.wireguard import parse as parse_wg
-from tests.integration.conftest import need_lab
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def story(request: pytest.FixtureRequest) -> Iterator[Story]:
         yield s
     finally:
         s.close()
-        pids = [p for ns in lab.state.get("namespaces", []) for p in netns.pids(ns)]
+        pids = lab_pids(lab)
         lab.down()
         assert leftovers(name, pids) == []
 
@@ -205,7 +205,7 @@ def test_a_deleted_node_disappears_from_every_config(story: Story) -> None:
         return not seen
 
     try:
-        took = wait_for(f"{JOINER} gone from every config", gone, 45, interval=1.0)
+        took = wait_until(f"{JOINER} gone from every config", gone, 45, interval=1.0)
     except AssertionError:
         pytest.fail(f"{JOINER} still appears: {seen}")
     remaining = [
@@ -231,7 +231,7 @@ def test_a_lost_leader_is_replaced(story: Story) -> None:
         ks = {p.public_key for p in live.peers}
         return keys["a2"] in ks and keys["a1"] not in ks
 
-    took = wait_for("g1 tunnels to a2 instead of a1", a2_leads, 150, interval=2.0)
+    took = wait_until("g1 tunnels to a2 instead of a1", a2_leads, 150, interval=2.0)
     assert leaders(lab, "c1") == ["a2", "g1"]
     assert unreachable_pairs(lab, [("a2-p0", "g1-p0"), ("g1-p0", "a2-p0")], timeout=30) == []
 

@@ -8,8 +8,7 @@ import pathlib
 import subprocess
 
 import pytest
-
-from kilo.lab.controlplane import ControlPlane
+from kilo_lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

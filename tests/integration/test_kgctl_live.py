@@ -9,8 +9,7 @@ import sys
 import time
 
 import pytest
-
-from kilo.lab.controlplane import ControlPlane
+from kilo_lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

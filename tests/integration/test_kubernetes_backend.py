@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from kilo_lab.controlplane import ControlPlane
 
 from kilo.backend.kubernetes import (
     CRDMissing,
@@ -17,7 +18,6 @@ from kilo.backend.kubernetes import (
     KubernetesBackend,
     list_objects,
 )
-from kilo.lab.controlplane import ControlPlane
 from kilo.translate import OWNED_ANNOTATIONS, node_from_object
 
 pytestmark = pytest.mark.integration
@@ -203,7 +203,7 @@ def test_annotations_touch_only_owned_keys(control_plane: ControlPlane) -> None:
     again = json.loads(control_plane.kubectl("get", "node", name, "-o", "json").stdout)
     assert again["metadata"]["annotations"]["kilo.squat.ai/key"] == KEY
 
-    with pytest.raises(ValueError, match="kilo.squat.ai/location"):
+    with pytest.raises(ValueError, match=r"kilo\.squat\.ai/location"):
         backend.set_node_annotations(name, {"kilo.squat.ai/location": "elsewhere"})
 
     backend.clean_up(name)
@@ -222,7 +222,7 @@ def test_second_cluster_side_by_side_without_crd(control_plane: ControlPlane) ->
         assert other.server != control_plane.server
         other.kubectl("apply", "-f", "-", input=node_yaml("only-in-other"))
         assert control_plane.kubectl("get", "node", "only-in-other", check=False).returncode != 0
-        with pytest.raises(CRDMissing, match="manifests/crds.yaml"):
+        with pytest.raises(CRDMissing, match=r"manifests/crds\.yaml"):
             list_objects(other.kubeconfig)
-        with pytest.raises(CRDMissing, match="kubectl apply -f manifests/crds.yaml"):
+        with pytest.raises(CRDMissing, match=r"kubectl apply -f manifests/crds\.yaml"):
             KubernetesBackend(other.kubeconfig).start()

@@ -6,9 +6,9 @@ import pathlib
 import subprocess
 
 import pytest
+from kilo_lab.controlplane import ControlPlane
 
 from kilo.backend.kubernetes import BackendError, KubernetesBackend
-from kilo.lab.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -25,20 +25,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kilo.lab import netns
-from kilo.lab.lab import (
-    STATE_ROOT,
-    Lab,
-    LabError,
-    list_labs,
-    load_state,
-    load_yaml,
-    state_dir,
-    status,
-    teardown,
-)
-from kilo.lab.signals import raise_on
-from kilo.lab.topology_spec import SpecError
+from kilo_lab import netns, procs
+from kilo_lab.binaries import BinaryMissing, locate
+from kilo_lab.errors import LabError
+from kilo_lab.lab import Lab, load_yaml
+from kilo_lab.layout import STATE_ROOT, Paths, ns_name, state_dir
+from kilo_lab.signals import raise_on
+from kilo_lab.spec import SpecError
+from kilo_lab.state import list_labs, load, status
+from kilo_lab.teardown import teardown
 
 READY = "kilo-lab: ready"
 
@@ -102,7 +97,7 @@ def _detach_output(lab: Lab) -> None:
 def _up_detached(args: argparse.Namespace) -> int:
     """Start a holder process (``up --serve``) in a session of its own; relay its progress
     until it says it is ready (0) or exits (its exit code)."""
-    argv = [sys.executable, "-m", "kilo.lab.cli", "up", "--serve", str(args.file)]
+    argv = [sys.executable, "-m", "kilo_lab.cli", "up", "--serve", str(args.file)]
     if args.no_agent:
         argv.append("--no-agent")
     proc = subprocess.Popen(
@@ -144,18 +139,21 @@ def _print_summary(lab: Lab) -> None:
     sys.stdout.flush()
 
 
+def _stop_holder(name: str) -> None:
+    """SIGTERM the process holding lab ``name`` (if another one does) and wait for it."""
+    owner = (load(name) or {}).get("owner") or {}
+    pid: int | None = owner.get("pid")
+    start: int | None = owner.get("start")
+    if not pid or pid == os.getpid() or not procs.alive(pid, start):
+        return
+    _say(f"stopping the process holding lab {name} (pid {pid})")
+    procs.stop([(pid, start)], timeout=120)  # it tears the lab down first; teardown then checks
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     names = list_labs() if args.all else [_pick(args.name)]
     for name in names:
-        state = load_state(name) or {}
-        owner = state.get("owner") or {}
-        pid, start = owner.get("pid"), owner.get("start")
-        if pid and pid != os.getpid() and netns.alive(pid, start):
-            _say(f"stopping the process holding lab {name} (pid {pid})")
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 120
-            while netns.alive(pid, start) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        _stop_holder(name)
         problems = teardown(name, progress=lambda msg: None)
         for p in problems:
             print(f"warning: {p}", file=sys.stderr)
@@ -168,7 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not names:
         print(f"no lab is up (nothing in {STATE_ROOT})")
         return 0
-    out = [status(n) for n in names]
+    out = [st for st in map(status, names) if st is not None]
     if args.json:
         print(json.dumps(out if len(out) > 1 else out[0], indent=2))
         return 0
@@ -212,12 +210,12 @@ def _host_cluster(state: dict[str, Any], host: str) -> str | None:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     name = _pick(args.lab)
-    state = load_state(name) or {}
+    state = load(name) or {}
     host = args.host
-    ns = f"kpy-{name}-{host}"
+    ns = ns_name(name, host)
     cluster = _host_cluster(state, host)
     if cluster is not None and host == cluster:
-        ns = f"kpy-{name}-{cluster}-cp"
+        ns = ns_name(name, f"{cluster}-cp")
     if not netns.exists(ns):
         raise LabError(f"lab {name} has no host {host!r} (no namespace {ns})")
     cmd = list(args.cmd)
@@ -227,24 +225,23 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = [os.environ.get("SHELL", "/bin/sh")]
     env = dict(os.environ, KPY_LAB=name, KPY_HOST=host)
     try:  # kubectl (and the rest of the pinned binaries) on PATH
-        from kilo.lab.binaries import locate
-
         env["PATH"] = f"{locate('kubectl').parent}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
-    except Exception:  # noqa: BLE001  (not built: the user's PATH as it is)
+    except BinaryMissing:  # not built: the user's PATH as it is
         pass
     if cluster is not None:
-        env["KUBECONFIG"] = str(state_dir(name) / "clusters" / cluster / "kubeconfig")
+        env["KUBECONFIG"] = str(Paths(state_dir(name)).kubeconfig(cluster))
     elif host == "admin" and len(state.get("clusters", {})) == 1:
         env["KUBECONFIG"] = next(iter(state["clusters"].values()))["kubeconfig"]
     for cname, c in state.get("clusters", {}).items():
         env[f"KUBECONFIG_{cname.upper().replace('-', '_')}"] = c["kubeconfig"]
-    os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
+    argv = netns.command(ns, cmd)
+    os.execvpe(argv[0], argv, env)
     return 127  # not reached
 
 
 def cmd_kubeconfig(args: argparse.Namespace) -> int:
     name = _pick(args.lab)
-    path = state_dir(name) / "clusters" / args.cluster / "kubeconfig"
+    path = Paths(state_dir(name)).kubeconfig(args.cluster)
     if not path.exists():
         raise LabError(f"lab {name} has no cluster {args.cluster!r}")
     print(path)

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from kilo.lab import netns
-from kilo.lab.lab import Lab, LabError, load_state, state_dir
-from tests.integration.conftest import REPO, need_lab
+from kilo_lab import netns, procs
+from kilo_lab.lab import Lab, LabError
+from kilo_lab.layout import state_dir
+from kilo_lab.state import load as load_state
+from kilo_lab.testing import REPO, need_lab, root_snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -51,22 +53,6 @@ def _requirements() -> None:
     need_lab()
 
 
-def root_view() -> dict[str, str]:
-    """What the root namespace looks like (links, addresses, routes, rules)."""
-
-    def out(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True).stdout
-
-    return {
-        "links": "\n".join(
-            sorted(line.split(":")[1].strip() for line in out("ip", "-o", "link").splitlines())
-        ),
-        "addrs": out("ip", "-o", "addr"),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "rules": out("ip", "rule"),
-    }
-
-
 def lab_namespaces(name: str) -> list[str]:
     return [n for n in netns.names(f"kpy-{name}-")]
 
@@ -74,23 +60,23 @@ def lab_namespaces(name: str) -> list[str]:
 def assert_gone(name: str, pids: list[int]) -> None:
     assert lab_namespaces(name) == []
     assert not state_dir(name).exists()
-    alive = [p for p in pids if netns.alive(p)]
+    alive = [p for p in pids if procs.alive(p)]
     assert alive == [], f"processes left: {alive}"
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[Lab, dict[str, str]]]:
     _requirements()
-    before = root_view()
+    before = root_snapshot()
     lab = Lab(SPEC, agent=False)
     lab.up()
     try:
         yield lab, before
     finally:
-        pids = [p for n in lab.state.get("namespaces", []) for p in netns.pids(n)]
+        pids = [p for n in lab.state.get("namespaces", []) for p in procs.pids(n)]
         lab.down()
         assert_gone(NAME, pids)
-        assert root_view() == before
+        assert root_snapshot() == before
 
 
 def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
@@ -125,7 +111,7 @@ def test_namespaces_and_bridges(lab: tuple[Lab, dict[str, str]]) -> None:
 
 def test_root_namespace_untouched(lab: tuple[Lab, dict[str, str]]) -> None:
     _, before = lab
-    assert root_view() == before
+    assert root_snapshot() == before
 
 
 def test_networks(lab: tuple[Lab, dict[str, str]]) -> None:
@@ -201,7 +187,7 @@ def test_add_and_delete_pod(lab: tuple[Lab, dict[str, str]]) -> None:
 def test_cli_status_exec_kubeconfig(lab: tuple[Lab, dict[str, str]]) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "kilo.lab.cli", *args],
+            [sys.executable, "-m", "kilo_lab.cli", *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -232,7 +218,7 @@ def test_failure_during_up_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     seen: list[int] = []
 
     def boom(self: Lab) -> None:
-        seen.extend(p for n in self.state["namespaces"] for p in netns.pids(n))
+        seen.extend(p for n in self.state["namespaces"] for p in procs.pids(n))
         raise LabError("injected failure")
 
     monkeypatch.setattr(Lab, "_make_pods", boom)
@@ -246,19 +232,19 @@ def test_down_after_a_crash() -> None:
     """The process that brought the lab up is killed: `kilo-lab down` removes the rest."""
     _requirements()
     code = (
-        "import sys, time; from kilo.lab.lab import Lab;"
+        "import sys, time; from kilo_lab.lab import Lab;"
         f"lab = Lab({TINY!r}, agent=False); lab.up(); print('UP', flush=True); time.sleep(600)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "UP"
-        pids = [p for n in lab_namespaces(TINY_NAME) for p in netns.pids(n)]
+        pids = [p for n in lab_namespaces(TINY_NAME) for p in procs.pids(n)]
         assert pids
         proc.kill()
         proc.wait()
         assert load_state(TINY_NAME) is not None and lab_namespaces(TINY_NAME)
         out = subprocess.run(
-            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            [sys.executable, "-m", "kilo_lab.cli", "down", TINY_NAME],
             capture_output=True,
             text=True,
             timeout=120,
@@ -269,7 +255,7 @@ def test_down_after_a_crash() -> None:
         if proc.poll() is None:
             proc.kill()
         subprocess.run(
-            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            [sys.executable, "-m", "kilo_lab.cli", "down", TINY_NAME],
             capture_output=True,
             timeout=120,
         )
@@ -282,7 +268,7 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
     env = dict(os.environ)
     t0 = time.monotonic()
     up = subprocess.run(
-        [sys.executable, "-m", "kilo.lab.cli", "up", "--keep", "--no-agent", str(spec)],
+        [sys.executable, "-m", "kilo_lab.cli", "up", "--keep", "--no-agent", str(spec)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -294,12 +280,12 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
         st = load_state(TINY_NAME)
         assert st is not None and st["phase"] == "ready"
         holder = st["owner"]["pid"]
-        assert netns.alive(holder)
+        assert procs.alive(holder)
         assert time.monotonic() - t0 < 60
     finally:
-        pids = [p for n in lab_namespaces(TINY_NAME) for p in netns.pids(n)]
+        pids = [p for n in lab_namespaces(TINY_NAME) for p in procs.pids(n)]
         down = subprocess.run(
-            [sys.executable, "-m", "kilo.lab.cli", "down", TINY_NAME],
+            [sys.executable, "-m", "kilo_lab.cli", "down", TINY_NAME],
             capture_output=True,
             text=True,
             timeout=180,
@@ -309,7 +295,7 @@ def test_cli_up_keep_and_down(tmp_path: pathlib.Path) -> None:
 
 
 def test_spec_file_examples_parse() -> None:
-    from kilo.lab.topology_spec import load
+    from kilo_lab.spec import load
 
     for path in sorted((REPO / "lab").glob("*.yaml")):
         spec = load(path)
@@ -317,9 +303,9 @@ def test_spec_file_examples_parse() -> None:
 
 
 def test_bad_spec_is_refused() -> None:
-    from kilo.lab.topology_spec import SpecError, parse
+    from kilo_lab.spec import SpecError, parse
 
-    with pytest.raises(SpecError, match="192.0.2.0/24"):
+    with pytest.raises(SpecError, match=r"192\.0\.2\.0/24"):
         parse(
             {
                 "name": "x",

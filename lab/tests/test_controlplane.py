@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from kilo.lab.binaries import locate
-from kilo.lab.controlplane import ControlPlane, ControlPlaneError
+from kilo_lab.binaries import locate
+from kilo_lab.controlplane import ControlPlane, ControlPlaneError
 
 pytestmark = pytest.mark.integration
 

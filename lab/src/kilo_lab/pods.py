@@ -23,6 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kilo.cni import default_conflist, with_pod_cidr
+
+from kilo_lab import netns
+
 CNI_PATH = "/usr/lib/cni"
 CNI_DATA = "/var/lib/cni"
 PLUGINS_PACKAGE = "containernetworking-plugins"
@@ -41,41 +45,30 @@ class PodNetwork:
     result: dict[str, Any]
 
 
-def kilo_conflist(pod_cidr: str | None, mtu: int = 1420) -> dict[str, Any]:
-    """The conflist Kilo's manifests install (``name: kilo``, bridge ``kube-bridge`` with
-    host-local IPAM, portmap with SNAT); with ``pod_cidr`` the range kg would fill in."""
-    ipam: dict[str, Any] = {"type": "host-local"}
-    if pod_cidr is not None:
-        ipam["ranges"] = [[{"subnet": pod_cidr}]]
-    return {
-        "cniVersion": "0.4.0",
-        "name": "kilo",
-        "plugins": [
-            {
-                "name": "kubernetes",
-                "type": "bridge",
-                "bridge": "kube-bridge",
-                "isDefaultGateway": True,
-                "forceAddress": True,
-                "mtu": mtu,
-                "ipam": ipam,
-            },
-            {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
-        ],
-    }
+@dataclass
+class Pod:
+    """A pod of the lab: a namespace on a node, networked by the node's conflist."""
+
+    name: str  # <node>-p<i>
+    node: str
+    netns: str
+    container_id: str
+    ip: str  # address/prefix length
+    result: dict[str, Any]
+
+    @property
+    def address(self) -> str:
+        return self.ip.split("/")[0]
 
 
-def conflist_subnet(conf: Mapping[str, Any]) -> str | None:
-    """The first IPAM range's subnet of a conflist (what kg writes for its node), if any."""
-    for plugin in conf.get("plugins", []):
-        ipam = plugin.get("ipam") or {}
-        for rangeset in ipam.get("ranges") or []:
-            for r in rangeset:
-                if r.get("subnet"):
-                    return str(r["subnet"])
-        if ipam.get("subnet"):
-            return str(ipam["subnet"])
-    return None
+def node_conflist(pod_cidr: str | None) -> dict[str, Any]:
+    """The conflist on a node: Kilo's default one (``kilo.cni.default_conflist``, what its
+    manifests install and kg writes when there is none), with ``pod_cidr`` filled in as kg
+    would (``kilo.cni.with_pod_cidr``) if given."""
+    conf = default_conflist()
+    if pod_cidr is None:
+        return conf
+    return with_pod_cidr(conf, ipaddress.ip_interface(pod_cidr))
 
 
 def read_conflist(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -200,19 +193,7 @@ class Runtime:
         os.makedirs(self.data_dir, exist_ok=True)
         os.makedirs(CNI_DATA, exist_ok=True)
         # ip netns exec gives the plugin a mount namespace of its own; the bind mount stays there.
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            self.node_ns,
-            "sh",
-            "-c",
-            'mount --bind "$1" "$2" && shift 2 && exec "$@"',
-            "kpy-cni",
-            self.data_dir,
-            CNI_DATA,
-            binary,
-        ]
+        argv = netns.command_with_mount(self.node_ns, self.data_dir, CNI_DATA, [binary])
         proc = subprocess.run(
             argv, input=json.dumps(conf), capture_output=True, text=True, env=env, timeout=60
         )
@@ -249,3 +230,19 @@ def _pod_network(result: Mapping[str, Any]) -> PodNetwork:
                 ip=addr, gateway=ipaddress.IPv4Address(gw) if gw else None, result=dict(result)
             )
     raise CNIError(f"the CNI result has no IPv4 address: {json.dumps(result)[:300]}")
+
+
+def delete_quietly(
+    node_ns: str,
+    data_dir: pathlib.Path,
+    conflist: Mapping[str, Any],
+    container_id: str,
+    pod_ns: str,
+    result: Mapping[str, Any] | None,
+) -> list[str]:
+    """CNI DEL of a pod, for teardown: the errors are returned, never raised."""
+    runtime = Runtime(node_ns, data_dir)
+    try:
+        return runtime.delete(conflist, container_id, pod_ns, prev_result=result, check=False)
+    except Exception as e:  # noqa: BLE001  (teardown goes on)
+        return [str(e)]

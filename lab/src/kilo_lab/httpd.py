@@ -1,4 +1,4 @@
-"""A tiny HTTP server for the lab: ``python3 -m kilo.lab.httpd PORT --bind IP [--text TEXT]``.
+"""A tiny HTTP server for the lab: ``python3 -m kilo_lab.httpd PORT --bind IP [--text TEXT]``.
 
 Like ``python3 -m http.server PORT --bind IP``, but it answers every GET with one line of text
 (default: ``hello from <IP>``) and binds without the reverse DNS lookup ``http.server`` makes of
@@ -39,7 +39,7 @@ def handler(text: str) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m kilo.lab.httpd", description=__doc__)
+    p = argparse.ArgumentParser(prog="python3 -m kilo_lab.httpd", description=__doc__)
     p.add_argument("port", type=int)
     p.add_argument("--bind", required=True, metavar="IP")
     p.add_argument("--text", default=None, help="the answer (default: hello from IP)")

@@ -1,4 +1,4 @@
-"""End to end: the demo command itself (``python -m kilo.lab.demo``, what hack/demo.sh runs) on
+"""End to end: the demo command itself (``python -m kilo_lab.demo``, what hack/demo.sh runs) on
 lab/demo.yaml under a random lab name: every act passes, the summary table and the SVG graphs
 are there, the exit code says so, and nothing is left behind, also when it is interrupted.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kilo.lab.demo import leftovers
-from tests.integration.conftest import REPO, need_lab
+from kilo_lab.observe import leftovers
+from kilo_lab.testing import REPO, need_lab
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def run_demo(path: pathlib.Path, out: pathlib.Path) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "kilo.lab.demo",
+            "kilo_lab.demo",
             "--lab",
             str(path),
             "--out",

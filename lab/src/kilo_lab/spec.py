@@ -38,17 +38,15 @@ from typing import Any
 
 import yaml
 
+from kilo_lab import fields
+from kilo_lab.fields import SpecError as SpecError
+
 IPv4Net = ipaddress.IPv4Network
 IPv4Addr = ipaddress.IPv4Address
 
 FORBIDDEN = ipaddress.ip_network("192.0.2.0/24")
 DEFAULT_INTERNET = ("198.51.100.0/24", "203.0.113.0/24")
 GRANULARITIES = ("location", "full", "cross")
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-
-
-class SpecError(ValueError):
-    """The lab description is invalid; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -155,26 +153,38 @@ def load(path: str | pathlib.Path) -> LabSpec:
     return parse(data)
 
 
+def load_yaml(path: str | pathlib.Path) -> dict[str, Any]:
+    """A lab description file's data, not yet validated (``parse`` does that)."""
+    try:
+        data = yaml.safe_load(pathlib.Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{path}: {e}") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: not a lab description (a mapping)")
+    return data
+
+
 def parse(data: Any) -> LabSpec:
     """Validate a lab description (the YAML's data) and decide every address."""
     if not isinstance(data, Mapping):
         raise SpecError("a lab description is a mapping with name, clusters, peers")
-    _only(data, "lab", {"name", "internet", "clusters", "peers", "agent", "kubeProxy"})
-    name = _name(data.get("name"), "lab name")
+    fields.only_keys(data, "lab", {"name", "internet", "clusters", "peers", "agent", "kubeProxy"})
+    name = fields.as_name(data.get("name"), "lab name")
     if len(name) > 12:
         raise SpecError(f"lab name {name!r}: at most 12 characters")
     internet = tuple(
-        _net(c, "internet") for c in _list(data.get("internet", DEFAULT_INTERNET), "internet")
+        fields.as_net(c, "internet")
+        for c in fields.as_list(data.get("internet", DEFAULT_INTERNET), "internet")
     )
     if not internet:
         raise SpecError("internet: at least one subnet")
-    clusters_raw = _list(data.get("clusters"), "clusters")
+    clusters_raw = fields.as_list(data.get("clusters"), "clusters")
     if not clusters_raw:
         raise SpecError("clusters: at least one cluster")
     public_pool = internet[0].hosts()  # shared by the clusters: .1, .2, ... in order
     clusters = tuple(_cluster(c, k, public_pool) for k, c in enumerate(clusters_raw))
     pub_used = [n.public_ip for c in clusters for n in c.nodes if n.public_ip is not None]
-    peers = _peers(_list(data.get("peers", []), "peers"), internet, set(pub_used))
+    peers = _peers(fields.as_list(data.get("peers", []), "peers"), internet, set(pub_used))
     spec = LabSpec(
         name=name,
         internet=internet,
@@ -190,7 +200,7 @@ def parse(data: Any) -> LabSpec:
 def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     if not isinstance(raw, Mapping):
         raise SpecError(f"clusters[{k}]: a mapping")
-    _only(
+    fields.only_keys(
         raw,
         f"clusters[{k}]",
         {
@@ -205,12 +215,12 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
             "agentArgs",
         },
     )
-    name = _name(raw.get("name", f"c{k + 1}"), f"clusters[{k}].name")
+    name = fields.as_name(raw.get("name", f"c{k + 1}"), f"clusters[{k}].name")
     where = f"cluster {name}"
-    mgmt = _net(raw.get("mgmtCIDR", f"172.31.{254 - k}.0/24"), f"{where}: mgmtCIDR")
-    pod = _net(raw.get("podCIDR", f"10.{2 + 10 * k}.0.0/16"), f"{where}: podCIDR")
-    svc = _net(raw.get("serviceCIDR", f"10.{3 + 10 * k}.0.0/16"), f"{where}: serviceCIDR")
-    subnet = _net(raw.get("subnet", f"10.{4 + 10 * k}.0.0/16"), f"{where}: subnet")
+    mgmt = fields.as_net(raw.get("mgmtCIDR", f"172.31.{254 - k}.0/24"), f"{where}: mgmtCIDR")
+    pod = fields.as_net(raw.get("podCIDR", f"10.{2 + 10 * k}.0.0/16"), f"{where}: podCIDR")
+    svc = fields.as_net(raw.get("serviceCIDR", f"10.{3 + 10 * k}.0.0/16"), f"{where}: serviceCIDR")
+    subnet = fields.as_net(raw.get("subnet", f"10.{4 + 10 * k}.0.0/16"), f"{where}: subnet")
     gran = str(raw.get("granularity", "location"))
     if gran not in GRANULARITIES:
         raise SpecError(f"{where}: granularity {gran!r}: one of {', '.join(GRANULARITIES)}")
@@ -222,7 +232,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     next(mgmt_hosts)  # .1: the API server
     for _ in range(9):
         next(mgmt_hosts, None)  # nodes from .10
-    locs_raw = _list(raw.get("locations"), f"{where}: locations")
+    locs_raw = fields.as_list(raw.get("locations"), f"{where}: locations")
     if not locs_raw:
         raise SpecError(f"{where}: at least one location")
     locations: list[LocationSpec] = []
@@ -230,38 +240,45 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     for j, lraw in enumerate(locs_raw):
         if not isinstance(lraw, Mapping):
             raise SpecError(f"{where}: locations[{j}]: a mapping")
-        _only(lraw, f"{where}: locations[{j}]", {"name", "cidr", "nodes"})
-        lname = _name(lraw.get("name"), f"{where}: locations[{j}].name")
+        fields.only_keys(lraw, f"{where}: locations[{j}]", {"name", "cidr", "nodes"})
+        lname = fields.as_name(lraw.get("name"), f"{where}: locations[{j}].name")
         lwhere = f"{where}, location {lname}"
-        cidr = _net(lraw.get("cidr", f"10.{10 * (k + 1)}.{j + 1}.0/24"), f"{lwhere}: cidr")
+        cidr = fields.as_net(lraw.get("cidr", f"10.{10 * (k + 1)}.{j + 1}.0/24"), f"{lwhere}: cidr")
         lan_pool = cidr.hosts()
         nodes: list[NodeSpec] = []
-        for i, nraw in enumerate(_list(lraw.get("nodes"), f"{lwhere}: nodes")):
+        for i, nraw in enumerate(fields.as_list(lraw.get("nodes"), f"{lwhere}: nodes")):
             if isinstance(nraw, str):
                 nraw = {"name": nraw}
             if not isinstance(nraw, Mapping):
                 raise SpecError(f"{lwhere}: nodes[{i}]: a mapping or a name")
-            _only(
+            fields.only_keys(
                 nraw,
                 f"{lwhere}: nodes[{i}]",
                 {"name", "public", "publicIP", "ip", "pods", "labels", "annotations", "agent"},
             )
-            nname = _name(nraw.get("name"), f"{lwhere}: nodes[{i}].name")
+            nname = fields.as_name(nraw.get("name"), f"{lwhere}: nodes[{i}].name")
             nwhere = f"node {nname}"
-            lan_ip = _addr(nraw["ip"], f"{nwhere}: ip") if "ip" in nraw else next(lan_pool, None)
+            lan_ip = (
+                fields.as_addr(nraw["ip"], f"{nwhere}: ip")
+                if "ip" in nraw
+                else next(lan_pool, None)
+            )
             if lan_ip is None or lan_ip not in cidr:
                 raise SpecError(f"{nwhere}: LAN address {lan_ip} not in {cidr}")
             public_ip: IPv4Addr | None = None
             if "publicIP" in nraw:
-                public_ip = _addr(nraw["publicIP"], f"{nwhere}: publicIP")
+                public_ip = fields.as_addr(nraw["publicIP"], f"{nwhere}: publicIP")
             elif nraw.get("public", False):
-                public_ip = _take(public_pool, f"{nwhere}: no public address left")
-            mgmt_ip = _take(mgmt_hosts, f"{where}: management network {mgmt} is full")
-            pod_cidr = _take(pod_cidrs, f"{where}: podCIDR {pod} has no /{prefix} left")
+                public_ip = fields.take(public_pool, f"{nwhere}: no public address left")
+            mgmt_ip = fields.take(mgmt_hosts, f"{where}: management network {mgmt} is full")
+            pod_cidr = fields.take(pod_cidrs, f"{where}: podCIDR {pod} has no /{prefix} left")
             pods = int(nraw.get("pods", 1))
             if not 0 <= pods <= 20:
                 raise SpecError(f"{nwhere}: pods {pods}: between 0 and 20")
-            labels = {"topology.kubernetes.io/region": lname, **_strmap(nraw.get("labels"), nwhere)}
+            labels = {
+                "topology.kubernetes.io/region": lname,
+                **fields.as_strmap(nraw.get("labels"), nwhere),
+            }
             nodes.append(
                 NodeSpec(
                     name=nname,
@@ -274,7 +291,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
                     public_ip=public_ip,
                     pods=pods,
                     labels=labels,
-                    annotations=_strmap(nraw.get("annotations"), nwhere),
+                    annotations=fields.as_strmap(nraw.get("annotations"), nwhere),
                     agent=bool(nraw.get("agent", True)),
                 )
             )
@@ -282,7 +299,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
         if not nodes:
             raise SpecError(f"{lwhere}: at least one node")
         locations.append(LocationSpec(name=lname, cidr=cidr, nodes=tuple(nodes)))
-    args = tuple(str(a) for a in _list(raw.get("agentArgs", []), f"{where}: agentArgs"))
+    args = tuple(str(a) for a in fields.as_list(raw.get("agentArgs", []), f"{where}: agentArgs"))
     return ClusterSpec(
         name=name,
         index=k,
@@ -307,14 +324,14 @@ def _peers(
             praw = {"name": praw}
         if not isinstance(praw, Mapping):
             raise SpecError(f"peers[{i}]: a mapping or a name")
-        _only(praw, f"peers[{i}]", {"name", "publicIP"})
-        name = _name(praw.get("name"), f"peers[{i}].name")
+        fields.only_keys(praw, f"peers[{i}]", {"name", "publicIP"})
+        name = fields.as_name(praw.get("name"), f"peers[{i}].name")
         if "publicIP" in praw:
-            ip = _addr(praw["publicIP"], f"peer {name}: publicIP")
+            ip = fields.as_addr(praw["publicIP"], f"peer {name}: publicIP")
         else:
-            ip = _take(pool, f"peer {name}: no public address left")
+            ip = fields.take(pool, f"peer {name}: no public address left")
             while ip in used:
-                ip = _take(pool, f"peer {name}: no public address left")
+                ip = fields.take(pool, f"peer {name}: no public address left")
         used.add(ip)
         peers.append(PeerSpec(name=name, public_ip=ip))
     return tuple(peers)
@@ -369,66 +386,3 @@ def _validate(spec: LabSpec) -> None:
                     f"{node.name}: LAN address {node.lan_ip} is also {lans[node.lan_ip]}'s"
                 )
             lans[node.lan_ip] = node.name
-
-
-# --- small readers ------------------------------------------------------------------------
-
-
-def _only(raw: Mapping[str, Any], where: str, keys: set[str]) -> None:
-    unknown = set(raw) - keys
-    if unknown:
-        raise SpecError(
-            f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
-            f"(known: {', '.join(sorted(keys))})"
-        )
-
-
-def _list(v: Any, where: str) -> list[Any]:
-    if v is None:
-        return []
-    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
-        raise SpecError(f"{where}: a list")
-    return list(v)
-
-
-def _name(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not _NAME.match(v) or len(v) > 20:
-        raise SpecError(
-            f"{where}: {v!r} is not a name (lower-case letters, digits, '-'; at most 20 characters)"
-        )
-    return v
-
-
-def _net(v: Any, where: str) -> IPv4Net:
-    try:
-        net = ipaddress.ip_network(str(v), strict=True)
-    except ValueError as e:
-        raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(net, IPv4Net):
-        raise SpecError(f"{where}: {v!r}: the lab is IPv4 only")
-    return net
-
-
-def _addr(v: Any, where: str) -> IPv4Addr:
-    try:
-        ip = ipaddress.ip_address(str(v))
-    except ValueError as e:
-        raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(ip, IPv4Addr):
-        raise SpecError(f"{where}: {v!r}: the lab is IPv4 only")
-    return ip
-
-
-def _take(it: Iterator[Any], message: str) -> Any:
-    v = next(it, None)
-    if v is None:
-        raise SpecError(message)
-    return v
-
-
-def _strmap(v: Any, where: str) -> dict[str, str]:
-    if v is None:
-        return {}
-    if not isinstance(v, Mapping):
-        raise SpecError(f"{where}: labels/annotations: a mapping")
-    return {str(k): str(x) for k, x in v.items()}

@@ -2,24 +2,51 @@
 
 Nothing here touches the root namespace: every link is created inside a named namespace (a veth
 pair is created in one namespace with its peer end moved straight into another), and bridges
-live in the lab's "switch" namespace. Processes are found by the namespace they run in
-(``pids``) and stopped by PID (``terminate``), never by name.
+live in the lab's "switch" namespace.
+
+The lab enters a namespace in one way for a process, ``command`` (``ip netns exec NS ...``:
+every command line of the lab that runs inside a namespace is built there), and in one way for
+Python code of its own, ``call`` (a thread that has joined the namespace, for a socket or an
+HTTP request made from the lab process itself).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-import signal
+import socket
 import subprocess
-import time
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 NETNS_DIR = "/run/netns"
 IFNAMSIZ = 15
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class NetnsError(RuntimeError):
-    """An ``ip`` command failed; the message carries its stderr."""
+    """A command failed; the message carries its stderr."""
+
+
+def command(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """``argv`` run inside ``netns`` (as is for None): the one way the lab enters a namespace
+    to run a process."""
+    return list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
+
+
+def with_mount(source: str, target: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` with directory ``source`` bound over ``target`` (created if missing): to be run
+    through ``command``, whose ``ip netns exec`` gives it a mount namespace of its own whose
+    mounts do not propagate back, so only that process (and its children) sees the mount."""
+    script = 'mkdir -p "$2" && mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    return ["sh", "-c", script, "kpy-mount", source, target, *argv]
+
+
+def command_with_mount(netns: str, source: str, target: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` inside ``netns`` with ``source`` bound over ``target`` (see ``with_mount``)."""
+    return command(netns, with_mount(source, target, argv))
 
 
 def run(
@@ -29,14 +56,17 @@ def run(
     check: bool = True,
     input: str | None = None,
     timeout: float = 60,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` (inside ``netns`` with ``ip netns exec`` if given) and capture its output."""
-    cmd = list(argv)
-    if netns is not None:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
+    """Run ``argv`` (inside ``netns`` if given) and capture its output."""
+    cmd = command(netns, argv)
     proc = subprocess.run(
-        cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env
+        cmd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else None,
     )
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)}: exit {proc.returncode}: {proc.stderr.strip()}")
@@ -44,8 +74,49 @@ def run(
 
 
 def ip(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``ip -n NETNS ARGS``."""
-    return run(["ip", "-n", netns, *args], check=check)
+    """``ip ARGS`` inside ``netns``."""
+    return run(["ip", *args], netns=netns, check=check)
+
+
+def call(netns: str | None, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread that has joined the named network namespace (None: right here):
+    the one way Python code of the lab process runs inside a namespace."""
+    if netns is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller below)
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"kpy-netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["value"])
+
+
+def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
+    """A TCP port nobody listens on right now, at ``host`` (inside ``netns`` if given)."""
+
+    def pick() -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+    return call(netns, pick)
 
 
 # --- namespaces ---------------------------------------------------------------------------
@@ -78,11 +149,8 @@ def create(name: str, forwarding: bool = False, strict_arp: bool = False) -> Non
         settings.update(
             {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
         )
-    if settings:
-        script = " && ".join(
-            f"echo {v} > /proc/sys/{k.replace('.', '/')}" for k, v in settings.items()
-        )
-        run(["sh", "-c", script], netns=name)
+    for key, value in settings.items():
+        sysctl(name, key, value)
 
 
 def delete(name: str) -> None:
@@ -167,7 +235,7 @@ def add_route(netns: str, dst: str, dev: str, via: str | None = None) -> None:
 def links(netns: str) -> list[str]:
     """The names of the links in ``netns``."""
     out = ip(netns, "-o", "link", "show", check=False).stdout
-    result = []
+    result: list[str] = []
     for line in out.splitlines():
         parts = line.split(":", 2)
         if len(parts) >= 2:
@@ -182,77 +250,6 @@ def addresses(netns: str, dev: str | None = None) -> list[str]:
     return [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]
 
 
-# --- processes ----------------------------------------------------------------------------
-
-
-def pids(netns: str) -> list[int]:
-    """The processes whose network namespace is ``netns``."""
-    if not exists(netns):
-        return []
-    out = run(["ip", "netns", "pids", netns], check=False).stdout
-    return [int(p) for p in out.split() if p.isdigit()]
-
-
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot); None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        if fields[0] in ("Z", "X"):
-            return None
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def alive(pid: int, started: int | None = None) -> bool:
-    """Whether ``pid`` runs (and, given ``started``, is still the same process)."""
-    st = start_time(pid)
-    return st is not None and (started is None or st == started)
-
-
-def terminate(procs: Iterable[tuple[int, int | None]], timeout: float = 10.0) -> None:
-    """Stop processes by (pid, start time): SIGTERM, wait up to ``timeout``, then SIGKILL.
-
-    A pid whose start time no longer matches belongs to somebody else now and is left alone.
-    """
-    todo = [(pid, st) for pid, st in procs if alive(pid, st)]
-    for pid, _ in todo:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while todo and time.monotonic() < deadline:
-        _reap(pid for pid, _ in todo)
-        todo = [(pid, st) for pid, st in todo if alive(pid, st)]
-        if todo:
-            time.sleep(0.05)
-    for pid, _ in todo:
-        _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while todo and time.monotonic() < deadline:
-        _reap(pid for pid, _ in todo)
-        todo = [(pid, st) for pid, st in todo if alive(pid, st)]
-        if todo:
-            time.sleep(0.05)
-
-
-def kill_all_in(netns: str, timeout: float = 10.0) -> list[int]:
-    """Stop every process still running inside ``netns`` (one the lab created); returns them."""
-    found = [(pid, start_time(pid)) for pid in pids(netns) if pid != os.getpid()]
-    terminate(found, timeout)
-    return [pid for pid, _ in found]
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(pids: Iterable[int]) -> None:
-    """Collect those of ``pids`` that are exited children of ours (so they stop being zombies)."""
-    for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+def flush_neighbour(netns: str, address: str) -> None:
+    """Forget the cached link-layer address of ``address`` in ``netns``."""
+    ip(netns, "neigh", "flush", "to", address, check=False)

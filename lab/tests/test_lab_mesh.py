@@ -8,18 +8,22 @@ leader's live WireGuard config matches ``kgctl showconf node``, and an agent res
 from __future__ import annotations
 
 import itertools
-import subprocess
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kilo.cni import pod_cidr_of
+from kilo.wireguard import parse
 
-from kilo.lab import cni, netns
-from kilo.lab.lab import Lab, state_dir
-from kilo.wireguard import WgConf, parse
-from tests.integration.conftest import need_lab
+from kilo_lab import netns, pods, procs
+from kilo_lab.lab import Lab
+from kilo_lab.layout import kg_socket_dir, state_dir
+from kilo_lab.observe import allowed_ips, unreachable_pairs, wg_peers
+from kilo_lab.poll import wait_until
+from kilo_lab.testing import need_lab
 
 pytestmark = pytest.mark.integration
 
@@ -49,30 +53,24 @@ def lab() -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        pids = [p for n in lab.state.get("namespaces", []) for p in netns.pids(n)]
-        inodes = [netns.inode(n) for n in lab.state.get("namespaces", [])]
+        pids = [p for n in lab.state.get("namespaces", []) for p in procs.pids(n)]
+        wg_dirs = [kg_socket_dir(n) for n in lab.state.get("namespaces", [])]
         lab.down()
         assert netns.names(f"kpy-{NAME}-") == []
-        assert [p for p in pids if netns.alive(p)] == []
+        assert [p for p in pids if procs.alive(p)] == []
         assert not state_dir(NAME).exists()
-        import os
-
-        assert not [i for i in inodes if os.path.exists(f"/run/kilo/wireguard/net-{i}")]
+        assert not [d for d in wg_dirs if d is not None and os.path.exists(d)]
 
 
 def all_pairs_ping(lab: Lab, timeout: float = 30.0) -> list[tuple[str, str]]:
     """Pairs of pods that still cannot reach each other after ``timeout``."""
-    pending = list(itertools.permutations(sorted(lab.pods), 2))
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        pending = [(a, b) for a, b in pending if not lab.ping(a, lab.pods[b].address, wait=0.5)]
-    return pending
+    return unreachable_pairs(lab, itertools.permutations(sorted(lab.pods), 2), timeout)
 
 
 def test_pods_use_the_conflist_kg_wrote(lab: Lab) -> None:
     for n in lab.spec.nodes:
-        conf = cni.read_conflist(lab.conflist_path(n.name))
-        assert conf is not None and cni.conflist_subnet(conf) == str(n.pod_cidr)
+        conf = pods.read_conflist(lab.conflist_path(n.name))
+        assert conf is not None and pod_cidr_of(conf) == str(n.pod_cidr)
         assert "set pod CIDR" in lab.agent_log(n.name).read_text()
     for pod in lab.pods.values():
         assert pod.address.startswith(str(lab.spec.node(pod.node).pod_cidr).rsplit(".", 2)[0])
@@ -80,16 +78,6 @@ def test_pods_use_the_conflist_kg_wrote(lab: Lab) -> None:
 
 def test_every_pod_reaches_every_pod(lab: Lab) -> None:
     assert all_pairs_ping(lab) == []
-
-
-def wg_peers(conf: WgConf) -> dict[bytes, tuple[set[str], str | None]]:
-    return {
-        p.public_key: (
-            {str(a.network) for a in p.allowed_ips},
-            str(p.endpoint) if p.endpoint else None,
-        )
-        for p in conf.peers
-    }
 
 
 def test_leaders_hold_the_tunnels(lab: Lab) -> None:
@@ -135,40 +123,18 @@ def test_agent_restart_keeps_the_mesh(lab: Lab) -> None:
 def test_cluster_ip_service_across_locations(lab: Lab) -> None:
     """kube-proxy on every node: a ClusterIP whose backend is a pod in the other location."""
     backend = lab.pods["g2-p0"]
-    server = lab.popen(
-        backend.name,
-        ["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = lab.start_server(backend.name, "0.0.0.0", 8080, "hello")
     try:
         cluster_ip = lab.service("c1", "web", 80, [(backend.address, 8080)])
-        deadline = time.monotonic() + 30
-        codes: list[str] = []
         for client in ("a2-p0", "a1-p0", "a2"):
-            while time.monotonic() < deadline:
-                out = lab.exec(
-                    client,
-                    [
-                        "curl",
-                        "-s",
-                        "-m",
-                        "2",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        f"http://{cluster_ip}/",
-                    ],
-                )
-                if out.stdout == "200":
-                    break
-                time.sleep(0.5)
-            codes.append(out.stdout)
-        assert codes == ["200", "200", "200"]
+            wait_until(
+                f"{client}: curl http://{cluster_ip}/",
+                lambda client=client: lab.http_code(client, f"http://{cluster_ip}/") == "200",
+                30,
+                0.5,
+            )
     finally:
-        server.terminate()
-        server.wait(10)
+        procs.stop([server])
 
 
 def test_a_node_joins_and_leaves(lab: Lab) -> None:
@@ -180,12 +146,10 @@ def test_a_node_joins_and_leaves(lab: Lab) -> None:
     assert "10.2.4.0/24" in {str(a.network) for p in live.peers for a in p.allowed_ips}
     lab.remove_node("g3")
     assert not netns.exists(lab.ns("g3")) and "g3-p0" not in lab.pods
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        live = parse(lab.wg("a1", "showconf", "kilo0").stdout)
-        if "10.2.4.0/24" not in {str(a.network) for p in live.peers for a in p.allowed_ips}:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the removed node's pod CIDR is still in a1's WireGuard config")
+    wait_until(
+        "the removed node's pod CIDR gone from a1's WireGuard config",
+        lambda: "10.2.4.0/24" not in allowed_ips(parse(lab.wg("a1", "showconf", "kilo0").stdout)),
+        30,
+        0.5,
+    )
     assert all_pairs_ping(lab, timeout=30) == []

@@ -13,108 +13,28 @@ import atexit
 import base64
 import contextlib
 import ctypes
-import datetime
 import http.client
 import ipaddress
 import json
-import os
 import pathlib
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any
 
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kilo_lab import netns, procs
+from kilo_lab.binaries import locate
+from kilo_lab.certs import CA, cert_creds, write_kubeconfig, write_pki
+from kilo_lab.poll import wait_until
 
-from kilo.lab.binaries import locate
-
-T = TypeVar("T")
-_CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not be started; the message carries the log tail."""
-
-
-# --- certificates ---------------------------------------------------------------------------
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _pem_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-class _CA:
-    """A self-signed certificate authority that signs serving and client certificates."""
-
-    def __init__(self, name: str) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-
-    def issue(
-        self,
-        common_name: str,
-        orgs: Sequence[str] = (),
-        *,
-        server: bool = False,
-        dns: Sequence[str] = (),
-        ips: Sequence[str] = (),
-    ) -> tuple[bytes, bytes]:
-        """A (cert PEM, key PEM) pair for a client or, with ``server``, a serving certificate."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        now = datetime.datetime.now(datetime.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if server:
-            names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-            names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
-        return _pem_cert(cert), _pem_key(key)
 
 
 # --- processes and namespaces ---------------------------------------------------------------
@@ -126,63 +46,9 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def in_netns(netns: str | None, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that has joined the named network namespace (None: right here)."""
-    if netns is None:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {netns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name=f"kpy-netns-{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return cast(T, box["value"])
-
-
-def free_port(host: str = "127.0.0.1", netns: str | None = None) -> int:
-    """A TCP port nobody listens on right now, at ``host`` (inside ``netns`` if given)."""
-
-    def pick() -> int:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
-
-    return in_netns(netns, pick)
-
-
-def _tail(path: pathlib.Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """Stop one process we started, by its PID: SIGTERM, then SIGKILL."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        procs.stop([proc], timeout=10)
 
 
 # --- the control plane ----------------------------------------------------------------------
@@ -215,7 +81,7 @@ class ControlPlane:
         self.dir: pathlib.Path | None = None
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
-        self._ca: _CA | None = None
+        self._ca: CA | None = None
         self.port = 0
         self.etcd_port = 0
 
@@ -239,8 +105,8 @@ class ControlPlane:
     @property
     def pids(self) -> dict[str, int]:
         """The PIDs of the running processes started by this control plane."""
-        procs = {"etcd": self._etcd, "kube-apiserver": self._apiserver}
-        return {name: p.pid for name, p in procs.items() if p is not None and p.poll() is None}
+        running = {"etcd": self._etcd, "kube-apiserver": self._apiserver}
+        return {name: p.pid for name, p in running.items() if p is not None and p.poll() is None}
 
     def __enter__(self) -> ControlPlane:
         try:
@@ -260,9 +126,9 @@ class ControlPlane:
         atexit.register(self.close)
         self._prepare_files()
         if self.netns is not None:
-            subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
-        self.etcd_port = free_port("127.0.0.1", self.netns)
-        self.port = self._port or free_port(self._probe_host(), self.netns)
+            netns.ip(self.netns, "link", "set", "lo", "up")
+        self.etcd_port = netns.free_port("127.0.0.1", self.netns)
+        self.port = self._port or netns.free_port(self._probe_host(), self.netns)
         admin = (self._path("admin.crt").read_bytes(), self._path("admin.key").read_bytes())
         self._write_cert_kubeconfig(self.kubeconfig, "kpy-admin", ("system:masters",), admin)
         self._start_etcd()
@@ -290,7 +156,7 @@ class ControlPlane:
     @contextlib.contextmanager
     def extra_apiserver(self) -> Iterator[pathlib.Path]:
         """A second kube-apiserver on the same etcd (an HA replica); yields its kubeconfig."""
-        port = free_port(self._probe_host(), self.netns)
+        port = netns.free_port(self._probe_host(), self.netns)
         proc = self._launch_apiserver(port, f"apiserver-{port}")
         try:
             path = self._path(f"admin-{port}.kubeconfig")
@@ -308,9 +174,10 @@ class ControlPlane:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster (inside its namespace, if any) and capture output."""
-        cmd = [str(locate("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
-        if self.netns is not None:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        cmd = netns.command(
+            self.netns,
+            [str(locate("kubectl")), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+        )
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
@@ -355,7 +222,7 @@ class ControlPlane:
             finally:
                 conn.close()
 
-        return in_netns(self.netns, get)
+        return netns.call(self.netns, get)
 
     def compact_etcd(self) -> int:
         """Compact etcd's history up to now, so watches from older resourceVersions get 410
@@ -379,7 +246,7 @@ class ControlPlane:
             post("/v3/kv/compaction", {"revision": revision, "physical": True})
             return revision
 
-        return in_netns(self.netns, compact)
+        return netns.call(self.netns, compact)
 
     # internals
 
@@ -396,42 +263,12 @@ class ControlPlane:
         )
 
     def _prepare_files(self) -> None:
-        self._ca = _CA("kpy-ca")
-        self._path("ca.crt").write_bytes(_pem_cert(self._ca.cert))
+        assert self.dir is not None
         first_service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))
-        ips = {"127.0.0.1", "::1", first_service_ip, self.advertise_address}
-        dns = {
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        }
-        for san in self.extra_sans:
-            try:
-                ips.add(str(ipaddress.ip_address(san)))
-            except ValueError:
-                dns.add(san)
+        sans = [first_service_ip, self.advertise_address, *self.extra_sans]
         if not ipaddress.ip_address(self.bind_address).is_unspecified:
-            ips.add(self.bind_address)
-        cert, key = self._ca.issue("kpy-apiserver", server=True, dns=sorted(dns), ips=sorted(ips))
-        self._write_private("serving.crt", cert)
-        self._write_private("serving.key", key)
-        cert, key = self._ca.issue("kpy-admin", ["system:masters"])
-        self._write_private("admin.crt", cert)
-        self._write_private("admin.key", key)
-        sa_key = ec.generate_private_key(ec.SECP256R1())
-        self._write_private("sa.key", _pem_key(sa_key))
-        self._path("sa.pub").write_bytes(
-            sa_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-
-    def _write_private(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        path.write_bytes(data)
-        path.chmod(0o600)
+            sans.append(self.bind_address)
+        self._ca = write_pki(self.dir, sans)
 
     def _write_cert_kubeconfig(
         self,
@@ -443,33 +280,13 @@ class ControlPlane:
     ) -> None:
         assert self._ca is not None
         crt, key = cert or self._ca.issue(user, groups)
-        self._write_kubeconfig(
-            path,
-            user,
-            {
-                "client-certificate-data": base64.b64encode(crt).decode(),
-                "client-key-data": base64.b64encode(key).decode(),
-            },
-            port=port,
-        )
+        self._write_kubeconfig(path, user, cert_creds(crt, key), port=port)
 
     def _write_kubeconfig(
         self, path: pathlib.Path, user: str, creds: dict[str, str], port: int | None = None
     ) -> None:
         server = self.server if port is None else self.server.rsplit(":", 1)[0] + f":{port}"
-        ca = base64.b64encode(self._path("ca.crt").read_bytes()).decode()
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "kpy",
-            "clusters": [
-                {"name": "kpy", "cluster": {"server": server, "certificate-authority-data": ca}}
-            ],
-            "users": [{"name": user, "user": creds}],
-            "contexts": [{"name": "kpy", "context": {"cluster": "kpy", "user": user}}],
-        }
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        path.chmod(0o600)
+        write_kubeconfig(path, server, self._path("ca.crt").read_bytes(), user, creds)
 
     def _spawn(
         self, binary: str, alias: str, args: list[str], log: pathlib.Path, memory_mib: int
@@ -477,23 +294,18 @@ class ControlPlane:
         link = self._path(alias)
         if not link.exists():
             link.symlink_to(locate(binary))
-        cmd = [str(link), *args]
-        if self.netns is not None:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        env = dict(os.environ, GOMEMLIMIT=f"{memory_mib}MiB", GOMAXPROCS="2")
-        with open(log, "ab") as out:
-            return subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.dir,
-                preexec_fn=_die_with_parent,
-            )
+        return procs.start(
+            [str(link), *args],
+            netns_name=self.netns,
+            log_file=log,
+            env={"GOMEMLIMIT": f"{memory_mib}MiB", "GOMAXPROCS": "2"},
+            cwd=self.dir,
+            new_session=False,
+            preexec_fn=_die_with_parent,
+        )
 
     def _start_etcd(self) -> None:
-        peer = free_port("127.0.0.1", self.netns)
+        peer = netns.free_port("127.0.0.1", self.netns)
         client, peer_url = self.etcd_url, f"http://127.0.0.1:{peer}"
         log = self._path("etcd.log")
         self._etcd = self._spawn(
@@ -526,7 +338,7 @@ class ControlPlane:
             finally:
                 conn.close()
 
-        return in_netns(self.netns, get)
+        return netns.call(self.netns, get)
 
     def _launch_apiserver(self, port: int, tag: str) -> subprocess.Popen[bytes]:
         p = self._path
@@ -577,14 +389,18 @@ class ControlPlane:
         what: str,
         timeout: float,
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if proc is not None and proc.poll() is not None:
-                raise ControlPlaneError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+                raise ControlPlaneError(f"{what} exited with {proc.returncode}:\n{procs.tail(log)}")
             try:
-                if ready():
-                    return
+                return ready()
             except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.2)
-        raise ControlPlaneError(f"{what} was not ready after {timeout:.0f} s:\n{_tail(log)}")
+                return False
+
+        wait_until(
+            f"{what} ready",
+            up,
+            timeout,
+            error=ControlPlaneError,
+            detail=lambda: "\n" + procs.tail(log),
+        )

@@ -1,0 +1,179 @@
+"""The daemons of a lab's nodes, started as their command lines: ``kg`` (the product's agent)
+and ``kube-proxy``.
+
+kg is started as ``python3 -m kilo.cli.kg`` (``$KPY_LAB_KG`` overrides that prefix, e.g. with a
+``kg`` console script) with the flags a DaemonSet would give it, and with the pinned
+wireguard-go passed explicitly: ``KILO_BIN_WIREGUARD_GO`` in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+
+from kilo.cni import pod_cidr_of
+
+from kilo_lab import pods, procs
+from kilo_lab.binaries import BinaryMissing, env_var, locate
+from kilo_lab.errors import LabError
+from kilo_lab.layout import METRICS_PORT, Paths
+from kilo_lab.poll import wait_until
+from kilo_lab.spec import LabSpec, NodeSpec
+from kilo_lab.state import Store
+
+KG_ARGV_ENV = "KPY_LAB_KG"  # override how kg is started (a shell-like argv prefix)
+WIREGUARD_GO_ENV = env_var("wireguard-go")  # KILO_BIN_WIREGUARD_GO, which kg reads
+
+
+class Daemons:
+    """kg and kube-proxy on the nodes of one lab; every process is recorded in the state."""
+
+    def __init__(
+        self,
+        spec: Callable[[], LabSpec],
+        paths: Paths,
+        store: Store,
+        ns: Callable[[str], str],
+        proxy_mode: str = "iptables",
+    ) -> None:
+        self._spec = spec
+        self.paths = paths
+        self.store = store
+        self.ns = ns
+        self.proxy_mode = proxy_mode
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.proxies: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ---- the conflist
+
+    def write_conflist(self, n: NodeSpec, with_range: bool) -> None:
+        """The conflist Kilo's install-cni step puts on a node (kg fills in the pod CIDR); a
+        static lab (``with_range``) gets it with the range filled in, as kg would write it."""
+        conf = pods.node_conflist(str(n.pod_cidr) if with_range else None)
+        self.paths.conflist(n.name).write_text(json.dumps(conf, indent=2) + "\n")
+
+    def wait_conflist(self, n: NodeSpec, timeout: float) -> None:
+        """Wait until kg has put the node's pod CIDR into its conflist."""
+        path = self.paths.conflist(n.name)
+
+        def written() -> bool:
+            conf = pods.read_conflist(path)
+            if conf is not None and pod_cidr_of(conf) == str(n.pod_cidr):
+                return True
+            proc = self.agents.get(n.name)
+            if proc is not None and proc.poll() is not None:
+                raise LabError(
+                    f"kg on {n.name} exited with {proc.returncode}:\n"
+                    f"{procs.tail(self.paths.agent_log(n.name))}"
+                )
+            return False
+
+        wait_until(
+            f"kg on {n.name} writing the pod CIDR {n.pod_cidr} into {path}",
+            written,
+            timeout,
+            0.1,
+            error=LabError,
+            detail=lambda: "\n" + procs.tail(self.paths.agent_log(n.name)),
+        )
+
+    # ---- kg
+
+    def agent_argv(self, node: str) -> list[str]:
+        """How kg is run on ``node`` (inside its namespace)."""
+        spec = self._spec()
+        n = spec.node(node)
+        c = spec.cluster(n.cluster)
+        loc = next(loc for loc in c.locations if loc.name == n.location)
+        prefix = os.environ.get(KG_ARGV_ENV)
+        base = prefix.split() if prefix else [sys.executable, "-m", "kilo.cli.kg"]
+        return [
+            *base,
+            f"--hostname={node}",
+            f"--kubeconfig={self.paths.kubeconfig(c.name)}",
+            f"--private-key={self.paths.node_dir(node) / 'key'}",
+            f"--cni-path={self.paths.conflist(node)}",
+            "--interface=kilo0",
+            "--encapsulate=never",
+            f"--mesh-granularity={c.granularity}",
+            f"--subnet={c.subnet}",
+            f"--internal-cidr={loc.cidr}",
+            f"--service-cidr={c.service_cidr}",
+            f"--listen={n.mgmt_ip}:{METRICS_PORT}",
+            "--wireguard=userspace",
+            *c.agent_args,
+        ]
+
+    def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start kg on ``node`` (logging to its kg.log, appended)."""
+        if self.agent_running(node):
+            raise LabError(f"kg already runs on {node}")
+        try:
+            wireguard_go = str(locate("wireguard-go"))
+        except BinaryMissing as e:
+            raise LabError(f"kg on {node} needs wireguard-go: {e}") from e
+        proc = procs.start(
+            [*self.agent_argv(node), *extra_args],
+            netns_name=self.ns(node),
+            log_file=self.paths.agent_log(node),
+            env={WIREGUARD_GO_ENV: wireguard_go, "PYTHONUNBUFFERED": "1"},
+            cwd=self.paths.node_dir(node),
+            banner=f"kpy-lab: starting kg on {node}",
+        )
+        self.agents[node] = proc
+        self.store.add_process(f"kg/{node}", proc.pid, node)
+        return proc
+
+    def stop_agents(self, nodes: Sequence[str], timeout: float = 15.0) -> dict[str, int | None]:
+        """Stop kg on several nodes at once; their exit codes (None: it was not running)."""
+        stopping = {n: self.agents.pop(n) for n in nodes if n in self.agents}
+        procs.stop(stopping.values(), timeout)
+        for n in stopping:
+            self.store.remove_process(f"kg/{n}")
+        return {n: p.returncode for n, p in stopping.items()}
+
+    def agent_running(self, node: str) -> bool:
+        proc = self.agents.get(node)
+        return proc is not None and proc.poll() is None
+
+    # ---- kube-proxy
+
+    def start_proxy(self, n: NodeSpec) -> None:
+        c = self._spec().cluster(n.cluster)
+        argv = [
+            str(locate("kube-proxy")),
+            f"--kubeconfig={self.paths.kubeconfig(c.name)}",
+            f"--hostname-override={n.name}",
+            f"--cluster-cidr={c.pod_cidr}",
+            f"--proxy-mode={self.proxy_mode}",
+            # leave the machine-wide conntrack settings alone
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+            "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256",
+            "--nodeport-addresses=primary",
+            "--v=1",
+        ]
+        proc = procs.start(
+            argv,
+            netns_name=self.ns(n.name),
+            log_file=self.paths.proxy_log(n.name),
+            env={"GOMAXPROCS": "1", "GOMEMLIMIT": "128MiB"},
+        )
+        self.proxies[n.name] = proc
+        self.store.add_process(f"kube-proxy/{n.name}", proc.pid, n.name)
+
+    def stop_proxy(self, node: str) -> None:
+        proc = self.proxies.pop(node, None)
+        if proc is not None:
+            procs.stop([proc])
+            self.store.remove_process(f"kube-proxy/{node}")
+
+    def stop_all(self) -> None:
+        self.stop_agents(list(self.agents), timeout=10)
+        procs.stop(self.proxies.values())
+        self.proxies.clear()

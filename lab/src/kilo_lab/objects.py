@@ -1,0 +1,113 @@
+"""The Kubernetes objects the lab makes in place of the parts of a cluster it does not run: the
+Node a kubelet registers, and the Service + EndpointSlice the endpoint controllers would make
+for a Service without a selector."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+from kilo_lab.binaries import repo_root
+from kilo_lab.spec import NodeSpec
+
+
+def node_object(n: NodeSpec) -> dict[str, Any]:
+    """The Node a kubelet would register for ``n``."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    labels = {
+        "kubernetes.io/hostname": n.name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        **n.labels,
+    }
+    meta: dict[str, Any] = {"name": n.name, "labels": labels}
+    if n.annotations:
+        meta["annotations"] = dict(n.annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": meta,
+        "spec": {"podCIDR": str(n.pod_cidr), "podCIDRs": [str(n.pod_cidr)]},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": str(n.lan_ip)},
+                {"type": "Hostname", "address": n.name},
+            ],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "message": "kpy-lab node",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                }
+            ],
+        },
+    }
+
+
+def service_docs(
+    name: str,
+    ips: Sequence[str],
+    port: int,
+    *,
+    target_port: int | None = None,
+    namespace: str | None = None,
+    endpoints: bool = False,
+) -> list[dict[str, Any]]:
+    """A Service without a selector on ``port`` (to ``target_port`` of ``ips``), optionally its
+    v1 Endpoints (as a user would write them), and the EndpointSlice kube-proxy reads, which the
+    absent kube-controller-manager would mirror from them."""
+    target = target_port or port
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": dict(meta),
+            "spec": {
+                "ports": [{"name": "http", "port": port, "targetPort": target, "protocol": "TCP"}]
+            },
+        }
+    ]
+    if endpoints:
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": dict(meta),
+                "subsets": [
+                    {
+                        "addresses": [{"ip": ip} for ip in ips],
+                        "ports": [{"name": "http", "port": target}],
+                    }
+                ],
+            }
+        )
+    docs.append(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                **meta,
+                "name": f"{name}-1",
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": target, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+        }
+    )
+    return docs
+
+
+def crd_manifest() -> pathlib.Path | None:
+    """The product's CRD manifest (manifests/crds.yaml) of the source checkout, if any."""
+    root = repo_root()
+    path = root / "manifests" / "crds.yaml" if root else None
+    return path if path is not None and path.is_file() else None

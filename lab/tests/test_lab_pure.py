@@ -1,0 +1,86 @@
+"""The lab's pure parts (no root, no namespaces): polling, the conflist it gives a node, a
+peer's Peer object and WireGuard config, the Service objects, the summary table."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+from kilo.cni import default_conflist, pod_cidr_of, with_pod_cidr
+from kilo.keys import Key
+from kilo.wireguard import WgPeer
+from kilo.wireguard import parse as parse_wg
+
+from kilo_lab import pods, procs
+from kilo_lab.console import Check, summary_table
+from kilo_lab.objects import service_docs
+from kilo_lab.peers import WG_PORT, PeerHost, device_conf, link_script, routes_of
+from kilo_lab.poll import Timeout, wait_until
+
+
+def test_wait_until_returns_the_time_it_took_and_names_what_timed_out() -> None:
+    calls = iter([False, False, True])
+    assert wait_until("three calls", lambda: next(calls), 5, 0.01) < 1
+    t0 = time.monotonic()
+    with pytest.raises(Timeout, match=r"never: not within 0 s \(seen: nothing\)"):
+        wait_until("never", lambda: False, 0.05, 0.01, detail=lambda: "seen: nothing")
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(KeyError):  # a condition's own error is not swallowed
+        wait_until("fails", lambda: {}["x"], 1)
+
+
+def test_a_node_conflist_is_what_kg_writes() -> None:
+    assert pods.node_conflist(None) == default_conflist()
+    filled = pods.node_conflist("10.2.3.0/24")
+    assert filled == with_pod_cidr(default_conflist(), ipaddress.ip_interface("10.2.3.0/24"))
+    assert pod_cidr_of(filled) == "10.2.3.0/24"
+
+
+def test_a_peer_hosts_config_is_its_interface_and_kgctls_peers() -> None:
+    ph = PeerHost("laptop", "client", "10.5.0.1/32")
+    leader = WgPeer(
+        public_key=Key.generate().public(),
+        allowed_ips=[ipaddress.ip_interface("10.2.1.0/24"), ipaddress.ip_interface("10.4.0.1/32")],
+    )
+    shown = parse_wg(
+        "[Peer]\nAllowedIPs = 10.2.1.0/24, 10.4.0.1/32\nPersistentKeepalive = 0\n"
+        f"PublicKey = {leader.public_key}\n"
+    )
+    conf = parse_wg(device_conf(ph, shown).render())
+    assert conf.private_key == ph.private_key and conf.listen_port == WG_PORT
+    assert [p.public_key for p in conf.peers] == [leader.public_key]
+    ph.routes = routes_of(shown)
+    assert ph.routes == ["10.2.1.0/24", "10.4.0.1/32"]
+    assert link_script(ph).startswith("ip address add 10.5.0.1/32 dev wg0 && ip link set wg0 up")
+
+
+def test_service_docs_without_and_with_endpoints() -> None:
+    docs = service_docs("web", ["10.2.1.2"], 80, target_port=8080, namespace="default")
+    assert [d["kind"] for d in docs] == ["Service", "EndpointSlice"]
+    assert docs[0]["spec"]["ports"][0] == {
+        "name": "http",
+        "port": 80,
+        "targetPort": 8080,
+        "protocol": "TCP",
+    }
+    assert docs[1]["metadata"]["labels"] == {"kubernetes.io/service-name": "web"}
+    assert docs[1]["endpoints"] == [{"addresses": ["10.2.1.2"], "conditions": {"ready": True}}]
+    kinds = [d["kind"] for d in service_docs("bm", ["10.5.0.2"], 8080, endpoints=True)]
+    assert kinds == ["Service", "Endpoints", "EndpointSlice"]
+
+
+def test_summary_table() -> None:
+    table = summary_table([Check("1", "pods ping", True, 1.25), Check("2", "curl", False, 0.5)])
+    lines = table.splitlines()
+    assert lines[0].split() == ["act", "check", "result", "time"]
+    assert "act 1: the mesh" in lines[2] and "pass" in lines[2] and "1.2 s" in lines[2]
+    assert "FAIL" in lines[3]
+
+
+def test_start_time_tells_a_reused_pid_apart() -> None:
+    import os
+
+    me = os.getpid()
+    assert procs.alive(me) and procs.alive(me, procs.start_time(me))
+    assert not procs.alive(me, (procs.start_time(me) or 0) + 1)
