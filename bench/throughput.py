@@ -38,7 +38,7 @@ from kilo_lab.binaries import locate, repo_root
 from kilo_lab.lab import Lab, LabError
 
 from kilo.dataplane.wgdevice import UserspaceDevice
-from kilo.keys import generate_private_key, public_key
+from kilo.keys import Key
 from kilo.model import Endpoint
 from kilo.wireguard import WgConf, WgPeer
 
@@ -116,7 +116,7 @@ def plain_veth(lab: Lab) -> None:
 
 def bare_tunnel(lab: Lab) -> list[UserspaceDevice]:
     """wireguard-go in both pod namespaces, peered over the veth pair."""
-    keys = [generate_private_key() for _ in range(2)]
+    keys = [Key.generate() for _ in range(2)]
     devs = []
     for i, host in enumerate((A, B)):
         dev = UserspaceDevice(WG_IF, netns=lab.ns(host), binary=str(locate("wireguard-go")))
@@ -130,7 +130,7 @@ def bare_tunnel(lab: Lab) -> list[UserspaceDevice]:
                 listen_port=WG_PORT,
                 peers=[
                     WgPeer(
-                        public_key=public_key(keys[j]),
+                        public_key=keys[j].public(),
                         allowed_ips=[ipaddress.ip_interface(f"{WG_IPS[j]}/32")],
                         endpoint=Endpoint(ip=ipaddress.ip_address(VETH_IPS[j]), port=WG_PORT),
                     )

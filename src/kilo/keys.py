@@ -77,23 +77,3 @@ class Key(bytes):
 def is_zero(key: bytes | None) -> bool:
     """No key, or the all-zero key (WireGuard's "none")."""
     return key is None or not any(key)
-
-
-# Transitional names, removed once every caller uses ``Key``.
-KeyError_ = InvalidKey
-
-
-def parse_key(text: str) -> Key:
-    return Key.parse(text)
-
-
-def key_str(key: bytes) -> str:
-    return str(Key(key))
-
-
-def generate_private_key() -> Key:
-    return Key.generate()
-
-
-def public_key(private: bytes) -> Key:
-    return Key(private).public()

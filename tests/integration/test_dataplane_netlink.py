@@ -53,7 +53,7 @@ def ours(ns: str) -> list[str]:
 
 
 def rules(ns: str) -> list[str]:
-    return [l for l in sh("ip", "-n", ns, "rule").splitlines() if f"proto {RTPROT_KILO}" in l]
+    return [r for r in sh("ip", "-n", ns, "rule").splitlines() if f"proto {RTPROT_KILO}" in r]
 
 
 ROUTES = [
@@ -77,14 +77,14 @@ def test_add_noop_restore_stale(ns: str) -> None:
     got = ours(ns)
     assert len(got) == len(ROUTES)
     assert any(
-        l.startswith("10.2.2.0/24 via 10.88.0.3 dev kpy-r0")
-        and "src 10.88.0.1" in l
-        and "onlink" in l
-        for l in got
+        line.startswith("10.2.2.0/24 via 10.88.0.3 dev kpy-r0")
+        and "src 10.88.0.1" in line
+        and "onlink" in line
+        for line in got
     )
     assert any(
-        l.startswith("10.88.1.5 via 10.88.0.5 dev kpy-r0")
-        for l in sh("ip", "-n", ns, "route", "show", "table", str(KILO_TABLE)).splitlines()
+        line.startswith("10.88.1.5 via 10.88.0.5 dev kpy-r0")
+        for line in sh("ip", "-n", ns, "route", "show", "table", str(KILO_TABLE)).splitlines()
     )
     assert len(rules(ns)) == 2
     assert {r.dst.network for r in nl.routes()} == {r.dst.network for r in ROUTES}
@@ -106,7 +106,7 @@ def test_add_noop_restore_stale(ns: str) -> None:
     assert len(changes) == 2
     assert len(ours(ns)) == len(ROUTES) - 1 and len(rules(ns)) == 1
 
-    changed = [Route(P("10.4.0.2/32"), "kpy-r0", A("10.4.0.3"), onlink=True)] + ROUTES[2:]
+    changed = [Route(P("10.4.0.2/32"), "kpy-r0", A("10.4.0.3"), onlink=True), *ROUTES[2:]]
     assert nl.reconcile(changed, RULES[:1]) == [
         "replace route 10.4.0.2/32 dev kpy-r0 via 10.4.0.3 onlink"
     ]
@@ -127,7 +127,8 @@ def test_foreign_routes_and_rules_are_never_touched(ns: str) -> None:
     assert sh("ip", "-n", ns, "route", "show", "table", "all") == before_routes
     assert sh("ip", "-n", ns, "rule") == before_rules
 
-    # A desired route in the way of a foreign one: reported, the foreign route stays, the rest applies.
+    # A desired route in the way of a foreign one: reported, the foreign route stays, the rest
+    # applies.
     clash = Route(P("10.77.0.0/24"), "kpy-r0", A("10.88.0.2"))
     with pytest.raises(ReconcileError) as e:
         nl.reconcile([clash, ROUTES[0]])

@@ -80,7 +80,11 @@ def ruleset(*extra: str) -> Ruleset:
     return rs
 
 
-FOREIGN = "table ip other {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tip saddr 10.9.0.0/16 counter accept\n\t}\n}\n"
+FOREIGN = (
+    "table ip other {\n\tchain input {\n"
+    "\t\ttype filter hook input priority 0; policy accept;\n"
+    "\t\tip saddr 10.9.0.0/16 counter accept\n\t}\n}\n"
+)
 
 
 def test_apply_noop_change_remove(ns: str) -> None:

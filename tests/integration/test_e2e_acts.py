@@ -30,7 +30,6 @@ from kilo_lab.poll import wait_until
 from kilo_lab.story import Story
 from kilo_lab.testing import need_lab
 
-from kilo.keys import key_str
 from kilo.wireguard import parse as parse_wg
 
 pytestmark = pytest.mark.integration
@@ -190,7 +189,7 @@ def test_a_deleted_node_disappears_from_every_config(story: Story) -> None:
     node = lab.spec.node(JOINER)
     key = node_keys(lab, "c1").get(JOINER)
     assert key is not None
-    marks = [str(node.pod_cidr), f"{node.lan_ip}/32", key_str(key), f'"{JOINER}"']
+    marks = [str(node.pod_cidr), f"{node.lan_ip}/32", str(key), f'"{JOINER}"']
     if node.public_ip is not None:
         marks.append(f"{node.public_ip}:")
     lab.remove_node(JOINER)
@@ -238,7 +237,7 @@ def test_a_lost_leader_is_replaced(story: Story) -> None:
     def rx_from_a2() -> int:
         out = lab.wg("g1", "show", "kilo0", "transfer").stdout.split()
         return sum(
-            int(rx) for k, rx in zip(out[0::3], out[1::3], strict=False) if k == key_str(keys["a2"])
+            int(rx) for k, rx in zip(out[0::3], out[1::3], strict=False) if k == str(keys["a2"])
         )
 
     before = rx_from_a2()
