@@ -138,6 +138,7 @@ class Agent:
         clock = self.ports.clock
         due = min(self._next_resync, self.publisher.next_check_in(), self._next_expiry)
         if clock.wait(self.ports.backend.events, due - clock.monotonic()):
+            self.metrics.events.inc()
             self._drain_events()
             clock.sleep(DEBOUNCE_SECONDS)  # let the rest of a burst arrive
             self._drain_events()
@@ -160,6 +161,7 @@ class Agent:
                 self.ports.backend.events.get_nowait()
             except queue.Empty:
                 return
+            self.metrics.events.inc()
 
     def shutdown(self) -> None:
         """After ``run``: leave the data plane as it is (a restart drops nothing) unless clean-up
@@ -183,6 +185,7 @@ class Agent:
     def facts(self, now: float, outages: tuple[Outage, ...] | list[Outage]) -> LocalFacts:
         p = self.ports
         try:
+            self.metrics.kernel_calls.labels(part="WireGuard peers").inc()
             handshakes = tuple(p.device.peers())
         except Exception:  # noqa: BLE001 - no device yet: nothing discovered
             handshakes = ()
@@ -230,6 +233,8 @@ class Agent:
                 return []
             previous = None if verify else self._applied
             applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
+            for part in applied.parts:
+                self.metrics.kernel_calls.labels(part=part).inc()
             if desired.annotations is not None:
                 self.publisher.publish(desired.annotations)
             self._record(desired, applied.changes)
@@ -269,6 +274,7 @@ class Agent:
 
     def _peer_metrics(self, t: Topology) -> None:
         try:
+            self.metrics.kernel_calls.labels(part="WireGuard peers").inc()
             states = self.ports.device.peers()
         except Exception:  # noqa: BLE001 - no device: no per-peer figures
             return

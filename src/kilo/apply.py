@@ -17,12 +17,14 @@ log = logging.getLogger("kilo.agent")
 class Applied:
     changes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # "part: error"
+    parts: list[str] = field(default_factory=list)  # the parts applied (each reads the kernel)
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def run(self, part: str, step: Callable[[], list[str]]) -> None:
+        self.parts.append(part)
         try:
             self.changes += step()
         except Exception as e:  # noqa: BLE001 - one part failing must not stop the others

@@ -41,6 +41,18 @@ class AgentMetrics:
             "Changes made to devices, routes, rules and the firewall.",
             registry=r,
         )
+        self.events = Counter(
+            "kilo_cluster_events",
+            "Changes of Nodes and Peers the agent was told of by its watches.",
+            registry=r,
+        )
+        self.kernel_calls = Counter(
+            "kilo_kernel_calls",
+            "Parts of the data plane read from or applied to the kernel (device, link, "
+            "firewall, routes, IPIP device), and reads of the device's peers.",
+            ["part"],
+            registry=r,
+        )
         self.problems = Gauge(
             "kilo_object_problems",
             "Values of Node and Peer objects that could not be read.",

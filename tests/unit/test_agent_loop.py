@@ -240,6 +240,7 @@ def test_a_check_in_that_only_moves_last_seen_costs_no_plan_and_no_kernel_call()
         r.agent.step()
     assert kernel_calls(r) == before
     assert r.sample("kilo_reconciles_total") == plans
+    assert r.sample("kilo_cluster_events_total") == 3
     assert r.agent.last_changes == [] and r.agent.last_reconcile_ok
 
 
