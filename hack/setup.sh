@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 from_here() {
   "$PY" -c 'import sys, importlib; m = importlib.import_module(sys.argv[1]); sys.exit(0 if m.__file__.startswith(sys.argv[2]) else 1)' "$1" "$2" 2>/dev/null
 }
-if ! "$PY" -c 'import kilo, kilo_lab, hypothesis, pytest, kubernetes, pyroute2, yaml' 2>/dev/null \
+if ! "$PY" -c 'import kilo, kilo_lab, hypothesis, pytest, kubernetes, pyroute2, yaml, prometheus_client, ruff, mypy' 2>/dev/null \
    || ! from_here kilo "$PWD/src/" || ! from_here kilo_lab "$PWD/lab/src/"; then
   log "installing kilo-py (with its test extras) and kilo-lab, editable from $PWD"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' -e ./lab
