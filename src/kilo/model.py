@@ -65,14 +65,10 @@ def is_public(ip: IPAddress | None) -> bool:
     """Kilo's notion of public: not RFC 1918 for IPv4, not fd00::/8 for IPv6."""
     if ip is None:
         return False
+    i = int(ip)
     if ip.version == 4:
-        return not any(ip in n for n in _PRIVATE_V4)
-    return not (ip.packed[0] == 0xFD and ip.packed[1] == 0x00)
-
-
-_PRIVATE_V4 = tuple(
-    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-)
+        return not (i >> 24 == 10 or i >> 20 == 0xAC1 or i >> 16 == 0xC0A8)
+    return i >> 112 != 0xFD00
 
 
 @dataclass(frozen=True)
