@@ -157,6 +157,10 @@ class AllowedLocationIPFilter:
 
     def __init__(self, segments: Sequence[SegmentClaims], peers: Sequence[Peer]) -> None:
         self.segments = segments
+        #: Without any allowed-location IP there is nothing to filter (and nothing to index).
+        self.active = any(s.allowed_location_ips for s in segments)
+        if not self.active:
+            return
         self._loc, self._allowed, self._peers = _Index(), _Index(), _Index()
         self._loc_ids = [
             [self._loc.add(ip, j) for ip in s.allowed_location_ips] for j, s in enumerate(segments)
@@ -170,12 +174,15 @@ class AllowedLocationIPFilter:
         self.peers = peers
 
     def add_allowed_ip(self, j: int, ip: Prefix) -> None:
-        self._allowed.add(ip, j)
+        if self.active:
+            self._allowed.add(ip, j)
 
     def filter(self, i: int, refusals: list[Problem]) -> list[Prefix]:
         """Segment ``i``'s allowed-location IPs that it keeps; the others are refused."""
         s = self.segments[i]
         out: list[Prefix] = []
+        if not self.active:
+            return out
         for n, ip in zip(self._loc_ids[i], s.allowed_location_ips, strict=True):
             reason = ""
             j1 = self._loc.overlapping(ip, exclude=i)

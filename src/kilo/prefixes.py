@@ -27,7 +27,7 @@ def _memo(p: Prefix) -> dict[str, Any]:
 
 def net_key(p: Prefix) -> NetKey:
     """The network of ``p`` as integers."""
-    d = _memo(p)
+    d = p.__dict__
     k: NetKey | None = d.get("_k_net")
     if k is None:
         n = p.network
