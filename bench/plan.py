@@ -1,27 +1,45 @@
 """Time and peak memory to compute one node's full plan (topology, WireGuard config, routes,
-firewall) from the cluster's Node and Peer objects, on one core.
+firewall) from the cluster's Node and Peer objects, on one core; beside Kilo's own Go code on
+the same clusters when its benchmark binary is given.
 
-    python3 bench/plan.py            # prints a table; target: 1,000 nodes / 50 locations /
-                                     # 1,000 peers in <= 100 ms, growing about linearly
+    python3 bench/plan.py [--repeat 5]
+    KILO_PLAN_BENCH=/path/to/kilo-plan-bench python3 bench/plan.py
+
+Targets: plan <= 3x Kilo's time at 1,000 and 5,000 nodes, growing at most 5.5-fold from 1,000
+to 5,000 nodes (also with an allowed-location IP on each location's leader).
+
+Kilo's figure comes from a program outside this repository (not part of it): given a JSON file
+{"nodes": [...], "peers": [...], "host", "now", "repeat", "label"} (this script writes it), it
+times Kilo's ``mesh.NewTopology`` + ``Conf()`` + ``Routes(...)`` + ``Rules(...)`` for that host
+(the ready nodes and peers first, as Kilo's ``applyTopology``), and translation of the objects
+plus that, median of ``repeat`` runs, and prints {"plan_ms": .., "read_plan_ms": ..}.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
-import gc
 import hashlib
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
+from dataclasses import dataclass
 from typing import Any
 
+from kilo.agent import settle_heap
+from kilo.cache import ObjectCache
 from kilo.keys import Key
-from kilo.mesh import read_cluster
 from kilo.plan import ClusterView, LocalFacts, Settings, Status, plan
 from kilo.routes import Encapsulation, Strategy
+from kilo.translate import ALLOWED_LOCATION_IPS
 
 NOW = 1_790_000_000
+LABEL = "topology.kubernetes.io/region"
 FACTS = LocalFacts(private_key=Key(bytes(range(32))), now=float(NOW), underlay_mtu=1500)
 
 
@@ -30,9 +48,10 @@ def key(s: str) -> str:
 
 
 def cluster(
-    n_nodes: int, n_locations: int, n_peers: int
+    n_nodes: int, n_locations: int, n_peers: int, location_ips: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    nodes = []
+    """``location_ips``: each location's leader (its first node) has an allowed-location IP."""
+    nodes: list[dict[str, Any]] = []
     for i in range(n_nodes):
         loc = i % n_locations
         nodes.append(
@@ -56,6 +75,8 @@ def cluster(
                 },
             }
         )
+        if location_ips and i < n_locations:
+            nodes[-1]["metadata"]["annotations"][ALLOWED_LOCATION_IPS] = f"192.168.{loc}.0/24"
     peers = [
         {
             "apiVersion": "kilo.squat.ai/v1alpha1",
@@ -72,58 +93,133 @@ def cluster(
     return nodes, peers
 
 
+def read(nodes: list[dict[str, Any]], peers: list[dict[str, Any]]) -> ClusterView:
+    """As the agent reads: through its object cache."""
+    return ObjectCache(LABEL).read(nodes, peers)
+
+
 def plan_raw(nodes: list[dict[str, Any]], peers: list[dict[str, Any]], host: str) -> int:
-    return plan_model(read_cluster(nodes, peers, "topology.kubernetes.io/region"), host)
+    return plan_model(read(nodes, peers), host)
 
 
-def plan_model(st: Any, host: str) -> int:
-    """What the agent does on each reconcile: its cache holds the translated objects."""
-    view = ClusterView({n.name: n for n in st.nodes}, {p.name: p for p in st.peers})
+def plan_model(view: ClusterView, host: str) -> int:
+    """What the agent does on each reconcile that found a change: its cache holds the
+    translated objects."""
     p = plan(view, FACTS, Settings(hostname=host, encapsulation=Encapsulation(Strategy.NEVER)))
     assert p.status is Status.OK and p.dataplane is not None
     dp = p.dataplane
-    fw = dp.ruleset.nft_json()
-    return len(dp.wireguard.peers) + len(dp.routes) + len(dp.rules) + len(fw["nftables"])
+    return len(dp.wireguard.peers) + len(dp.routes) + len(dp.rules) + len(dp.ruleset.rules)
 
 
 def _time(f: Any, repeat: int) -> float:
     f()  # warm-up
     times = []
     for _ in range(repeat):
-        gc.collect()
         t0 = time.perf_counter()
         f()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
 
-def measure(n: int, locs: int, peers: int, repeat: int = 5) -> tuple[float, float, float]:
-    """(plan ms, read+plan ms, peak MiB of read+plan)."""
-    nodes, ps = cluster(n, locs, peers)
+@dataclass
+class Figures:
+    plan_ms: float
+    nft_ms: float
+    read_plan_ms: float
+    peak_mib: float
+    kilo_plan_ms: float | None = None
+    kilo_read_plan_ms: float | None = None
+
+
+def kilo(nodes: list[dict[str, Any]], peers: list[dict[str, Any]], host: str, repeat: int) -> Any:
+    """Kilo's figures from the program named by KILO_PLAN_BENCH; None without it."""
+    exe = os.environ.get("KILO_PLAN_BENCH")
+    if not exe:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        data = {"nodes": nodes, "peers": peers, "host": host, "now": NOW, "repeat": repeat}
+        json.dump({**data, "label": LABEL}, f)
+        f.flush()
+        out = subprocess.run([exe, f.name], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def measure(n: int, locs: int, peers: int, location_ips: bool, repeat: int) -> Figures:
+    nodes, ps = cluster(n, locs, peers, location_ips)
     host = nodes[0]["metadata"]["name"]
-    st = read_cluster(nodes, ps, "topology.kubernetes.io/region")
-    plan_ms = _time(lambda: plan_model(st, host), repeat)
+    view = read(nodes, ps)
+    settle_heap()  # as the agent does after a read that changed its cache
+    plan_ms = _time(lambda: plan_model(view, host), repeat)
+    p = plan(view, FACTS, Settings(hostname=host, encapsulation=Encapsulation(Strategy.NEVER)))
+    assert p.dataplane is not None
+    rs = p.dataplane.ruleset
+    nft_ms = _time(rs.nft_json, repeat)
     full_ms = _time(lambda: plan_raw(nodes, ps, host), repeat)
     tracemalloc.start()
     plan_raw(nodes, ps, host)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return plan_ms, full_ms, peak / 2**20
+    fig = Figures(plan_ms, nft_ms, full_ms, peak / 2**20)
+    k = kilo(nodes, ps, host, repeat)
+    if k is not None:
+        fig.kilo_plan_ms, fig.kilo_read_plan_ms = k["plan_ms"], k["read_plan_ms"]
+    return fig
+
+
+CASES = [  # nodes, locations, allowed-location IPs
+    (100, 10, False),
+    (1000, 10, False),
+    (1000, 50, False),
+    (5000, 50, False),
+    (1000, 50, True),
+    (5000, 50, True),
+]
+
+
+def _ratio(ours: float, theirs: float | None) -> str:
+    return "-" if theirs is None else f"{ours / theirs:.1f}x"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}; 1,000 peers")
+    print(f"one node's plan; median of {args.repeat} runs")
+    print("plan: from the agent's cache (topology, WireGuard config, routes, firewall ruleset);")
+    print("nft: the ruleset as nft JSON (when it changed); read+plan: from raw API objects")
+    print("Kilo: NewTopology + Conf + Routes + Rules (and its translation, for read+plan)")
+    if not os.environ.get("KILO_PLAN_BENCH"):
+        print("Kilo: not measured (set KILO_PLAN_BENCH)")
     print(
-        "one node's plan (topology, WireGuard config, routes, nftables ruleset); median of 5 runs"
+        f"{'nodes':>6} {'locs':>4} {'loc-IPs':>7} {'plan ms':>8} {'Kilo ms':>8} {'ratio':>6} "
+        f"{'target':>7} {'nft ms':>7} {'read+plan':>9} {'Kilo':>6} {'ratio':>6} {'MiB':>5}"
     )
-    print("plan: from the agent's cache of translated objects; read+plan: from raw API objects")
-    print(
-        f"{'nodes':>6} {'locations':>9} {'peers':>6} {'plan ms':>9} {'read+plan ms':>13} "
-        f"{'peak MiB':>9}"
-    )
-    for n, locs in [(100, 10), (100, 50), (1000, 10), (1000, 50), (5000, 10), (5000, 50)]:
-        plan_ms, full_ms, peak = measure(n, locs, 1000)
+    figs: dict[tuple[int, int, bool], Figures] = {}
+    for n, locs, lips in CASES:
+        f = figs[(n, locs, lips)] = measure(n, locs, 1000, lips, args.repeat)
+        target = "<=3x" if n >= 1000 else ""
         print(
-            f"{n:>6} {locs:>9} {1000:>6} {plan_ms:>9.1f} {full_ms:>13.1f} {peak:>9.1f}", flush=True
+            f"{n:>6} {locs:>4} {'yes' if lips else 'no':>7} {f.plan_ms:>8.1f} "
+            f"{_ms(f.kilo_plan_ms):>8} {_ratio(f.plan_ms, f.kilo_plan_ms):>6} {target:>7} "
+            f"{f.nft_ms:>7.1f} {f.read_plan_ms:>9.1f} {_ms(f.kilo_read_plan_ms):>6} "
+            f"{_ratio(f.read_plan_ms, f.kilo_read_plan_ms):>6} {f.peak_mib:>5.1f}",
+            flush=True,
+        )
+    for lips in (False, True):
+        a, b = figs[(1000, 50, lips)], figs[(5000, 50, lips)]
+        kilo_growth = (
+            ""
+            if a.kilo_plan_ms is None or b.kilo_plan_ms is None
+            else f", Kilo {b.kilo_plan_ms / a.kilo_plan_ms:.1f}x"
+        )
+        print(
+            f"growth 1,000 -> 5,000 nodes{' (allowed-location IPs)' if lips else ''}: plan "
+            f"{b.plan_ms / a.plan_ms:.1f}x (target <= 5.5x){kilo_growth}"
         )
     sys.stdout.flush()
 

@@ -11,6 +11,7 @@ through fakes (tests/unit/test_agent_loop.py).
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -40,6 +41,17 @@ log = logging.getLogger("kilo.agent")
 
 #: After an event, how long to wait for the rest of a burst before reconciling.
 DEBOUNCE_SECONDS = 0.05
+
+
+def settle_heap() -> None:
+    """Take what is alive now (the cache's translated objects above all) out of the garbage
+    collector's way: collect once, then freeze the survivors. The collector then never walks
+    them again; without this, the full collections the plan's allocations trigger walk every
+    cached Node and prefix, and grow with the cluster (at 5,000 nodes a third of the plan's
+    time). Frozen objects are still freed as soon as nothing refers to them. Called after a read
+    that changed the cache (the pure core never touches the collector)."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,8 @@ class Agent:
             p = self.ports
             try:
                 cluster = self.cache.read(p.backend.nodes(), p.backend.peers())
+                if self.cache.changed:
+                    settle_heap()
                 now, outages = p.clock.time(), p.backend.outages()
             except Exception as e:  # noqa: BLE001 - keep running; the last good state stays
                 self.metrics.reconciles.inc()

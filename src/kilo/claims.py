@@ -1,14 +1,21 @@
 """Which address claims the topology keeps (pure): Peers' allowed IPs and nodes'
 allowed-location IPs that collide with the mesh's own addresses or with each other are refused,
-each refusal returned as a ``Problem``."""
+each refusal returned as a ``Problem``.
+
+Prefixes are compared as integers (``kilo.prefixes``), and the claims a prefix is tested against
+are indexed: by (version, prefix length) -> network for "which claims contain it", and sorted by
+first address for "which claims lie inside it". Two prefixes overlap exactly when one contains
+the other, so the two queries together find every overlap without comparing all pairs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from kilo.model import Peer, Prefix, Problem, contains, overlaps
+from kilo.model import Peer, Prefix, Problem
+from kilo.prefixes import NetKey, ip_key, net_key, span
 
 
 class SegmentClaims(Protocol):
@@ -25,15 +32,16 @@ def _peer_refusal(p: Peer, ip: Prefix, reason: str) -> Problem:
 
 def deduplicate_peer_ips(peers: Iterable[Peer], refusals: list[Problem]) -> list[Peer]:
     """The first peer (by name) to claim an allowed IP keeps it; later claims are refused."""
-    seen: set[Prefix] = set()
+    seen: set[NetKey] = set()
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
         for ip in p.allowed_ips:
-            if ip in seen:
+            k = ip_key(ip)
+            if k in seen:
                 refusals.append(_peer_refusal(p, ip, "already claimed by another peer"))
                 continue
-            seen.add(ip)
+            seen.add(k)
             keep.append(ip)
         out.append(replace(p, allowed_ips=tuple(keep)) if len(keep) != len(p.allowed_ips) else p)
     return out
@@ -51,17 +59,19 @@ def drop_claims_on_nodes(
     """
     taken: dict[tuple[int, int], dict[int, Prefix]] = {}  # (version, prefixlen) -> network -> owner
     for o in owned:
-        taken.setdefault((o.version, o.network.prefixlen), {})[int(o.network.network_address)] = o
+        v, net, plen = net_key(o)
+        taken.setdefault((v, plen), {})[net] = o
     lengths = sorted(taken)
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
         for a in p.allowed_ips:
             owner = None
-            addr = int(a.network.network_address)
+            av, addr, aplen = net_key(a)
+            width = 32 if av == 4 else 128
             for version, plen in lengths:
-                if version == a.version and plen <= a.network.prefixlen:
-                    shift = a.max_prefixlen - plen
+                if version == av and plen <= aplen:
+                    shift = width - plen
                     owner = taken[(version, plen)].get((addr >> shift) << shift)
                     if owner is not None:
                         break
@@ -73,37 +83,130 @@ def drop_claims_on_nodes(
     return out
 
 
-def filter_allowed_location_ips(
-    ips: Iterable[Prefix],
-    location: str,
-    segments: Sequence[SegmentClaims],
-    peers: Sequence[Peer],
-    refusals: list[Problem],
-) -> list[Prefix]:
-    """Refuse allowed-location IPs that another location, a known allowed IP or a peer claims.
+class _Index:
+    """Prefixes (their networks), each with a rank; entries can be withdrawn."""
 
-    As in Kilo, segments later in the order have not been allocated their WireGuard IP yet when
-    an earlier segment is filtered, so only the IPs known at that point count.
+    def __init__(self) -> None:
+        self._by_len: dict[tuple[int, int], dict[int, list[int]]] = {}  # (v, plen) -> net -> ids
+        self._lengths: list[tuple[int, int]] = []
+        self._sorted: dict[int, list[tuple[int, int]]] = {}  # version -> [(first address, id)]
+        self._dirty = False
+        self.rank: list[int] = []
+        self.live: list[bool] = []
+
+    def add(self, p: Prefix, rank: int) -> int:
+        v, net, plen = net_key(p)
+        i = len(self.rank)
+        self.rank.append(rank)
+        self.live.append(True)
+        bucket = self._by_len.get((v, plen))
+        if bucket is None:
+            bucket = self._by_len[(v, plen)] = {}
+            self._lengths = sorted(self._by_len)
+        bucket.setdefault(net, []).append(i)
+        self._sorted.setdefault(v, []).append((net, i))
+        self._dirty = True
+        return i
+
+    def containing(self, v: int, addr: int, plen: int) -> Iterator[int]:
+        """Entries whose network contains the ``plen``-bit network of ``addr``."""
+        width = 32 if v == 4 else 128
+        for version, length in self._lengths:
+            if version == v and length <= plen:
+                shift = width - length
+                yield from self._by_len[(version, length)].get((addr >> shift) << shift, ())
+
+    def within(self, v: int, lo: int, hi: int) -> Iterator[int]:
+        """Entries whose network starts in [lo, hi] (for a prefix: lies inside it or, starting
+        at ``lo``, contains it)."""
+        if self._dirty:
+            for entries in self._sorted.values():
+                entries.sort()
+            self._dirty = False
+        entries = self._sorted.get(v, [])
+        a = bisect_left(entries, (lo, -1))
+        b = bisect_right(entries, (hi, len(self.rank)))
+        for _, i in entries[a:b]:
+            yield i
+
+    def first(self, ids: Iterable[int], exclude: int = -1) -> int | None:
+        """The lowest rank among the live entries ``ids`` (rank ``exclude`` aside)."""
+        best = None
+        for i in ids:
+            r = self.rank[i]
+            if self.live[i] and r != exclude and (best is None or r < best):
+                best = r
+        return best
+
+    def overlapping(self, p: Prefix, exclude: int = -1) -> int | None:
+        v, lo, hi = span(p)
+        plen = p.network.prefixlen
+        a = self.first(self.containing(v, lo, plen), exclude)
+        b = self.first(self.within(v, lo, hi), exclude)
+        return a if b is None else b if a is None else min(a, b)
+
+
+class AllowedLocationIPFilter:
+    """Refuse allowed-location IPs that another location, a known allowed IP or a peer claims
+    (Kilo's ``filterAllowedLocationIPs``), segment by segment in the topology's order.
+
+    As in Kilo, a segment is filtered right after it is allocated its WireGuard IP: later
+    segments have none yet (``add_allowed_ip`` adds each as it is allocated), and earlier
+    segments' allowed-location IPs count only as far as they were kept.
     """
-    out: list[Prefix] = []
-    for ip in ips:
-        reason = ""
-        for s in segments:
-            if location != s.location and any(overlaps(ip, o) for o in s.allowed_location_ips):
-                reason = f"overlaps an allowed location IP of {s.location}"
-                break
-            if any(contains(a, ip.ip) for a in s.allowed_ips):
-                reason = f"lies in an allowed IP of {s.location}"
-                break
-        if not reason:
-            for p in peers:
-                if any(overlaps(ip, a) for a in p.allowed_ips):
-                    reason = f"overlaps an allowed IP of peer {p.name}"
-                    break
-        if reason:
-            refusals.append(
-                Problem("Location", location, "allowed-location-ips", str(ip), f"{reason}; ignored")
-            )
-            continue
-        out.append(ip)
-    return out
+
+    def __init__(self, segments: Sequence[SegmentClaims], peers: Sequence[Peer]) -> None:
+        self.segments = segments
+        #: Without any allowed-location IP there is nothing to filter (and nothing to index).
+        self.active = any(s.allowed_location_ips for s in segments)
+        if not self.active:
+            return
+        self._loc, self._allowed, self._peers = _Index(), _Index(), _Index()
+        self._loc_ids = [
+            [self._loc.add(ip, j) for ip in s.allowed_location_ips] for j, s in enumerate(segments)
+        ]
+        for j, s in enumerate(segments):
+            for a in s.allowed_ips:
+                self._allowed.add(a, j)
+        for k, p in enumerate(peers):
+            for a in p.allowed_ips:
+                self._peers.add(a, k)
+        self.peers = peers
+
+    def add_allowed_ip(self, j: int, ip: Prefix) -> None:
+        if self.active:
+            self._allowed.add(ip, j)
+
+    def filter(self, i: int, refusals: list[Problem]) -> list[Prefix]:
+        """Segment ``i``'s allowed-location IPs that it keeps; the others are refused."""
+        s = self.segments[i]
+        out: list[Prefix] = []
+        if not self.active:
+            return out
+        for n, ip in zip(self._loc_ids[i], s.allowed_location_ips, strict=True):
+            reason = ""
+            j1 = self._loc.overlapping(ip, exclude=i)
+            v, addr, _ = ip_key(ip)
+            j2 = self._allowed.first(self._allowed.containing(v, addr, 32 if v == 4 else 128))
+            if j1 is not None and (j2 is None or j1 <= j2):
+                reason = f"overlaps an allowed location IP of {self.segments[j1].location}"
+            elif j2 is not None:
+                reason = f"lies in an allowed IP of {self.segments[j2].location}"
+            else:
+                k = self._peers.overlapping(ip)
+                if k is not None:
+                    reason = f"overlaps an allowed IP of peer {self.peers[k].name}"
+            if reason:
+                self._loc.live[n] = False
+                refusals.append(
+                    Problem(
+                        "Location",
+                        s.location,
+                        "allowed-location-ips",
+                        str(ip),
+                        f"{reason}; ignored",
+                    )
+                )
+                continue
+            out.append(ip)
+        return out

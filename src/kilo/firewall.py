@@ -16,23 +16,24 @@ chain, did override a later drop there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kilo.model import Prefix, host_prefix
+from kilo.prefixes import addr_text, net_key
 from kilo.topology import Topology
 
 TABLE = "kilo"
 NAT_CHAIN = "kilo-nat"
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     field: str  # "saddr" or "daddr"
     prefix: Prefix
 
 
-@dataclass(frozen=True)
-class FwRule:
+class FwRule(NamedTuple):
+    """One rule (immutable; named tuples, as ``kilo.routes.Route``)."""
+
     chain: str
     verdict: str  # "return", "accept", "masquerade", "jump kilo-nat"
     match: Match | None = None
@@ -57,7 +58,7 @@ class Ruleset:
 
     def add(self, chain: str, verdict: str, match: Match | None = None, comment: str = "") -> None:
         """Append a rule unless the same chain already has the same match and verdict."""
-        key = (chain, verdict, None if match is None else (match.field, match.prefix.network))
+        key = (chain, verdict, None if match is None else (match.field, net_key(match.prefix)))
         if key not in self._seen:
             self._seen.add(key)
             self.rules.append(FwRule(chain, verdict, match, comment))
@@ -109,12 +110,13 @@ class Ruleset:
 def _expr(r: FwRule) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if r.match is not None:
-        proto = "ip" if r.match.prefix.version == 4 else "ip6"
-        net = r.match.prefix.network
+        version, _, plen = net_key(r.match.prefix)
+        proto = "ip" if version == 4 else "ip6"
+        addr = addr_text(r.match.prefix)
         right: Any = (
-            str(net.network_address)
-            if net.prefixlen == net.max_prefixlen
-            else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+            addr
+            if plen == (32 if version == 4 else 128)
+            else {"prefix": {"addr": addr, "len": plen}}
         )
         out.append(
             {

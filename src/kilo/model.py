@@ -47,8 +47,47 @@ def host_prefix(ip: IPAddress) -> Prefix:
     return ipaddress.IPv6Interface((int(ip), 128))
 
 
+_V4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
+_V4_CIDR = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})/([0-9]{1,2})\Z")
+
+
+def _v4_int(parts: tuple[str, ...]) -> int | None:
+    """Four decimal octets as ``ipaddress`` accepts them (no leading zero, at most 255)."""
+    out = 0
+    for o in parts:
+        if (len(o) > 1 and o[0] == "0") or int(o) > 255:
+            return None
+        out = out << 8 | int(o)
+    return out
+
+
+def fast_v4_address(text: str) -> ipaddress.IPv4Address | None:
+    """The common dotted IPv4 address without ``ipaddress``'s slow parser; None: let
+    ``ipaddress`` read it (and say what is wrong)."""
+    m = _V4.match(text)
+    i = None if m is None else _v4_int(m.groups())
+    return None if i is None else ipaddress.IPv4Address(i)
+
+
+def fast_v4_cidr(text: str) -> tuple[int, int] | None:
+    """(address, prefix length) of the common ``a.b.c.d/n``; None: let ``ipaddress`` read it."""
+    m = _V4_CIDR.match(text)
+    if m is None:
+        return None
+    *octets, plen_s = m.groups()
+    plen = int(plen_s)
+    if (len(plen_s) > 1 and plen_s[0] == "0") or plen > 32:
+        return None
+    i = _v4_int(tuple(octets))
+    return None if i is None else (i, plen)
+
+
 def network_prefix(cidr: str) -> Prefix:
     """A CIDR with its host bits cleared, as Go's ``net.ParseCIDR`` returns the network."""
+    fast = fast_v4_cidr(cidr)
+    if fast is not None:
+        ip, plen = fast
+        return ipaddress.IPv4Interface((ip >> (32 - plen) << (32 - plen), plen))
     net = ipaddress.ip_network(cidr, strict=False)
     return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
 
@@ -65,14 +104,10 @@ def is_public(ip: IPAddress | None) -> bool:
     """Kilo's notion of public: not RFC 1918 for IPv4, not fd00::/8 for IPv6."""
     if ip is None:
         return False
+    i = int(ip)
     if ip.version == 4:
-        return not any(ip in n for n in _PRIVATE_V4)
-    return not (ip.packed[0] == 0xFD and ip.packed[1] == 0x00)
-
-
-_PRIVATE_V4 = tuple(
-    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-)
+        return not (i >> 24 == 10 or i >> 20 == 0xAC1 or i >> 16 == 0xC0A8)
+    return i >> 112 != 0xFD00
 
 
 @dataclass(frozen=True)
@@ -122,7 +157,7 @@ def parse_endpoint(text: str) -> Endpoint:
     elif ":" in host:
         raise ValueError("an IPv6 address needs brackets: [ADDRESS]:PORT")
     try:
-        return Endpoint(port=port, ip=ipaddress.ip_address(host))
+        return Endpoint(port=port, ip=fast_v4_address(host) or ipaddress.ip_address(host))
     except ValueError:
         if bracketed or not is_dns1123_subdomain(host):
             raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kilo.model import IPAddress, Prefix, contains, host_prefix
 from kilo.topology import Segment, Topology
@@ -49,8 +50,10 @@ class Encapsulation:
         return internal
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
+    """A route (immutable; a named tuple: thousands are made per plan, and a tuple is made
+    several times faster than a frozen dataclass)."""
+
     dst: Prefix
     dev: str
     gw: IPAddress | None = None
@@ -71,8 +74,9 @@ class Route:
         return s
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
+    """A policy rule (a named tuple, as ``Route``)."""
+
     table: int
     src: Prefix | None = None
     dst: Prefix | None = None

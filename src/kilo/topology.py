@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kilo.claims import deduplicate_peer_ips, drop_claims_on_nodes, filter_allowed_location_ips
+from kilo.claims import AllowedLocationIPFilter, deduplicate_peer_ips, drop_claims_on_nodes
 from kilo.keys import Key
 from kilo.model import (
     Endpoint,
@@ -31,6 +31,7 @@ from kilo.model import (
     host_prefix,
     is_public,
 )
+from kilo.prefixes import host_of, ip_of, text
 from kilo.wireguard import WgConf, WgPeer
 
 LOGICAL_PREFIX = "location:"
@@ -257,13 +258,13 @@ def new_topology(
             if n.subnet is not None:
                 allowed_ips.append(n.subnet)
             for ip in n.allowed_location_ips:
-                if str(ip) not in seen_loc_ips:
-                    seen_loc_ips.add(str(ip))
+                if text(ip) not in seen_loc_ips:
+                    seen_loc_ips.add(text(ip))
                     loc_ips.append(ip)
             if n.internal_ip is not None:
-                allowed_ips.append(host_prefix(n.internal_ip.ip))
-                private_ips.append(n.internal_ip.ip)
-        loc_ips.sort(key=str)
+                allowed_ips.append(host_of(n.internal_ip))
+                private_ips.append(ip_of(n.internal_ip))
+        loc_ips.sort(key=text)
         head = members[leader]
         t.segments.append(
             Segment(
@@ -289,7 +290,8 @@ def new_topology(
     )
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
-    for s in t.segments:
+    claims = AllowedLocationIPFilter(t.segments, t.peers)
+    for i, s in enumerate(t.segments):
         wg_ip = alloc.next()
         if wg_ip is None:
             raise TopologyError(
@@ -297,14 +299,13 @@ def new_topology(
             )
         s.wireguard_ip = wg_ip
         s.allowed_ips.append(host_prefix(wg_ip))
+        claims.add_allowed_ip(i, s.allowed_ips[-1])
         if t.leader and s.location == t.location:
             t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
         for n in groups[s.location]:
             for k, e in (n.discovered_endpoints or {}).items():
                 t.discovered_endpoints.setdefault(k, e)
-        s.allowed_location_ips = filter_allowed_location_ips(
-            s.allowed_location_ips, s.location, t.segments, t.peers, t.refusals
-        )
+        s.allowed_location_ips = claims.filter(i, t.refusals)
     return t
 
 

@@ -23,6 +23,7 @@ from kilo.model import (
     Prefix,
     Problem,
     endpoint_str,
+    fast_v4_cidr,
     is_dns1123_subdomain,
     network_prefix,
     parse_endpoint,
@@ -64,6 +65,9 @@ def parse_cidr(text: str) -> Prefix:
     """A CIDR that keeps its host bits (Kilo's ``normalizeIP``); raises ValueError."""
     if "/" not in text:
         raise ValueError("not a CIDR (no prefix length)")
+    fast = fast_v4_cidr(text)
+    if fast is not None:
+        return ipaddress.IPv4Interface(fast)
     return ipaddress.ip_interface(text)
 
 

@@ -25,6 +25,7 @@ CORE = {
     "cache",
     "wgstate",
     "claims",
+    "prefixes",
 }
 #: What the core must not import: our adapters and loop, and anything with a clock or a socket.
 NOT_IN_CORE = (

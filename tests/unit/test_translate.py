@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -165,3 +166,40 @@ def test_node_annotations_round_trip() -> None:
         and again.wireguard_ip == n.wireguard_ip
         and again.discovered_endpoints == n.discovered_endpoints
     )
+
+
+def test_fast_ipv4_parsing_reads_as_ipaddress_does() -> None:
+    """The fast path for ``a.b.c.d[/n]`` gives what ``ipaddress`` gives, or leaves it to it."""
+    import ipaddress
+    import random
+
+    from kilo.model import fast_v4_address, network_prefix
+    from kilo.translate import parse_cidr
+
+    def res(f: Any, c: str) -> tuple[Any, ...]:
+        try:
+            v = f(c)
+            return ("ok", v, str(v), type(v))
+        except ValueError:
+            return ("err",)
+
+    def old_network_prefix(c: str) -> Any:
+        net = ipaddress.ip_network(c, strict=False)
+        return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
+
+    rng = random.Random(1)
+    octets = ["0", "1", "01", "255", "256", "99", "100", "007", "\u0661"]
+    cases = ["1.2.3.4/8\n", " 1.2.3.4/8", "1.2.3.4/08", "1.2.3.4/024", "1.2.3.4/33"]
+    cases += [
+        ".".join(rng.choice(octets) for _ in range(4))
+        + "/"
+        + rng.choice(["0", "8", "24", "32", "33", "01", "00", "9"])
+        for _ in range(5000)
+    ]
+    for c in cases:
+        assert res(parse_cidr, c) == res(ipaddress.ip_interface, c), c
+        assert res(network_prefix, c) == res(old_network_prefix, c), c
+        h = c.split("/")[0]
+        assert res(lambda x: fast_v4_address(x) or ipaddress.ip_address(x), h) == res(
+            ipaddress.ip_address, h
+        ), h

@@ -65,7 +65,7 @@ def _net(p: Prefix | None) -> str | None:
 
 
 def _canon(r: Route) -> Route:
-    return replace(r, dst=ipaddress.ip_interface(str(r.dst.network)))
+    return r._replace(dst=ipaddress.ip_interface(str(r.dst.network)))
 
 
 def _want_rule(r: Rule) -> _Rule:

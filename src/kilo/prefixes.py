@@ -1,0 +1,99 @@
+"""What the core asks of an address prefix, as integers and strings computed once per object
+(pure memoisation).
+
+The translated objects live as long as the agent's cache holds them, and every plan asks the
+same questions of their prefixes (which network, its text, its one-address CIDR). ``ipaddress``
+answers each of them anew and slowly (a ``str()`` is about 2 µs, a hash half of that); here each
+answer is computed the first time and kept in the prefix object's own ``__dict__`` (an
+``IPv4Interface``/``IPv6Interface`` has one; ``ipaddress`` never reads it, and neither
+equality, hashing nor pickling sees it). The answers depend only on the prefix's value, which
+never changes, so a kept answer is the answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from kilo.model import Prefix, host_prefix
+
+#: (version, first address, prefix length): equal exactly when the networks are equal.
+NetKey = tuple[int, int, int]
+
+
+def _memo(p: Prefix) -> dict[str, Any]:
+    return p.__dict__
+
+
+def net_key(p: Prefix) -> NetKey:
+    """The network of ``p`` as integers."""
+    d = p.__dict__
+    k: NetKey | None = d.get("_k_net")
+    if k is None:
+        n = p.network
+        k = d["_k_net"] = (n.version, int(n.network_address), n.prefixlen)
+    return k
+
+
+def ip_key(p: Prefix) -> NetKey:
+    """(version, address with its host bits, prefix length): equal exactly when ``p`` is."""
+    d = _memo(p)
+    k: NetKey | None = d.get("_k_ip")
+    if k is None:
+        k = d["_k_ip"] = (p.version, int(p), p.network.prefixlen)
+    return k
+
+
+def span(p: Prefix) -> tuple[int, int, int]:
+    """(version, first, last address) of the network of ``p``."""
+    d = _memo(p)
+    s: tuple[int, int, int] | None = d.get("_k_span")
+    if s is None:
+        v, lo, plen = net_key(p)
+        s = d["_k_span"] = (v, lo, lo + (1 << ((32 if v == 4 else 128) - plen)) - 1)
+    return s
+
+
+def text(p: Prefix) -> str:
+    """``str(p)``: the address with its host bits and the prefix length."""
+    d = _memo(p)
+    s: str | None = d.get("_k_text")
+    if s is None:
+        s = d["_k_text"] = str(p)
+    return s
+
+
+def net_text(p: Prefix) -> str:
+    """``str(p.network)``: the CIDR."""
+    d = _memo(p)
+    s: str | None = d.get("_k_net_text")
+    if s is None:
+        s = d["_k_net_text"] = str(p.network)
+    return s
+
+
+def addr_text(p: Prefix) -> str:
+    """``str(p.network.network_address)``: the CIDR's first address."""
+    d = _memo(p)
+    s: str | None = d.get("_k_addr_text")
+    if s is None:
+        s = d["_k_addr_text"] = str(p.network.network_address)
+    return s
+
+
+def ip_of(p: Prefix) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """``p.ip`` (one object, not a new one each time)."""
+    d = _memo(p)
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = d.get("_k_addr")
+    if ip is None:
+        ip = d["_k_addr"] = p.ip
+    return ip
+
+
+def host_of(p: Prefix) -> Prefix:
+    """The one-address CIDR of ``p``'s address (``host_prefix(p.ip)``)."""
+    d = _memo(p)
+    h: Prefix | None = d.get("_k_host")
+    if h is None:
+        h = d["_k_host"] = host_prefix(p.ip)
+    return h
