@@ -48,8 +48,10 @@ def settle_heap() -> None:
     collector's way: collect once, then freeze the survivors. The collector then never walks
     them again; without this, the full collections the plan's allocations trigger walk every
     cached Node and prefix, and grow with the cluster (at 5,000 nodes a third of the plan's
-    time). Frozen objects are still freed as soon as nothing refers to them. Called after a read
-    that changed the cache (the pure core never touches the collector)."""
+    time). Frozen objects are still freed as soon as nothing refers to them, and each call
+    unfreezes first, so garbage cycles among earlier survivors are collected too. Called after a
+    read that changed the cache (the pure core never touches the collector)."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
 
