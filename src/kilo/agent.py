@@ -123,9 +123,10 @@ class Agent:
         self.ports.backend.events.put(None)  # wake the loop now, not at the next event
 
     def request_reconcile(self) -> None:
-        """A full reconcile soon (the device was restarted underneath us, say)."""
+        """A full reconcile now (the device was restarted underneath us, say)."""
         self._verify = True
         self._dirty.set()
+        self.ports.backend.events.put(None)  # wake the loop
 
     def discover_host(self) -> None:
         """The node's private and public IP (Kilo's choice) and its underlay's MTU."""
@@ -151,8 +152,9 @@ class Agent:
         """Wait for an event or the next timer, then do what is due."""
         clock = self.ports.clock
         due = min(self._next_resync, self.publisher.next_check_in(), self._next_expiry)
-        if clock.wait(self.ports.backend.events, due - clock.monotonic()):
-            self.metrics.events.inc()
+        arrived = clock.wait(self.ports.backend.events, due - clock.monotonic())
+        if arrived:
+            self._count_events(arrived)
             self._drain_events()
             clock.sleep(DEBOUNCE_SECONDS)  # let the rest of a burst arrive
             self._drain_events()
@@ -172,10 +174,15 @@ class Agent:
     def _drain_events(self) -> None:
         while True:
             try:
-                self.ports.backend.events.get_nowait()
+                event = self.ports.backend.events.get_nowait()
             except queue.Empty:
                 return
-            self.metrics.events.inc()
+            self._count_events([event])
+
+    def _count_events(self, events: list[object]) -> None:
+        n = sum(1 for e in events if e is not None)  # None only wakes the loop
+        if n:
+            self.metrics.events.inc(n)
 
     def shutdown(self) -> None:
         """After ``run``: leave the data plane as it is (a restart drops nothing) unless clean-up

@@ -93,8 +93,9 @@ class Clock(Protocol):
     def time(self) -> float: ...
     def monotonic(self) -> float: ...
     def sleep(self, seconds: float) -> None: ...
-    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for an event; True if one arrived (it is consumed)."""
+    def wait(self, events: queue.Queue[Any], timeout: float) -> list[Any]:
+        """Wait up to ``timeout`` seconds for an event: ``[event]`` if one arrived (it is
+        taken from the queue), ``[]`` if none did."""
         ...
 
 
@@ -110,9 +111,8 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
+    def wait(self, events: queue.Queue[Any], timeout: float) -> list[Any]:
         try:
-            events.get(timeout=max(0.0, timeout))
+            return [events.get(timeout=max(0.0, timeout))]
         except queue.Empty:
-            return False
-        return True
+            return []

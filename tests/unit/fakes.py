@@ -49,14 +49,13 @@ class FakeClock:
         self.wall += seconds
         self.mono += seconds
 
-    def wait(self, events: queue.Queue[Any], timeout: float) -> bool:
+    def wait(self, events: queue.Queue[Any], timeout: float) -> list[Any]:
         self.waits.append(timeout)
         try:
-            events.get_nowait()
-            return True
+            return [events.get_nowait()]
         except queue.Empty:
             self.advance(max(0.0, timeout))
-            return False
+            return []
 
 
 class FakeBackend:

@@ -117,8 +117,7 @@ def test_a_device_restart_asks_for_a_reconcile_at_once() -> None:
     r.agent.step()
     applied, t0 = r.device.applied, r.clock.monotonic()
     assert r.device.on_restart is not None
-    r.device.on_restart()
-    r.backend.events.put(None)  # the supervisor's thread wakes the loop through the queue
+    r.device.on_restart()  # from the supervisor's thread: it wakes the loop
     r.agent.step()
     assert r.device.applied == applied + 1 and r.clock.monotonic() - t0 < 1
 
