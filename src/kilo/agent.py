@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from kilo.apply import apply_plan
 from kilo.cache import ObjectCache
@@ -107,6 +108,8 @@ class Agent:
         self._verify = True  # the next reconcile applies every part (checks the kernel)
         self._applied: Plan | None = None  # the last plan applied without a failure
         self._ready: frozenset[str] = frozenset()
+        self._full_read = True  # the next reconcile lists every object (else: the cache)
+        self._changed = True  # the cache changed in a way that matters since the last plan
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -154,11 +157,10 @@ class Agent:
         due = min(self._next_resync, self.publisher.next_check_in(), self._next_expiry)
         arrived = clock.wait(self.ports.backend.events, due - clock.monotonic())
         if arrived:
-            self._count_events(arrived)
-            self._drain_events()
+            events = arrived + self._drain_events()
             clock.sleep(DEBOUNCE_SECONDS)  # let the rest of a burst arrive
-            self._drain_events()
-            self._dirty.set()
+            if self._take(events + self._drain_events()):
+                self._dirty.set()
         if self._stop.is_set():
             return
         now = clock.monotonic()
@@ -171,18 +173,47 @@ class Agent:
         if clock.monotonic() >= self.publisher.next_check_in():
             self.check_in()
 
-    def _drain_events(self) -> None:
+    def _drain_events(self) -> list[Any]:
+        out = []
         while True:
             try:
-                event = self.ports.backend.events.get_nowait()
+                out.append(self.ports.backend.events.get_nowait())
             except queue.Empty:
-                return
-            self._count_events([event])
+                return out
 
-    def _count_events(self, events: list[object]) -> None:
-        n = sum(1 for e in events if e is not None)  # None only wakes the loop
-        if n:
-            self.metrics.events.inc(n)
+    def _take(self, events: list[Any]) -> bool:
+        """Bring the cache up to date with watch events, one object each; True if one of them
+        matters to the plan: a change beyond a check-in time, or a node whose check-in made it
+        ready or not. An event of no known shape asks for a full read."""
+        with self._lock:
+            now, outages = self.ports.clock.time(), self.ports.backend.outages()
+            relevant = False
+            for e in events:
+                if e is None:  # a wake-up, not a change
+                    continue
+                self.metrics.events.inc()
+                kind, etype, obj = (getattr(e, a, None) for a in ("kind", "type", "object"))
+                if (
+                    kind not in ("Node", "Peer")
+                    or not isinstance(obj, dict)
+                    or etype
+                    not in (
+                        "ADDED",
+                        "MODIFIED",
+                        "DELETED",
+                    )
+                ):
+                    self._full_read = True
+                    relevant = True
+                    continue
+                name = self.cache.update(kind, etype, obj)
+                if self.cache.changed:
+                    self._changed = relevant = True
+                elif name is not None:
+                    n = self.cache.node(name)
+                    ready = n is not None and bool(ready_nodes({name: n}, now, outages))
+                    relevant |= ready != (name in self._ready)
+            return relevant
 
     def shutdown(self) -> None:
         """After ``run``: leave the data plane as it is (a restart drops nothing) unless clean-up
@@ -230,8 +261,13 @@ class Agent:
         with self._lock:
             p = self.ports
             try:
-                cluster = self.cache.read(p.backend.nodes(), p.backend.peers())
-                if self.cache.changed:
+                if verify or self._full_read:
+                    cluster = self.cache.read(p.backend.nodes(), p.backend.peers())
+                    self._full_read = False
+                    self._changed |= self.cache.changed
+                else:
+                    cluster = self.cache.view()
+                if self._changed:
                     settle_heap()
                 now, outages = p.clock.time(), p.backend.outages()
             except Exception as e:  # noqa: BLE001 - keep running; the last good state stays
@@ -240,10 +276,12 @@ class Agent:
                 return []
             ready = frozenset(ready_nodes(cluster.nodes, now, outages))
             self._set_expiry(next_expiry(cluster.nodes, now, outages), now)
-            unchanged = not self.cache.changed and ready == self._ready
+            unchanged = not self._changed and ready == self._ready
             self._ready = ready
             if unchanged and not verify and self._applied is not None and self.last_reconcile_ok:
+                self.last_changes = []
                 return []
+            self._changed = False
             self.metrics.reconciles.inc()
             self._verify = False
             desired = plan(cluster, self.facts(now, outages), self.cfg.settings)

@@ -1,12 +1,13 @@
-"""The cluster as the agent last read it: each Node and Peer object translated once per
-resourceVersion (translation is pure, so a cached result is the result), and whether anything
-the plan depends on changed since the last read (a check-in that only moves ``last-seen`` does
-not count: readiness is judged from the times separately)."""
+"""The cluster as the agent knows it: each Node and Peer object translated once per
+resourceVersion (translation is pure, so a cached result is the result), kept current either by
+a full read or one watch event at a time, and whether anything the plan depends on changed (a
+check-in that only moves ``last-seen`` does not count: readiness is judged from the times
+separately, by the caller)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kilo.model import Node, Peer, Problem
@@ -14,10 +15,9 @@ from kilo.plan import ClusterView
 from kilo.translate import node_from_object, peer_from_object
 
 Obj = dict[str, Any]
-_Key = tuple[str, str]  # (name, resourceVersion)
 
 
-def _key(obj: Obj) -> _Key:
+def _meta(obj: Obj) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("name")), str(meta.get("resourceVersion", ""))
 
@@ -26,47 +26,93 @@ def _timeless(n: Node) -> Node:
     return replace(n, last_seen=0)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    version: str
+    value: Node | Peer | None
+    problems: tuple[Problem, ...]
+
+
 class ObjectCache:
     def __init__(self, topology_label: str) -> None:
         self.topology_label = topology_label
-        self._nodes: dict[_Key, tuple[Node, list[Problem]]] = {}
-        self._peers: dict[_Key, tuple[Peer | None, list[Problem]]] = {}
+        self._nodes: dict[str, _Entry] = {}
+        self._peers: dict[str, _Entry] = {}
         self.changed = True  # whether the last read found a change that matters to the plan
 
+    # -- updating
+
     def read(self, node_objs: Iterable[Obj], peer_objs: Iterable[Obj]) -> ClusterView:
-        """The objects as model values (by name) and every value that could not be read.
-        Entries of objects no longer listed are dropped; ``changed`` says whether anything but
-        nodes' check-in times differs from the previous read."""
-        before = {n.name: (n, pr) for n, pr in self._nodes.values()}
+        """Replace what is known by a full listing; ``changed`` says whether anything but
+        nodes' check-in times differs from before."""
         changed = False
-        problems: list[Problem] = []
-        nodes: dict[str, Node] = {}
-        node_cache: dict[_Key, tuple[Node, list[Problem]]] = {}
+        nodes: dict[str, _Entry] = {}
         for obj in node_objs:
-            k = _key(obj)
-            hit = self._nodes.get(k)
-            if hit is None:
-                hit = node_from_object(obj, self.topology_label)
-                old = before.get(hit[0].name)
-                if old is None or old[1] != hit[1] or _timeless(old[0]) != _timeless(hit[0]):
-                    changed = True
-            node_cache[k] = hit
-            nodes[hit[0].name] = hit[0]
-            problems += hit[1]
-        peers: dict[str, Peer] = {}
-        peer_cache: dict[_Key, tuple[Peer | None, list[Problem]]] = {}
+            name, entry, relevant = self._node(obj)
+            nodes[name] = entry
+            changed |= relevant
+        peers: dict[str, _Entry] = {}
         for obj in peer_objs:
-            k = _key(obj)
-            phit = self._peers.get(k)
-            if phit is None:
-                phit = peer_from_object(obj)
-                changed = True
-            peer_cache[k] = phit
-            if phit[0] is not None:
-                peers[phit[0].name] = phit[0]
-            problems += phit[1]
-        if len(node_cache) != len(self._nodes) or set(peer_cache) != set(self._peers):
-            changed = True
-        self._nodes, self._peers = node_cache, peer_cache
+            name, entry, relevant = self._peer(obj)
+            peers[name] = entry
+            changed |= relevant
+        changed |= nodes.keys() != self._nodes.keys() or peers.keys() != self._peers.keys()
+        self._nodes, self._peers = nodes, peers
         self.changed = changed
+        return self.view()
+
+    def update(self, kind: str, etype: str, obj: Obj) -> str | None:
+        """One watch event (``etype`` ADDED, MODIFIED or DELETED). Returns the name of a node
+        whose object changed only in its check-in time (the caller judges its readiness), or
+        None; ``changed`` says whether anything else the plan depends on changed."""
+        table = self._nodes if kind == "Node" else self._peers
+        name, version = _meta(obj)
+        if etype == "DELETED":
+            self.changed = table.pop(name, None) is not None
+            return None
+        old = table.get(name)
+        if old is not None and old.version == version:
+            self.changed = False
+            return None
+        _, entry, relevant = self._node(obj) if kind == "Node" else self._peer(obj)
+        table[name] = entry
+        self.changed = relevant
+        return name if kind == "Node" and not relevant else None
+
+    def _node(self, obj: Obj) -> tuple[str, _Entry, bool]:
+        name, version = _meta(obj)
+        old = self._nodes.get(name)
+        if old is not None and old.version == version:
+            return name, old, False
+        node, problems = node_from_object(obj, self.topology_label)
+        entry = _Entry(version, node, tuple(problems))
+        relevant = (
+            old is None
+            or old.problems != entry.problems
+            or not isinstance(old.value, Node)
+            or _timeless(old.value) != _timeless(node)
+        )
+        return node.name, entry, relevant
+
+    def _peer(self, obj: Obj) -> tuple[str, _Entry, bool]:
+        name, version = _meta(obj)
+        old = self._peers.get(name)
+        if old is not None and old.version == version:
+            return name, old, False
+        peer, problems = peer_from_object(obj)
+        return name, _Entry(version, peer, tuple(problems)), True
+
+    # -- reading
+
+    def node(self, name: str) -> Node | None:
+        entry = self._nodes.get(name)
+        return entry.value if entry is not None and isinstance(entry.value, Node) else None
+
+    def view(self) -> ClusterView:
+        """The objects as model values (by name) and every value that could not be read."""
+        nodes = {e.value.name: e.value for e in self._nodes.values() if isinstance(e.value, Node)}
+        peers = {e.value.name: e.value for e in self._peers.values() if isinstance(e.value, Peer)}
+        problems: list[Problem] = []
+        for e in (*self._nodes.values(), *self._peers.values()):
+            problems += e.problems
         return ClusterView(nodes, peers, tuple(problems))

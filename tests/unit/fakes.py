@@ -58,6 +58,15 @@ class FakeClock:
             return []
 
 
+@dataclass(frozen=True)
+class FakeEvent:
+    """A watch event, as the Kubernetes backend emits them."""
+
+    kind: str
+    type: str
+    object: Obj
+
+
 class FakeBackend:
     def __init__(self, nodes: Iterable[Obj] = (), peers: Iterable[Obj] = ()) -> None:
         self.events: queue.Queue[Any] = queue.Queue()
@@ -76,20 +85,22 @@ class FakeBackend:
         obj["metadata"]["resourceVersion"] = str(self._rv)
 
     def put_node(self, obj: Obj) -> None:
-        obj = copy.deepcopy(obj)
-        self._bump(obj)
-        self.node_objs[obj["metadata"]["name"]] = obj
-        self.events.put(("Node", obj["metadata"]["name"]))
+        self._put("Node", self.node_objs, obj)
 
     def put_peer(self, obj: Obj) -> None:
+        self._put("Peer", self.peer_objs, obj)
+
+    def _put(self, kind: str, table: dict[str, Obj], obj: Obj) -> None:
         obj = copy.deepcopy(obj)
         self._bump(obj)
-        self.peer_objs[obj["metadata"]["name"]] = obj
-        self.events.put(("Peer", obj["metadata"]["name"]))
+        name = obj["metadata"]["name"]
+        etype = "MODIFIED" if name in table else "ADDED"
+        table[name] = obj
+        self.events.put(FakeEvent(kind, etype, copy.deepcopy(obj)))
 
     def delete_node(self, name: str) -> None:
-        del self.node_objs[name]
-        self.events.put(("Node", name))
+        obj = self.node_objs.pop(name)
+        self.events.put(FakeEvent("Node", "DELETED", obj))
 
     def start(self) -> None:
         self.started = True
@@ -122,6 +133,7 @@ class FakeBackend:
             else:
                 ann[k] = v
         self._bump(obj)
+        self.events.put(FakeEvent("Node", "MODIFIED", copy.deepcopy(obj)))  # the watch sees it
         return obj
 
     def clean_up(self, name: str) -> Obj:

@@ -55,6 +55,13 @@ class Rig:
         )  # fmt: skip
         self.agent.start()
 
+    def step(self) -> None:
+        """One step of the loop, then as many as the echoes of our own writes need (the watch
+        shows the agent its own annotations, as the real API server does)."""
+        self.agent.step()
+        while not self.backend.events.empty():
+            self.agent.step()
+
     def peer_keys(self) -> set[str]:
         assert self.device.conf is not None
         return {str(p.public_key) for p in self.device.conf.peers}
@@ -66,7 +73,7 @@ class Rig:
 def test_first_step_applies_the_plan_and_publishes() -> None:
     r = Rig()
     assert r.device.ensured and r.backend.started and r.device.on_restart is not None
-    r.agent.step()
+    r.step()
     assert r.agent.last_reconcile_ok
     assert r.peer_keys() == {key_for("b1")}  # a2 shares the location: no tunnel
     assert r.device.link == (["10.4.0.1/16"], 1420)  # underlay 1500 minus WireGuard's 80
@@ -92,11 +99,11 @@ def test_plan_is_a_function_of_its_inputs() -> None:
 
 def test_a_burst_of_events_is_one_reconcile() -> None:
     r = Rig()
-    r.agent.step()
+    r.step()
     applied = r.device.applied
     for i in range(5):
         r.backend.put_peer(peer_obj(f"p{i}", [f"10.5.0.{i + 1}/32"]))
-    r.agent.step()
+    r.step()
     assert r.device.applied == applied + 1
     assert {key_for(f"p{i}") for i in range(5)} <= r.peer_keys()
     assert r.backend.events.empty()
@@ -104,39 +111,39 @@ def test_a_burst_of_events_is_one_reconcile() -> None:
 
 def test_resync_reconciles_without_events_and_changes_nothing() -> None:
     r = Rig(resync_period=10.0)
-    r.agent.step()
+    r.step()
     applied, t0 = r.device.applied, r.clock.monotonic()
-    r.agent.step()  # nothing happens but the timer
+    r.step()  # nothing happens but the timer
     assert r.device.applied == applied + 1
-    assert r.clock.monotonic() - t0 == pytest.approx(10.0)
+    assert r.clock.monotonic() - t0 == pytest.approx(10.0, abs=0.1)
     assert r.agent.last_changes == []
 
 
 def test_a_device_restart_asks_for_a_reconcile_at_once() -> None:
     r = Rig(resync_period=30.0)
-    r.agent.step()
+    r.step()
     applied, t0 = r.device.applied, r.clock.monotonic()
     assert r.device.on_restart is not None
     r.device.on_restart()  # from the supervisor's thread: it wakes the loop
-    r.agent.step()
+    r.step()
     assert r.device.applied == applied + 1 and r.clock.monotonic() - t0 < 1
 
 
 def test_a_new_node_reaches_the_device() -> None:
     r = Rig()
-    r.agent.step()
+    r.step()
     r.backend.put_node(node_obj("c1", "c", internal_ip="10.6.0.1/24", pod_cidr="10.2.6.0/24"))
-    r.agent.step()
+    r.step()
     assert r.peer_keys() == {key_for("b1"), key_for("c1")}
     r.backend.delete_node("c1")
-    r.agent.step()
+    r.step()
     assert r.peer_keys() == {key_for("b1")}
 
 
 def test_api_outage_time_is_not_held_against_a_nodes_check_in() -> None:
     stale = NOW - 100  # past Kilo's 60 s window
     r = Rig(nodes=cluster(b1_last_seen=stale))
-    r.agent.step()
+    r.step()
     assert r.peer_keys() == set()  # b1 looks gone
     r.backend.outage_list = [(float(stale + 5), None)]  # but the API server was away since
     r.agent.reconcile()
@@ -145,19 +152,22 @@ def test_api_outage_time_is_not_held_against_a_nodes_check_in() -> None:
 
 def test_check_ins_refresh_last_seen_and_retry_sooner_after_a_failure() -> None:
     r = Rig(resync_period=1000.0)
-    r.agent.step()
+    r.step()
     published = len(r.backend.published)
-    r.agent.step()  # the next due timer is the check-in, 30 s on
+    r.step()  # the next due timer is the check-in, 30 s on
     assert len(r.backend.published) == published + 1
     assert r.backend.published[-1][1][LAST_SEEN] == str(int(r.clock.time()))
     r.backend.fail_publish = True
-    r.agent.step()
+    r.step()
     assert not r.agent.publisher.ok
     failed_at = r.clock.monotonic()
     r.backend.fail_publish = False
-    r.agent.step()
+    for _ in range(5):  # other timers (a node's readiness expiring) may come first
+        r.step()
+        if r.agent.publisher.ok:
+            break
     assert r.agent.publisher.ok
-    assert r.clock.monotonic() - failed_at == pytest.approx(5.0)  # not a whole period
+    assert r.clock.monotonic() - failed_at == pytest.approx(5.0, abs=0.1)  # not a whole period
     assert r.sample("kilo_errors_total", event="local") == 1
 
 
@@ -208,7 +218,7 @@ def test_a_node_without_a_pod_cidr_only_publishes() -> None:
 @pytest.mark.parametrize("clean_up", [False, True])
 def test_shutdown_cleans_up_only_when_asked(clean_up: bool) -> None:
     r = Rig(clean_up=clean_up, clean_up_interface=clean_up)
-    r.agent.step()
+    r.step()
     r.agent.shutdown()
     assert r.backend.stopped
     assert r.firewall.removed is clean_up and r.routes.removed is clean_up
@@ -229,47 +239,56 @@ def kernel_calls(r: Rig) -> tuple[int, int, int, int]:
 
 def test_a_check_in_that_only_moves_last_seen_costs_no_plan_and_no_kernel_call() -> None:
     r = Rig(resync_period=1000.0)
-    r.agent.step()
-    r.agent.reconcile(verify=False)  # our own annotations come back once (a real change)
+    r.step()
+    r.step()  # our own annotations come back once through the watch (a real change)
     before, plans = kernel_calls(r), r.sample("kilo_reconciles_total")
     for _ in range(3):
         b1 = r.backend.node_objs["b1"]
         b1["metadata"]["annotations"][LAST_SEEN] = str(int(r.clock.time()))
         r.backend.put_node(b1)
-        r.agent.step()
+        r.step()
     assert kernel_calls(r) == before
     assert r.sample("kilo_reconciles_total") == plans
-    assert r.sample("kilo_cluster_events_total") == 3
+    assert (r.sample("kilo_cluster_events_total") or 0) >= 3
     assert r.agent.last_changes == [] and r.agent.last_reconcile_ok
 
 
 def test_a_real_change_applies_only_the_parts_that_changed() -> None:
     r = Rig(resync_period=1000.0)
-    r.agent.step()
+    r.step()
     applied, _, routes, _ = kernel_calls(r)
     b1 = r.backend.node_objs["b1"]
     b1["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = "198.51.100.99:51820"
     r.backend.put_node(b1)
-    r.agent.step()
+    r.step()
     assert r.device.applied == applied + 1  # the endpoint is in the WireGuard config
     assert r.routes.calls == routes  # the routes did not change: not touched
 
 
 def test_drift_is_repaired_at_the_resync() -> None:
     r = Rig(resync_period=10.0)
-    r.agent.step()
+    r.step()
     want = r.routes.routes
     assert want
     r.routes.routes = want[1:]  # a route removed by hand
-    r.agent.step()  # the resync
+    r.step()  # the resync
     assert r.routes.routes == want
 
 
 def test_a_node_that_stops_checking_in_expires_on_a_timer() -> None:
     r = Rig(nodes=cluster(b1_last_seen=NOW - 50), resync_period=1000.0)
-    r.agent.step()
+    r.step()
     assert r.peer_keys() == {key_for("b1")}
     t0 = r.clock.monotonic()
-    r.agent.step()  # no event: woken when b1's 60 s are up, not at the check-in (30 s)
-    assert r.clock.monotonic() - t0 == pytest.approx(10.0)
+    r.step()  # no event: woken when b1's 60 s are up, not at the check-in (30 s)
+    assert r.clock.monotonic() - t0 == pytest.approx(10.0, abs=0.1)
     assert r.peer_keys() == set()
+
+
+def test_events_update_the_cache_one_object_at_a_time() -> None:
+    r = Rig(resync_period=1000.0)
+    r.step()
+    r.backend.fail_list = True  # a full listing would fail: only the events are read
+    r.backend.put_peer(peer_obj("p1", ["10.5.0.1/32"]))
+    r.step()
+    assert key_for("p1") in r.peer_keys() and r.agent.last_reconcile_ok
