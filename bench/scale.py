@@ -53,6 +53,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import http.client
 import ipaddress
 import json
@@ -166,9 +167,9 @@ class Api:
         raise AssertionError("unreachable")
 
 
-def parallel(jobs: Sequence[Callable[[], None]], workers: int = 4) -> None:
+def parallel(jobs: Sequence[Callable[[], object]], workers: int = 4) -> None:
     """Run ``jobs`` on ``workers`` threads; the first error is raised once all have stopped."""
-    todo: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
     for j in jobs:
         todo.put(j)
     errors: list[BaseException] = []
@@ -290,21 +291,16 @@ def populate(api: Api, nodes: int, locations: int, peers: int) -> None:
     """Every Node (node 0 with its status) and every Peer."""
     now = int(time.time())
     keys = [random_public_key() for _ in range(nodes)]
-    jobs: list[Callable[[], None]] = []
+    jobs: list[Callable[[], object]] = []
     for i in range(nodes):
         obj = node_object(i, locations, keys[i] if i else None, now)
-        jobs.append(lambda obj=obj: api.request("POST", "/api/v1/nodes", obj))
+        jobs.append(functools.partial(api.request, "POST", "/api/v1/nodes", obj))
     for j in range(peers):
         obj = peer_object(f"kpy-peer-{j:05d}", random_public_key(), f"10.5.{j // 256}.{j % 256}/32")
-        jobs.append(lambda obj=obj: api.request("POST", PEERS, obj))
+        jobs.append(functools.partial(api.request, "POST", PEERS, obj))
     parallel(jobs)
-    for i in range(nodes) if nodes <= 100 else (0,):
-        api.request(
-            "PATCH",
-            f"/api/v1/nodes/{node_name(i)}/status",
-            node_status(i),
-            "application/merge-patch+json",
-        )
+    path = f"/api/v1/nodes/{node_name(0)}/status"
+    api.request("PATCH", path, node_status(0), "application/merge-patch+json")
 
 
 # --- the other nodes' check-ins ----------------------------------------------------------------
@@ -756,6 +752,10 @@ def measure(
             keys = device_keys(agent.uapi)
             return keys is not None and raw in keys
 
+        def absent(raw: bytes = raw) -> bool:
+            keys = device_keys(agent.uapi)
+            return keys is not None and raw not in keys
+
         t = time.monotonic()
         api.request("POST", PEERS, obj)
         wait_until(f"Peer {name} on the device", present, 30, 0.01)
@@ -763,7 +763,7 @@ def measure(
         time.sleep(0.5)
         t = time.monotonic()
         api.request("DELETE", f"{PEERS}/{name}")
-        wait_until(f"Peer {name} gone from the device", lambda raw=raw: not present(raw), 30, 0.01)
+        wait_until(f"Peer {name} gone from the device", absent, 30, 0.01)
         r.delete.append(time.monotonic() - t)
         time.sleep(0.5)
     return r
