@@ -472,8 +472,8 @@ def metric_sum(text: str, name: str) -> float | None:
     """The sum of every series of ``name`` (None if there is none)."""
     pat = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)$", re.MULTILINE)
     values = [float(v) for v in pat.findall(text)]
-    family = name.removesuffix("_total")
-    if not values and re.search(rf"^# TYPE {re.escape(family)} ", text, re.MULTILINE):
+    family = re.escape(name.removesuffix("_total"))
+    if not values and re.search(rf"^# TYPE {family}(?:_total)? ", text, re.MULTILINE):
         return 0.0  # a labelled family without a series yet
     return sum(values) if values else None
 
@@ -776,7 +776,13 @@ def _num(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def report(size: tuple[int, int, int], ours: Result, kilo: Result | None, liveness: str) -> str:
+def report(
+    size: tuple[int, int, int],
+    ours: Result,
+    kilo: Result | None,
+    liveness: str,
+    kilo_failed: str | None = None,
+) -> str:
     nodes, locations, peers = size
 
     def row(
@@ -825,7 +831,9 @@ def report(size: tuple[int, int, int], ours: Result, kilo: Result | None, livene
         f"{len(ours.add)} adds/deletes"
     )
     lines = [head, table(["figure", "ours", "Kilo 0.7.0", "ours/Kilo", "target"], rows)]
-    if kilo is None:
+    if kilo_failed is not None:
+        lines.append(f"Kilo: run failed: {kilo_failed}")
+    elif kilo is None:
         lines.append("Kilo: not measured (set KILO_KG)")
     else:
         lines.append(
@@ -844,7 +852,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds after the first sync")
     ap.add_argument("--changes", type=int, default=10, help="Peer adds (and deletes) timed")
     ap.add_argument("--check-in", type=float, default=30.0, help="each node's check-in period")
-    ap.add_argument("--converge-timeout", type=float, default=180.0)
+    ap.add_argument(
+        "--converge-timeout",
+        type=float,
+        default=900.0,
+        help="seconds the agent may take to fill its device at the start",
+    )
     ap.add_argument("--liveness", default="compat", help="compat (Kilo's last-seen) only, so far")
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs into DIR")
     args = ap.parse_args()
@@ -878,8 +891,14 @@ def main() -> None:
     try:
         for size in sizes:
             ours = run(args, *size, None)
-            kilo = run(args, *size, kilo_kg) if kilo_kg else None
-            out = report(size, ours, kilo, args.liveness)
+            kilo, kilo_failed = None, None
+            if kilo_kg:
+                try:
+                    kilo = run(args, *size, kilo_kg)
+                except BenchError as e:
+                    kilo_failed = str(e).splitlines()[0]
+                    say(f"Kilo's run failed: {e}")
+            out = report(size, ours, kilo, args.liveness, kilo_failed)
             print(out + "\n", flush=True)
             outputs.append(out)
     finally:
