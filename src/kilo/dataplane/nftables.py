@@ -207,6 +207,7 @@ def _describe(
     if cur is None:
         return f"create nft table {name} ({len(want) - len(new)} objects, {len(new)} rules)"
     old = [json.dumps(_strip(o), sort_keys=True) for k, o in cur if k == "rule"]
-    added = sum(1 for r in new if r not in old)
-    removed = sum(1 for r in old if r not in new)
+    old_set, new_set = set(old), set(new)  # (lists were searched: quadratic in the rules)
+    added = sum(1 for r in new if r not in old_set)
+    removed = sum(1 for r in old if r not in new_set)
     return f"replace nft table {name} (+{added} -{removed} rules)"
