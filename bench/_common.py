@@ -134,6 +134,35 @@ def _fmt(c: Any) -> str:
     return str(c)
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command (the first is field 3, the state);
+    None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def cpu_ticks(pid: int, children: bool = False) -> int:
+    """utime+stime (+ cutime+cstime, its waited-for children) of ``pid``; 0 if it is gone."""
+    f = stat_fields(pid)
+    if f is None:
+        return 0
+    # f[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
+    u, s, cu, cs = (int(f[i - 3]) for i in (14, 15, 16, 17))
+    return u + s + ((cu + cs) if children else 0)
+
+
+def comm(pid: int) -> str:
+    """The process's command name; "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def machine_note() -> str:
     load = os.getloadavg()
     return (

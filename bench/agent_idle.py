@@ -27,6 +27,8 @@ import time
 from typing import Any
 
 from _common import (
+    comm,
+    cpu_ticks,
     lab_name,
     lab_session,
     machine_note,
@@ -52,22 +54,6 @@ def status_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise LabError(f"no {field} for pid {pid}")
-
-
-def cpu_ticks(pid: int, children: bool = False) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-    utime, stime, cutime, cstime = (int(fields[i - 3]) for i in (14, 15, 16, 17))
-    return utime + stime + ((cutime + cstime) if children else 0)
-
-
-def comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def reconciles(lab: Lab, node: str) -> int | None:

@@ -73,7 +73,17 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from _common import machine_note, median, need_root, percentile, say, table
+from _common import (
+    comm,
+    cpu_ticks,
+    machine_note,
+    median,
+    need_root,
+    percentile,
+    say,
+    stat_fields,
+    table,
+)
 from kilo_lab import netns, procs
 from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.controlplane import ControlPlane
@@ -384,14 +394,6 @@ class CheckIns:
 # --- processes in /proc ------------------------------------------------------------------------
 
 
-def stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
 def children_of() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -412,24 +414,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def ticks(pid: int, children: bool = True) -> int:
-    """utime+stime (+ cutime+cstime) of ``pid``; 0 if it is gone."""
-    f = stat_fields(pid)
-    if f is None:
-        return 0
-    # f[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17
-    u, s, cu, cs = (int(f[i - 3]) for i in (14, 15, 16, 17))
-    return u + s + ((cu + cs) if children else 0)
-
-
-def comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def status_kib(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -448,9 +432,9 @@ class CpuSample:
 
 def cpu_sample(pid: int) -> CpuSample:
     desc = descendants(pid)
-    total = ticks(pid) + sum(ticks(d) for d in desc)
-    wg = sum(ticks(d) for d in desc if comm(d) == "wireguard-go")
-    return CpuSample(time.monotonic(), ticks(pid, children=False), total, wg)
+    total = cpu_ticks(pid, children=True) + sum(cpu_ticks(d, children=True) for d in desc)
+    wg = sum(cpu_ticks(d, children=True) for d in desc if comm(d) == "wireguard-go")
+    return CpuSample(time.monotonic(), cpu_ticks(pid), total, wg)
 
 
 # --- the agent's metrics -----------------------------------------------------------------------
