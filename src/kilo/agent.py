@@ -15,12 +15,14 @@ import gc
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kilo.apply import apply_plan
 from kilo.cache import ObjectCache
 from kilo.hostinfo import HostAddress, choose_ips
+from kilo.leadership import LeaseChange, Liveness
+from kilo.leases import RENEW_PERIOD_SECONDS, Lease, lease_from_object, lease_object
 from kilo.metrics import AgentMetrics
 from kilo.model import REGION_LABEL, Prefix
 from kilo.plan import LocalFacts, Outage, Plan, Settings, Status, next_expiry, plan, ready_nodes
@@ -30,6 +32,8 @@ from kilo.ports import (
     Files,
     Firewall,
     Host,
+    NoProber,
+    Prober,
     RoutingTables,
     SystemClock,
     WireGuardDevice,
@@ -66,6 +70,7 @@ class AgentConfig:
     create_interface: bool = True
     clean_up: bool = False
     clean_up_interface: bool = False
+    lease_namespace: str = "kube-system"
 
 
 @dataclass
@@ -77,6 +82,12 @@ class Ports:
     host: Host
     files: Files
     clock: Clock = field(default_factory=SystemClock)
+    prober: Prober = field(default_factory=NoProber)
+
+
+@dataclass(frozen=True)
+class ProbeChange:
+    """A wake-up from the prober: a target went silent or answers again."""
 
 
 class Agent:
@@ -110,6 +121,8 @@ class Agent:
         self._ready: frozenset[str] = frozenset()
         self._full_read = True  # the next reconcile lists every object (else: the cache)
         self._changed = True  # the cache changed in a way that matters since the last plan
+        self.leases: dict[str, Lease] = {}  # by segment key (native liveness)
+        self._next_lease = float("inf")  # monotonic: a Lease to renew or that expires
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -118,6 +131,8 @@ class Agent:
                 log.info("device: %s", c)
         self.ports.device.supervise(self.request_reconcile)
         self.discover_host()
+        if self.cfg.settings.liveness is Liveness.NATIVE:
+            self.ports.prober.start(lambda: self.ports.backend.events.put(ProbeChange()))
         self.ports.backend.start()
 
     def stop(self) -> None:
@@ -154,7 +169,9 @@ class Agent:
     def step(self) -> None:
         """Wait for an event or the next timer, then do what is due."""
         clock = self.ports.clock
-        due = min(self._next_resync, self.publisher.next_check_in(), self._next_expiry)
+        due = min(
+            self._next_resync, self.publisher.next_check_in(), self._next_expiry, self._next_lease
+        )
         arrived = clock.wait(self.ports.backend.events, due - clock.monotonic())
         if arrived:
             events = arrived + self._drain_events()
@@ -165,6 +182,10 @@ class Agent:
             return
         now = clock.monotonic()
         resync = now >= self._next_resync
+        if now >= self._next_lease:  # a renewal is due, or a Lease expired
+            self._next_lease = float("inf")
+            self._changed = True
+            self._dirty.set()
         if self._dirty.is_set() or resync or now >= self._next_expiry:
             self._dirty.clear()
             self.reconcile(verify=resync or self._verify)
@@ -191,8 +212,21 @@ class Agent:
             for e in events:
                 if e is None:  # a wake-up, not a change
                     continue
+                if isinstance(e, ProbeChange):
+                    self._changed = relevant = True
+                    continue
                 self.metrics.events.inc()
                 kind, etype, obj = (getattr(e, a, None) for a in ("kind", "type", "object"))
+                if kind == "Lease" and isinstance(obj, dict) and etype in ("ADDED", "MODIFIED"):
+                    if self._lease_seen(obj):
+                        self._changed = relevant = True
+                    continue
+                if kind == "Lease" and isinstance(obj, dict) and etype == "DELETED":
+                    gone = [k for k, v in self.leases.items() if v.name == _name_of(obj)]
+                    for k in gone:
+                        del self.leases[k]
+                    self._changed = relevant = relevant or bool(gone)
+                    continue
                 if (
                     kind not in ("Node", "Peer")
                     or not isinstance(obj, dict)
@@ -232,6 +266,68 @@ class Agent:
             except Exception as e:  # noqa: BLE001
                 log.error("removing the node's annotations failed: %s", e)
         p.device.close(remove=self.cfg.clean_up and self.cfg.clean_up_interface)
+        p.prober.stop()
+
+    # -- native liveness: the locations' Leases --------------------------------------------
+    def _lease_seen(self, obj: dict[str, Any]) -> bool:
+        """Take a Lease as read; True if a leader or its validity may have changed."""
+        lease, problems = lease_from_object(obj)
+        self.problems.report(tuple(problems))
+        if lease is None:
+            return False
+        old = self.leases.get(lease.location)
+        if old is not None and old.resource_version == lease.resource_version:
+            return False
+        self.leases[lease.location] = lease
+        return old is None or old.holder != lease.holder or old.renewed != lease.renewed
+
+    def _read_leases(self) -> None:
+        fresh: dict[str, Lease] = {}
+        for obj in self.ports.backend.leases():
+            lease, _ = lease_from_object(obj)
+            if lease is not None:
+                fresh[lease.location] = lease
+        if fresh != self.leases:
+            self._changed = True
+        self.leases = fresh
+
+    def _write_lease(self, change: LeaseChange) -> None:
+        """Write the local location's Lease; the API server refuses it if another agent wrote
+        that Lease first, and then its version, arriving by the watch, decides."""
+        now = self.ports.clock.time()
+        obj = lease_object(
+            change.location, change.holder, now, self.cfg.lease_namespace, change.previous
+        )
+        try:
+            written = self.ports.backend.write_lease(obj)
+        except Exception as e:  # noqa: BLE001 - a conflict or an outage: the watch decides
+            log.info("Lease of %s: %s not written: %s", change.location, change.action.value, e)
+            return
+        if change.action.value != "renew":
+            log.info(
+                "Lease of %s: %s, holder %s (%s)",
+                change.location,
+                change.action.value,
+                change.holder,
+                change.reason,
+            )
+        if self._lease_seen(written):
+            self._changed = True
+            self._dirty.set()
+            self.ports.backend.events.put(None)  # plan again with the new leader, now
+
+    def _set_lease_timer(self, now: float) -> None:
+        """Wake when this node's Lease is due for renewal or any Lease would expire."""
+        me = self.cfg.settings.hostname
+        at = min(
+            (
+                lease.renewed + (RENEW_PERIOD_SECONDS if lease.holder == me else lease.duration)
+                for lease in self.leases.values()
+            ),
+            default=None,
+        )
+        mono = self.ports.clock.monotonic()
+        self._next_lease = float("inf") if at is None else mono + max(0.1, at - now)
 
     # -- one reconcile: read, plan, apply, publish -----------------------------------------
     def facts(self, now: float, outages: tuple[Outage, ...] | list[Outage]) -> LocalFacts:
@@ -249,6 +345,7 @@ class Agent:
             underlay_mtu=self.underlay_mtu,
             outages=tuple(outages),
             handshakes=handshakes,
+            health=p.prober.health(),
             cni_conf=p.files.read_cni() if self.cfg.settings.cni else None,
         )
 
@@ -265,8 +362,12 @@ class Agent:
                     cluster = self.cache.read(p.backend.nodes(), p.backend.peers())
                     self._full_read = False
                     self._changed |= self.cache.changed
+                    if self.cfg.settings.liveness is Liveness.NATIVE:
+                        self._read_leases()
                 else:
                     cluster = self.cache.view()
+                if self.leases:
+                    cluster = replace(cluster, leases=dict(self.leases))
                 if self._changed:
                     settle_heap()
                 now, outages = p.clock.time(), p.backend.outages()
@@ -287,6 +388,12 @@ class Agent:
             desired = plan(cluster, self.facts(now, outages), self.cfg.settings)
             self.plan = desired
             self.problems.report(desired.problems)
+            if self.cfg.settings.liveness is Liveness.NATIVE:
+                p.prober.set_targets(desired.probes)
+                if desired.native:
+                    self._set_lease_timer(now)
+                if desired.lease_change is not None:
+                    self._write_lease(desired.lease_change)
             if desired.status is Status.ABSENT:
                 log.warning("%s; nothing to do", desired.reason)
                 self.last_reconcile_ok = True
@@ -352,4 +459,11 @@ class Agent:
         """Kilo's heartbeat: the node's annotations with a fresh last-seen."""
         with self._lock:
             annotations = self.plan.annotations if self.plan is not None else None
+            if self.plan is not None and self.plan.native:
+                annotations = None  # no check-ins: the Leases prove liveness
             self.publisher.check_in(annotations)
+
+
+def _name_of(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""

@@ -187,15 +187,17 @@ class Node:
     discovered_endpoints: dict[str, Endpoint] | None = None  # public key (base64) -> endpoint
     allowed_location_ips: tuple[Prefix, ...] = ()
     granularity: Granularity | None = None
+    lease_liveness: bool = False  # its agent proves liveness by Leases, not last-seen
 
     def ready(self, now: int) -> bool:
-        """Kilo's readiness: endpoint, key and pod CIDR known, checked in recently."""
+        """Kilo's readiness: endpoint, key and pod CIDR known, checked in recently (a node
+        whose agent is in the native liveness mode needs no recent check-in)."""
         return (
             self.endpoint is not None
             and self.endpoint.ready()
             and not is_zero(self.key)
             and self.subnet is not None
-            and now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS
+            and (self.lease_liveness or now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS)
         )
 
 

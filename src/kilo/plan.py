@@ -18,6 +18,18 @@ from kilo import cni as cnilib
 from kilo.firewall import Ruleset, ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
+from kilo.leadership import (
+    Health,
+    LeaseChange,
+    Liveness,
+    ProbeTarget,
+    decide,
+    leaders,
+    members_by_segment,
+    native_cluster,
+    probe_targets,
+)
+from kilo.leases import Lease
 from kilo.model import (
     CHECK_IN_PERIOD_SECONDS,
     DEFAULT_INTERFACE,
@@ -32,7 +44,7 @@ from kilo.model import (
 )
 from kilo.routes import Encapsulation, Interfaces, Route, Rule, Strategy, routes
 from kilo.topology import Topology, TopologyError, new_topology
-from kilo.translate import node_annotations
+from kilo.translate import LIVENESS, node_annotations
 from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
 
@@ -66,6 +78,7 @@ class Settings:
     forward_rules: bool = False
     prioritise_private: bool = False
     nft_table: str = "kilo"
+    liveness: Liveness = Liveness.COMPAT
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class LocalFacts:
     outages: tuple[Outage, ...] = ()  # the API server's, not held against check-ins
     handshakes: tuple[PeerState, ...] = ()  # the device's peers, for NAT discovery
     cni_conf: Mapping[str, Any] | None = None  # the CNI conflist on disk; None: missing/unreadable
+    health: Health = field(default_factory=Health)  # what the probes say (native liveness)
 
     @property
     def public_key(self) -> Key:
@@ -93,6 +107,7 @@ class ClusterView:
     nodes: Mapping[str, Node]
     peers: Mapping[str, Peer]
     problems: tuple[Problem, ...] = ()
+    leases: Mapping[str, Lease] = field(default_factory=dict)  # by segment key (native mode)
 
 
 class Status(str, enum.Enum):
@@ -130,6 +145,9 @@ class Plan:
     ready_nodes: int = 0
     ready_peers: int = 0
     problems: tuple[Problem, ...] = ()  # unreadable values and the topology's refusals
+    native: bool = False  # the native liveness rules apply (no check-ins, Leases lead)
+    lease_change: LeaseChange | None = None  # the write this node makes to its location's Lease
+    probes: tuple[ProbeTarget, ...] = ()  # whom this node probes (native liveness)
 
     @property
     def leader(self) -> bool:
@@ -149,7 +167,7 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
     base = Plan(
         Status.NOT_READY,
         node=me,
-        annotations=node_annotations(me),
+        annotations=annotations_of(me, api_self),
         cni_conf=cni_conf(me, facts, settings),
         ipip=needs_ipip(facts, settings),
         problems=cluster.problems,
@@ -168,6 +186,9 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
     me = replace(me, discovered_endpoints=dict(discovered))
     ready[me.name] = me
     port = me.endpoint.port if me.endpoint is not None else settings.port
+    native = settings.liveness is Liveness.NATIVE and native_cluster(ready)
+    groups = members_by_segment(ready, settings.granularity) if native else {}
+    chosen = leaders(groups, cluster.leases, facts.now) if native else None
     try:
         t = new_topology(
             ready,
@@ -179,6 +200,7 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
             settings.subnet,
             settings.service_cidrs,
             me.persistent_keepalive,
+            chosen,
         )
     except TopologyError as e:
         return replace(
@@ -186,20 +208,38 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
             status=Status.NO_TOPOLOGY,
             reason=f"cannot compute the topology: {e}",
             node=me,
-            annotations=node_annotations(me),
+            annotations=annotations_of(me, api_self),
             discovered=discovered,
         )
     me = replace(me, wireguard_ip=t.wireguard_cidr if t.leader else None)
+    change: LeaseChange | None = None
+    probes: tuple[ProbeTarget, ...] = ()
+    if native and chosen is not None:
+        members = groups[t.location]
+        lease = cluster.leases.get(t.location)
+        change = decide(me.name, t.location, members, lease, facts.now, facts.health)
+        probes = probe_targets(me.name, members, chosen[t.location], t)
     return replace(
         base,
         status=Status.OK,
         node=me,
-        annotations=node_annotations(me),
+        annotations=annotations_of(me, api_self),
         topology=t,
         dataplane=dataplane(t, facts, settings, port),
         discovered=discovered,
         problems=cluster.problems + tuple(t.refusals),
+        native=native,
+        lease_change=change,
+        probes=probes,
     )
+
+
+def annotations_of(me: Node, api: Node) -> dict[str, str]:
+    """The local node's annotations; a node leaving the native mode says so."""
+    out = node_annotations(me)
+    if api.lease_liveness and not me.lease_liveness:
+        out[LIVENESS] = ""
+    return out
 
 
 def local_node(api: Node, facts: LocalFacts, settings: Settings) -> Node:
@@ -223,6 +263,7 @@ def local_node(api: Node, facts: LocalFacts, settings: Settings) -> Node:
         last_seen=int(facts.now),
         discovered_endpoints=dict(api.discovered_endpoints or {}),
         granularity=settings.granularity,
+        lease_liveness=settings.liveness is Liveness.NATIVE,
     )
 
 
@@ -258,6 +299,8 @@ def next_expiry(
     seconds; None: no ready node). Waking then replaces polling for readiness."""
     soonest = None
     for n in ready_nodes(nodes, now, outages).values():
+        if n.lease_liveness:  # ready without check-ins
+            continue
         credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
         at = n.last_seen + 2 * CHECK_IN_PERIOD_SECONDS + credit
         if soonest is None or at < soonest:

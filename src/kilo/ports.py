@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from kilo.firewall import Ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
+from kilo.leadership import Health, ProbeTarget
 from kilo.model import Prefix
 from kilo.routes import Route, Rule
 from kilo.wgstate import PeerState
@@ -41,6 +42,14 @@ class ClusterBackend(Protocol):
     def outages(self) -> list[Outage]: ...
     def set_node_annotations(self, name: str, annotations: Mapping[str, str | None]) -> object: ...
     def clean_up(self, name: str) -> object: ...
+    def leases(self) -> list[Obj]:
+        """The locations' leader Leases (native liveness; empty when they are not watched)."""
+        ...
+
+    def write_lease(self, lease: Obj) -> Obj:
+        """Create the Lease (no resourceVersion) or update that version of it; raises if the
+        API server refused (another agent wrote it first: a conflict)."""
+        ...
 
 
 class WireGuardDevice(Protocol):
@@ -85,6 +94,32 @@ class Files(Protocol):
         ...
 
     def write_cni(self, conf: Obj) -> list[str]: ...
+
+
+class Prober(Protocol):
+    """Liveness probes (native liveness): answers others' probes, probes the targets it is
+    given, and calls ``on_change`` when one goes silent or answers again."""
+
+    def start(self, on_change: Callable[[], None]) -> None: ...
+    def stop(self) -> None: ...
+    def set_targets(self, targets: Iterable[ProbeTarget]) -> None: ...
+    def health(self) -> Health: ...
+
+
+class NoProber:
+    """The compat mode's: no probes."""
+
+    def start(self, on_change: Callable[[], None]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def set_targets(self, targets: Iterable[ProbeTarget]) -> None:
+        pass
+
+    def health(self) -> Health:
+        return Health()
 
 
 class Clock(Protocol):

@@ -221,8 +221,11 @@ def new_topology(
     subnet: Prefix,
     service_cidrs: Iterable[Prefix] = (),
     persistent_keepalive: int = 0,
+    leaders: Mapping[str, str] | None = None,
 ) -> Topology:
-    """Build the topology as seen from ``hostname`` (Kilo's ``NewTopology``)."""
+    """Build the topology as seen from ``hostname`` (Kilo's ``NewTopology``). ``leaders``
+    (segment key -> node name) overrides Kilo's leader choice where it names a member (the
+    native liveness mode's Leases); elsewhere Kilo's rule stands."""
     if hostname not in nodes:
         raise TopologyError(f"node {hostname!r} is not among the ready nodes")
     if granularity not in (Granularity.LOCATION, Granularity.FULL, Granularity.CROSS):
@@ -248,6 +251,9 @@ def new_topology(
     for loc, members in groups.items():
         members.sort(key=lambda n: n.name)
         leader = find_leader(members)
+        chosen = leaders.get(loc) if leaders else None
+        if chosen is not None:
+            leader = next((i for i, n in enumerate(members) if n.name == chosen), leader)
         if loc == t.location and members[leader].name == hostname:
             t.leader = True
         allowed_ips: list[Prefix] = []

@@ -44,6 +44,9 @@ DISCOVERED_ENDPOINTS = ANNOTATION_PREFIX + "discovered-endpoints"
 ALLOWED_LOCATION_IPS = ANNOTATION_PREFIX + "allowed-location-ips"
 GRANULARITY = ANNOTATION_PREFIX + "granularity"
 CNI_COMPATIBILITY_IP = ANNOTATION_PREFIX + "cni-compatibility-ip"
+#: Ours, not Kilo's: "lease" when the node's agent runs the native liveness mode (Leases).
+LIVENESS = ANNOTATION_PREFIX + "liveness"
+LEASE_LIVENESS = "lease"
 
 #: The annotations the agent writes on its own node (and removes on clean-up).
 OWNED_ANNOTATIONS = (
@@ -55,6 +58,7 @@ OWNED_ANNOTATIONS = (
     DISCOVERED_ENDPOINTS,
     GRANULARITY,
     CNI_COMPATIBILITY_IP,
+    LIVENESS,
 )
 
 PEER_API_VERSION = "kilo.squat.ai/v1alpha1"
@@ -185,6 +189,7 @@ def node_from_object(
         discovered_endpoints=discovered,
         allowed_location_ips=tuple(allowed_location_ips),
         granularity=granularity,
+        lease_liveness=ann.get(LIVENESS) == LEASE_LIVENESS,
     )
     return node, r.problems
 
@@ -309,7 +314,7 @@ def node_annotations(node: Node) -> dict[str, str]:
         CNI_COMPATIBILITY_IP: ""
         if node.cni_compatibility_ip is None
         else str(node.cni_compatibility_ip),
-    }
+    } | ({LIVENESS: LEASE_LIVENESS} if node.lease_liveness else {})
 
 
 def _key_text(key: Key | None) -> str:

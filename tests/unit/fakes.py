@@ -78,6 +78,8 @@ class FakeBackend:
         self.fail_list = False
         self.started = self.stopped = False
         self.cleaned: list[str] = []
+        self.lease_objs: dict[str, Obj] = {}
+        self.lease_writes: list[Obj] = []
         self._rv = 1
 
     def _bump(self, obj: Obj) -> None:
@@ -135,6 +137,28 @@ class FakeBackend:
         self._bump(obj)
         self.events.put(FakeEvent("Node", "MODIFIED", copy.deepcopy(obj)))  # the watch sees it
         return obj
+
+    def leases(self) -> list[Obj]:
+        return copy.deepcopy(list(self.lease_objs.values()))
+
+    def write_lease(self, lease: Obj) -> Obj:
+        """As the API server: a create of an existing Lease, or an update of a version that is
+        not the current one, is refused (409)."""
+        if self.fail_publish:
+            raise Broken("the API server is away")
+        name = lease["metadata"]["name"]
+        current = self.lease_objs.get(name)
+        rv = lease["metadata"].get("resourceVersion")
+        if (current is None) != (not rv) or (
+            current is not None and current["metadata"]["resourceVersion"] != rv
+        ):
+            raise Broken("409 Conflict")
+        self.lease_writes.append(copy.deepcopy(lease))
+        self.put_lease(lease)
+        return copy.deepcopy(self.lease_objs[name])
+
+    def put_lease(self, obj: Obj) -> None:
+        self._put("Lease", self.lease_objs, obj)
 
     def clean_up(self, name: str) -> Obj:
         self.cleaned.append(name)
@@ -263,3 +287,27 @@ class FakeFiles:
         self.cni = copy.deepcopy(conf)
         self.cni_writes += 1
         return ["write CNI"]
+
+
+class FakeProber:
+    """The prober port: the test says what the probes find."""
+
+    def __init__(self) -> None:
+        from kilo.leadership import Health, ProbeTarget
+
+        self.health_now = Health()
+        self.targets: list[ProbeTarget] = []
+        self.started = False
+        self.on_change: Any = None
+
+    def start(self, on_change: Any) -> None:
+        self.started, self.on_change = True, on_change
+
+    def stop(self) -> None:
+        self.started = False
+
+    def set_targets(self, targets: Iterable[Any]) -> None:
+        self.targets = list(targets)
+
+    def health(self) -> Any:
+        return self.health_now

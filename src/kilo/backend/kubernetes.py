@@ -41,6 +41,7 @@ from kilo.backend.apiserver import (
     reason,
     retry_after,
 )
+from kilo.leases import LEASE_LABEL
 from kilo.model import Node
 from kilo.translate import OWNED_ANNOTATIONS, node_annotations
 
@@ -81,10 +82,14 @@ class Event:
         return str(self.object.get("metadata", {}).get("name", ""))
 
 
-def _with_type(obj: Obj, kind: str) -> Obj:
+def lease_path(namespace: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases"
+
+
+def _with_type(obj: Obj, kind: str, api_version: str) -> Obj:
     """The object as kubectl prints it: apiVersion and kind first (list items come without
     them) and no metadata.managedFields."""
-    out = {"apiVersion": KINDS[kind][1], "kind": kind}
+    out = {"apiVersion": api_version, "kind": kind}
     out.update(obj)
     meta = out.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
@@ -110,16 +115,24 @@ class KubernetesBackend:
         api: k8s_client.ApiClient | None = None,
         on_event: Callable[[Event], None] | None = None,
         watch_timeout: int = 300,
+        lease_namespace: str | None = None,
     ) -> None:
+        """``lease_namespace``: also watch the locations' leader Leases there (native
+        liveness)."""
         self.api = api or api_client(kubeconfig)
         self.http = ApiHttp(self.api)
         self.on_event = on_event
         self.events: queue.Queue[Event] = queue.Queue()
         self.watch_timeout = watch_timeout
         self.relists = 0  # how often a kind was listed again after the first time
+        self.kinds = dict(KINDS)
+        self.selectors: dict[str, str] = {}  # kind -> label selector
+        if lease_namespace is not None:
+            self.kinds["Lease"] = (lease_path(lease_namespace), "coordination.k8s.io/v1")
+            self.selectors["Lease"] = LEASE_LABEL
         self._lock = threading.Lock()
-        self._cache: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
-        self._rv: dict[str, str | None] = {kind: None for kind in KINDS}
+        self._cache: dict[str, dict[str, Obj]] = {kind: {} for kind in self.kinds}
+        self._rv: dict[str, str | None] = {kind: None for kind in self.kinds}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._streams: dict[str, urllib3.BaseHTTPResponse] = {}
@@ -131,8 +144,10 @@ class KubernetesBackend:
 
     def list_kind(self, kind: str) -> tuple[list[Obj], str]:
         """All objects of ``kind`` (raw dicts) and the list's resourceVersion."""
-        body = self.http.json("GET", KINDS[kind][0])
-        items = [_with_type(item, kind) for item in body.get("items") or []]
+        path, api_version = self.kinds[kind]
+        query = {"labelSelector": self.selectors[kind]} if kind in self.selectors else None
+        body = self.http.json("GET", path, query=query)
+        items = [_with_type(item, kind, api_version) for item in body.get("items") or []]
         return items, str(body.get("metadata", {}).get("resourceVersion", ""))
 
     def list_objects(self) -> tuple[list[Obj], list[Obj]]:
@@ -147,6 +162,24 @@ class KubernetesBackend:
     def peers(self) -> list[Obj]:
         with self._lock:
             return list(self._cache["Peer"].values())
+
+    def leases(self) -> list[Obj]:
+        """The leader Leases as last seen by the watch (none unless they are watched)."""
+        with self._lock:
+            return list(self._cache.get("Lease", {}).values())
+
+    def write_lease(self, lease: Obj) -> Obj:
+        """Create a leader Lease, or replace the version of it named by its resourceVersion
+        (HTTP 409 if it changed since: another agent was first)."""
+        if "Lease" not in self.kinds:
+            raise BackendError("Leases are not watched (not in the native liveness mode)")
+        path = self.kinds["Lease"][0]
+        meta = lease.get("metadata") or {}
+        if meta.get("resourceVersion"):
+            return self.http.json(
+                "PUT", f"{path}/{quote(str(meta.get('name', '')), safe='')}", body=lease, patience=2
+            )
+        return self.http.json("POST", path, body=lease, patience=2)
 
     def outages(self) -> list[tuple[float, float | None]]:
         """The recent spells (wall-clock start, end; end None while it lasts) in which the API
@@ -196,9 +229,9 @@ class KubernetesBackend:
     def start(self) -> None:
         """List both kinds (errors, such as a missing CRD, are raised here), then watch them in
         background threads until ``stop``."""
-        for kind in KINDS:
+        for kind in self.kinds:
             self._relist(kind)
-        for kind in KINDS:
+        for kind in self.kinds:
             thread = threading.Thread(
                 target=self._run, args=(kind,), daemon=True, name=f"kilo-watch-{kind.lower()}"
             )
@@ -281,10 +314,12 @@ class KubernetesBackend:
             "resourceVersion": self._rv[kind] or "",
             "timeoutSeconds": str(timeout),
         }
+        if kind in self.selectors:
+            query["labelSelector"] = self.selectors[kind]
         log.debug("watching %ss from resourceVersion %s", kind, self._rv[kind])
         resp = self.http.request(
             "GET",
-            KINDS[kind][0],
+            self.kinds[kind][0],
             query=query,
             stream=True,
             timeout=urllib3.Timeout(connect=5, read=timeout + 30),
@@ -326,7 +361,7 @@ class KubernetesBackend:
         if etype == "BOOKMARK":
             self._rv[kind] = rv or self._rv[kind]
             return
-        obj = _with_type(obj, kind)
+        obj = _with_type(obj, kind, self.kinds[kind][1])
         name = _name(obj)
         with self._lock:
             old = self._cache[kind].get(name)

@@ -192,6 +192,24 @@ def parser() -> argparse.ArgumentParser:
         default="kilo",
         help="The name of the agent's own nftables table (family inet).",
     )
+    p.add_argument(
+        "--liveness",
+        default="compat",
+        choices=["compat", "native"],
+        help="How nodes prove they are alive: Kilo's last-seen check-ins (compat), or "
+        "per-location leader Leases and probes (native; applies once every node runs it).",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        default="kube-system",
+        help="Where the locations' leader Leases are kept (native liveness).",
+    )
+    p.add_argument(
+        "--probe-port",
+        type=int,
+        default=1107,
+        help="The UDP port of the liveness probes (native liveness).",
+    )
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -217,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     log = logging.getLogger("kg")
     from kilo.agent import Agent, AgentConfig, Ports
+    from kilo.leadership import Liveness
     from kilo.plan import Settings
 
     try:
@@ -238,7 +257,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             forward_rules=a.iptables_forward_rules,
             prioritise_private=a.prioritise_private_addresses,
             nft_table=a.nft_table,
+            liveness=Liveness(a.liveness),
         )
+        if not 1 <= a.probe_port <= 65535:
+            raise ValueError(f"invalid probe port {a.probe_port}")
         cfg = AgentConfig(
             settings=settings,
             topology_label=a.topology_label,
@@ -247,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             create_interface=a.create_interface,
             clean_up=a.clean_up,
             clean_up_interface=a.clean_up_interface,
+            lease_namespace=a.lease_namespace,
         )
     except ValueError as e:
         print(f"kg: {e}", file=sys.stderr)
@@ -257,17 +280,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kilo.dataplane.host import LocalHost
     from kilo.dataplane.netlink import Netlink
     from kilo.dataplane.nftables import Nftables
+    from kilo.dataplane.prober import UdpProber
     from kilo.dataplane.wgdevice import open_device
     from kilo.server import serve
 
     try:
         ports = Ports(
-            backend=KubernetesBackend(a.kubeconfig),
+            backend=KubernetesBackend(
+                a.kubeconfig,
+                lease_namespace=a.lease_namespace if a.liveness == "native" else None,
+            ),
             device=open_device(a.interface, a.wireguard, binary=a.wireguard_go),
             routes=Netlink(),
             firewall=Nftables(owned=(("inet", a.nft_table),)),
             host=LocalHost(),
             files=AgentFiles(a.private_key, a.cni_path),
+            prober=UdpProber(a.probe_port),
         )
         agent = Agent(cfg, ports)
         agent.start()

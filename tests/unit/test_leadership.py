@@ -1,0 +1,257 @@
+"""Leaders in both liveness modes, failover decisions and their hysteresis, the Lease as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kilo.keys import Key
+from kilo.leadership import (
+    FAIL_AFTER_SECONDS,
+    STAGGER_SECONDS,
+    Action,
+    Health,
+    Liveness,
+    ProbeTarget,
+    ProbeTracker,
+    decide,
+    members_by_segment,
+    succession,
+)
+from kilo.leases import Lease, lease_from_object, lease_name, lease_object, microtime
+from kilo.model import Granularity, Node
+from kilo.plan import ClusterView, LocalFacts, Plan, Settings, plan
+from kilo.routes import Encapsulation, Strategy
+from kilo.topology import find_leader
+from kilo.translate import node_from_object
+
+from .helpers import NOW, node_obj
+
+Obj = dict[str, Any]
+LOC_A = "location:a"
+
+
+def objs(native: bool = True, **extra: Any) -> list[Obj]:
+    ann = {"liveness": "lease"} if native else {}
+    out = []
+    for loc, third in (("a", 1), ("b", 3), ("c", 5)):
+        for i in (1, 2, 3):
+            name = f"{loc}{i}"
+            out.append(
+                node_obj(
+                    name,
+                    loc,
+                    internal_ip=f"10.{third}.0.{i}/24",
+                    pod_cidr=f"10.2.{third * 10 + i}.0/24",
+                    last_seen=NOW - 3600 if native else NOW,  # natives need no check-in
+                    **(ann | extra.get(name, {})),
+                )
+            )
+    return out
+
+
+def view(objects: list[Obj], leases: dict[str, Lease] | None = None) -> ClusterView:
+    nodes = {n.name: n for n in (node_from_object(o)[0] for o in objects)}
+    return ClusterView(nodes, {}, leases=leases or {})
+
+
+def lease(holder: str, location: str = LOC_A, renewed: float = NOW - 10, rv: str = "7") -> Lease:
+    obj = lease_object(location, holder, renewed, "kube-system")
+    obj["metadata"]["resourceVersion"] = rv
+    got, problems = lease_from_object(obj)
+    assert got is not None and not problems
+    return got
+
+
+def plan_of(me: str, v: ClusterView, liveness: Liveness, health: Health | None = None) -> Plan:
+    health = health or Health()
+    facts = LocalFacts(
+        private_key=Key(bytes(range(32))) if me == "x" else Key.generate(),
+        now=float(NOW),
+        underlay_mtu=1500,
+        health=health,
+    )
+    settings = Settings(hostname=me, encapsulation=Encapsulation(Strategy.NEVER), liveness=liveness)
+    return plan(v, facts, settings)
+
+
+def leaders_seen(p: Plan) -> dict[str, str]:
+    assert p.topology is not None
+    return {s.location: s.hostnames[s.leader] for s in p.topology.segments}
+
+
+ALL = [f"{loc}{i}" for loc in "abc" for i in (1, 2, 3)]
+
+
+def test_native_every_agent_follows_the_leases() -> None:
+    leases = {LOC_A: lease("a3"), "location:b": lease("b2", "location:b")}
+    v = view(objs(), leases)
+    seen = [leaders_seen(plan_of(me, v, Liveness.NATIVE)) for me in ALL]
+    assert all(s == seen[0] for s in seen)
+    assert seen[0]["location:a"] == "a3" and seen[0]["location:b"] == "b2"
+    # no Lease for c: Kilo's rule, the same everywhere
+    members = members_by_segment(v.nodes, Granularity.LOCATION)["location:c"]
+    assert seen[0]["location:c"] == members[find_leader(members)].name
+
+
+def test_compat_and_mixed_clusters_follow_kilos_rule() -> None:
+    """Our agents in compat mode, or a cluster with one node not in the native mode (a Kilo
+    agent), ignore the Leases and agree with Kilo's choice: no check-in is skipped either."""
+    leases = {LOC_A: lease("a3")}
+    mixed = objs(native=True)
+    mixed[4] = node_obj("b2", "b", internal_ip="10.3.0.2/24", pod_cidr="10.2.32.0/24")
+    for objects, mode in ((objs(native=False), Liveness.COMPAT), (mixed, Liveness.NATIVE)):
+        v = view(objects, leases)
+        for me in ALL:
+            if mode is Liveness.NATIVE and me == "b2":
+                continue  # b2 runs Kilo's agent
+            p = plan_of(me, v, mode)
+            assert not p.native and p.lease_change is None and p.probes == ()
+            for loc, members in members_by_segment(
+                {n: v.nodes[n] for n in ALL}, Granularity.LOCATION
+            ).items():
+                assert leaders_seen(p)[loc] == members[find_leader(members)].name
+
+
+def test_the_first_lease_goes_to_kilos_choice() -> None:
+    v = view(objs())
+    changes = {me: plan_of(me, v, Liveness.NATIVE).lease_change for me in ALL}
+    writers = {me: c for me, c in changes.items() if c is not None}
+    members = members_by_segment(v.nodes, Granularity.LOCATION)
+    expected = {ms[find_leader(ms)].name for ms in members.values()}
+    assert set(writers) == expected
+    assert all(c.action is Action.ACQUIRE and c.previous is None for c in writers.values())
+
+
+def a_members() -> list[Node]:
+    return members_by_segment(view(objs()).nodes, Granularity.LOCATION)[LOC_A]
+
+
+def test_hysteresis_a_blip_changes_nothing() -> None:
+    members, held = a_members(), lease("a1")
+    order = succession(members, exclude=("a1",))
+    first, second = order
+    blip = Health(holder_silent=FAIL_AFTER_SECONDS - 0.01)
+    assert decide(first, LOC_A, members, held, NOW, blip) is None
+    gone = Health(holder_silent=FAIL_AFTER_SECONDS)
+    change = decide(first, LOC_A, members, held, NOW, gone)
+    assert change is not None and change.action is Action.ACQUIRE and change.holder == first
+    assert change.previous == held  # conditional on the version read: one writer wins
+    # the next successor waits longer, so the two do not race
+    assert decide(second, LOC_A, members, held, NOW, gone) is None
+    later = Health(holder_silent=FAIL_AFTER_SECONDS + STAGGER_SECONDS)
+    assert decide(second, LOC_A, members, held, NOW, later) is not None
+
+
+def test_a_returning_leader_does_not_take_leadership_back() -> None:
+    members = a_members()
+    taken = lease("a2")  # a2 took over from a1
+    assert decide("a1", LOC_A, members, taken, NOW, Health()) is None
+    p = plan_of("a1", view(objs(), {LOC_A: taken}), Liveness.NATIVE)
+    assert not p.leader and p.lease_change is None
+    assert [t.role for t in p.probes] == ["holder"] and p.probes[0].name == "a2"
+
+
+def test_failover_picks_the_same_leader_on_every_agent() -> None:
+    """Every agent, whatever its own probes say, follows the Lease its successor wrote."""
+    v = view(objs(), {LOC_A: lease("a1")})
+    members = a_members()
+    successor = succession(members, exclude=("a1",))[0]
+    gone = Health(holder_silent=5.0)
+    c = plan_of(successor, v, Liveness.NATIVE, gone).lease_change
+    assert c is not None and c.holder == successor
+    after = view(objs(), {LOC_A: lease(successor, rv="8")})
+    seen = [leaders_seen(plan_of(me, after, Liveness.NATIVE, gone)) for me in ALL]
+    assert all(s[LOC_A] == successor for s in seen)
+    # and the other locations' tunnels are not touched: their leaders stay the same
+    before = leaders_seen(plan_of("b1", v, Liveness.NATIVE))
+    assert {k: x for k, x in seen[3].items() if k != LOC_A} == {
+        k: x for k, x in before.items() if k != LOC_A
+    }
+
+
+def test_an_expired_lease_or_a_removed_holder_moves_to_kilos_next_choice() -> None:
+    members = a_members()
+    expired = lease("a1", renewed=NOW - 10_000)
+    nxt = succession(members, exclude=("a1",))[0]
+    c = decide(nxt, LOC_A, members, expired, NOW, Health())
+    assert c is not None and c.action is Action.ACQUIRE and c.holder == nxt
+    without_a1 = [m for m in members if m.name != "a1"]
+    held_by_gone = lease("a1")
+    leader = without_a1[find_leader(without_a1)].name
+    c = decide(leader, LOC_A, without_a1, held_by_gone, NOW, Health())
+    assert c is not None and c.holder == leader
+
+
+def test_a_cut_off_holder_hands_over_unless_its_successor_is_silent() -> None:
+    members, held = a_members(), lease("a1")
+    nxt = succession(members, exclude=("a1",))[0]
+    c = decide("a1", LOC_A, members, held, NOW, Health(tunnel_dead=True))
+    assert c is not None and c.action is Action.HAND_OVER and c.holder == nxt
+    both = Health(tunnel_dead=True, successor_silent=FAIL_AFTER_SECONDS)
+    assert decide("a1", LOC_A, members, held, NOW, both) is None
+
+
+def test_the_holder_renews_when_due() -> None:
+    members = a_members()
+    assert decide("a1", LOC_A, members, lease("a1", renewed=NOW - 10), NOW, Health()) is None
+    c = decide("a1", LOC_A, members, lease("a1", renewed=NOW - 61), NOW, Health())
+    assert c is not None and c.action is Action.RENEW
+
+
+def test_tracker_needs_one_answer_before_a_tunnel_counts_as_dead() -> None:
+    t = ProbeTracker()
+    tunnels = [ProbeTarget("tunnel", "b1", "10.4.0.2"), ProbeTarget("tunnel", "c1", "10.4.0.3")]
+    t.set_targets(tunnels, 0.0)
+    assert not t.health(10.0).tunnel_dead  # never answered: a new leader is not armed
+    t.replied("10.4.0.2", 10.0)
+    assert not t.health(10.5).tunnel_dead  # one answered half a second ago
+    assert t.health(11.0).tunnel_dead  # nobody for a second
+    t.replied("10.4.0.3", 11.2)
+    assert not t.health(11.3).tunnel_dead
+    t.set_targets([ProbeTarget("holder", "a1", "10.1.0.1")], 12.0)
+    assert t.health(12.5).holder_silent == pytest.approx(0.5)
+    t.replied("10.1.0.1", 12.6)
+    assert t.health(12.9).holder_silent == pytest.approx(0.3)
+
+
+def test_lease_roundtrip_and_names() -> None:
+    obj = lease_object("location:eu west/1", "node-1", NOW + 0.25, "kube-system")
+    got, problems = lease_from_object(obj)
+    assert not problems and got is not None
+    assert got.holder == "node-1" and got.location == "location:eu west/1"
+    assert got.renewed == pytest.approx(NOW + 0.25) and got.name == lease_name(got.location)
+    assert microtime(NOW) == "2026-09-21T14:13:20.000000Z"
+    with pytest.raises(ValueError):
+        lease_object(LOC_A, "evil\nname", NOW, "kube-system")
+
+
+HOSTILE: list[Any] = [
+    None,
+    [],
+    "x",
+    {"metadata": "x"},
+    {"metadata": {"name": 5, "annotations": {"kilo.squat.ai/location": LOC_A}}},
+    {"metadata": {"name": "kilo-leader-0", "annotations": {"kilo.squat.ai/location": LOC_A}}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": 7}}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": LOC_A}},
+     "spec": {"holderIdentity": "a\nb", "leaseDurationSeconds": 10, "renewTime": "x"}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": LOC_A}},
+     "spec": {"holderIdentity": "a1", "leaseDurationSeconds": True,
+              "renewTime": "2026-01-01T00:00:00Z"}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": LOC_A}},
+     "spec": {"holderIdentity": "a1", "leaseDurationSeconds": 10**12,
+              "renewTime": "2026-01-01T00:00:00Z"}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": LOC_A}},
+     "spec": {"holderIdentity": "a1", "leaseDurationSeconds": 10,
+              "renewTime": "9999-99-99T99:99:99Z"}},
+    {"metadata": {"name": lease_name(LOC_A), "annotations": {"kilo.squat.ai/location": LOC_A}},
+     "spec": {"holderIdentity": "a1", "leaseDurationSeconds": 10, "renewTime": ["x"]}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("obj", HOSTILE)
+def test_hostile_leases_are_problems_never_exceptions(obj: Any) -> None:
+    got, problems = lease_from_object(obj)
+    assert got is None and problems
