@@ -132,3 +132,50 @@ def test_backend_reports_forbidden_clearly(
     with pytest.raises(BackendError) as err:
         backend.http.json("GET", "/api/v1/namespaces/kube-system/secrets")
     assert err.value.status == 403
+
+
+@pytest.mark.parametrize("verb", ["get", "list", "watch", "create", "update"])
+def test_may_keep_leader_leases_in_its_namespace(
+    control_plane: ControlPlane, agent: pathlib.Path, verb: str
+) -> None:
+    assert can_i(control_plane, agent, verb, "leases.coordination.k8s.io")
+    elsewhere = as_agent(
+        control_plane, agent, "auth", "can-i", verb, "leases.coordination.k8s.io", "-n", "default"
+    )
+    assert elsewhere.stdout.strip() == "no"
+    assert not can_i(control_plane, agent, "delete", "leases.coordination.k8s.io")
+
+
+def test_leader_lease_is_written_once_per_version(
+    control_plane: ControlPlane, agent: pathlib.Path
+) -> None:
+    """Native liveness through the real API server, as the agent: create, a conditional update,
+    a stale one refused (two agents can never both win), and the watch sees the winner."""
+    import time
+
+    from kilo.leases import lease_from_object, lease_object
+
+    backend = KubernetesBackend(agent, lease_namespace="kube-system")
+    with backend:
+        created = backend.write_lease(lease_object("location:rbac", "rbac-a", 1.0e9, "kube-system"))
+        first, _ = lease_from_object(created)
+        assert first is not None and first.holder == "rbac-a"
+        with pytest.raises(BackendError) as err:  # a second create: already there
+            backend.write_lease(lease_object("location:rbac", "rbac-b", 1.0e9, "kube-system"))
+        assert err.value.status == 409
+        moved = backend.write_lease(
+            lease_object("location:rbac", "rbac-b", 1.0e9 + 1, "kube-system", first)
+        )
+        second, _ = lease_from_object(moved)
+        assert second is not None and second.holder == "rbac-b" and second.transitions == 1
+        with pytest.raises(BackendError) as err:  # written on the version before: refused
+            backend.write_lease(
+                lease_object("location:rbac", "rbac-c", 1.0e9 + 2, "kube-system", first)
+            )
+        assert err.value.status == 409
+        deadline = time.monotonic() + 10
+        holders: set[str] = set()
+        while time.monotonic() < deadline and "rbac-b" not in holders:
+            holders = {str(o.get("spec", {}).get("holderIdentity")) for o in backend.leases()}
+            time.sleep(0.05)
+        assert holders == {"rbac-b"}
