@@ -202,6 +202,15 @@ class Agent:
             except queue.Empty:
                 return out
 
+    def take_event(self, event: Any) -> None:
+        """One watch event, in the watch's own thread as it arrives (the backend's callback): the
+        cache is brought up to date at once and the loop is woken only if the event matters to
+        the plan. A check-in that only moves ``last-seen`` of a node whose readiness it does not
+        change (nearly every event in Kilo's liveness mode) never wakes the loop."""
+        if self._take([event]):
+            self._dirty.set()
+            self.ports.backend.events.put(None)  # wake the loop: it debounces and reconciles
+
     def _take(self, events: list[Any]) -> bool:
         """Bring the cache up to date with watch events, one object each; True if one of them
         matters to the plan: a change beyond a check-in time, or a node whose check-in made it
@@ -230,12 +239,7 @@ class Agent:
                 if (
                     kind not in ("Node", "Peer")
                     or not isinstance(obj, dict)
-                    or etype
-                    not in (
-                        "ADDED",
-                        "MODIFIED",
-                        "DELETED",
-                    )
+                    or etype not in ("ADDED", "MODIFIED", "DELETED")
                 ):
                     self._full_read = True
                     relevant = True

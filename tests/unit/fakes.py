@@ -113,12 +113,12 @@ class FakeBackend:
     def nodes(self) -> list[Obj]:
         if self.fail_list:
             raise Broken("the API server is away")
-        return list(self.node_objs.values())
+        return copy.deepcopy(list(self.node_objs.values()))  # the watch's own objects
 
     def peers(self) -> list[Obj]:
         if self.fail_list:
             raise Broken("the API server is away")
-        return list(self.peer_objs.values())
+        return copy.deepcopy(list(self.peer_objs.values()))  # the watch's own objects
 
     def outages(self) -> list[tuple[float, float | None]]:
         return list(self.outage_list)
@@ -127,7 +127,8 @@ class FakeBackend:
         if self.fail_publish:
             raise Broken("the API server is away")
         self.published.append((name, dict(annotations)))
-        obj = self.node_objs[name]
+        obj = copy.deepcopy(self.node_objs[name])  # a new object, as a real watch decodes
+        self.node_objs[name] = obj
         ann = obj["metadata"].setdefault("annotations", {})
         for k, v in annotations.items():
             if v is None:

@@ -3,6 +3,7 @@ outage credit, publish retries, a failed apply, clean-up."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from typing import Any
 
@@ -18,6 +19,7 @@ from .fakes import (
     FakeBackend,
     FakeClock,
     FakeDevice,
+    FakeEvent,
     FakeFiles,
     FakeFirewall,
     FakeHost,
@@ -292,3 +294,37 @@ def test_events_update_the_cache_one_object_at_a_time() -> None:
     r.backend.put_peer(peer_obj("p1", ["10.5.0.1/32"]))
     r.step()
     assert key_for("p1") in r.peer_keys() and r.agent.last_reconcile_ok
+
+
+def test_a_check_in_taken_in_the_watch_thread_does_not_wake_the_loop() -> None:
+    r = Rig(resync_period=1000.0)
+    r.step()
+    before, plans = kernel_calls(r), r.sample("kilo_reconciles_total")
+    b1 = copy.deepcopy(r.backend.node_objs["b1"])
+    b1["metadata"]["resourceVersion"] = "900"
+    b1["metadata"]["annotations"][LAST_SEEN] = str(int(r.clock.time()))
+    r.agent.take_event(FakeEvent("Node", "MODIFIED", b1))  # as the watch's thread calls it
+    assert r.backend.events.empty()  # the loop was not woken
+    assert r.agent.cache.node("b1") is not None
+    assert r.agent.cache.node("b1").last_seen == int(r.clock.time())  # type: ignore[union-attr]
+    b1 = copy.deepcopy(b1)
+    b1["metadata"]["resourceVersion"] = "901"
+    b1["metadata"]["annotations"]["kilo.squat.ai/endpoint"] = "198.51.100.99:51820"
+    r.agent.take_event(FakeEvent("Node", "MODIFIED", b1))
+    assert not r.backend.events.empty()  # a real change wakes it at once
+    r.step()
+    assert r.device.applied == before[0] + 1
+    assert r.sample("kilo_reconciles_total") == (plans or 0) + 1
+
+
+def test_a_check_in_that_makes_a_node_ready_wakes_the_loop() -> None:
+    r = Rig(nodes=cluster(b1_last_seen=NOW - 500), resync_period=1000.0)
+    r.step()
+    assert r.peer_keys() == set()
+    b1 = copy.deepcopy(r.backend.node_objs["b1"])
+    b1["metadata"]["resourceVersion"] = "900"
+    b1["metadata"]["annotations"][LAST_SEEN] = str(int(r.clock.time()))
+    r.agent.take_event(FakeEvent("Node", "MODIFIED", b1))
+    assert not r.backend.events.empty()
+    r.step()
+    assert r.peer_keys() == {key_for("b1")}

@@ -41,6 +41,7 @@ from kilo.backend.apiserver import (
     reason,
     retry_after,
 )
+from kilo.backend.objects import lean
 from kilo.leases import LEASE_LABEL
 from kilo.model import Node
 from kilo.translate import OWNED_ANNOTATIONS, node_annotations
@@ -97,12 +98,17 @@ def _with_type(obj: Obj, kind: str, api_version: str) -> Obj:
     return out
 
 
+#: How a listed object is kept: ``_with_type`` (as kubectl prints it) or ``lean``.
+Keep = Callable[[Obj, str, str], Obj]
+
+
 def _name(obj: Obj) -> str:
-    return str(obj.get("metadata", {}).get("name", ""))
+    """The name of a lean object (``lean``: metadata is a dict of strings)."""
+    return str(obj["metadata"].get("name", ""))
 
 
 def _rv(obj: Obj) -> str:
-    return str(obj.get("metadata", {}).get("resourceVersion", ""))
+    return str(obj["metadata"].get("resourceVersion", ""))
 
 
 class KubernetesBackend:
@@ -142,13 +148,21 @@ class KubernetesBackend:
 
     # one-shot reads
 
-    def list_kind(self, kind: str) -> tuple[list[Obj], str]:
-        """All objects of ``kind`` (raw dicts) and the list's resourceVersion."""
+    def list_kind(self, kind: str, keep: Keep | None = None) -> tuple[list[Obj], str]:
+        """All objects of ``kind`` and the list's resourceVersion; each as ``kubectl`` prints it
+        (``keep`` None), or reduced to what the agent reads (``keep=lean``)."""
         path, api_version = self.kinds[kind]
         query = {"labelSelector": self.selectors[kind]} if kind in self.selectors else None
         body = self.http.json("GET", path, query=query)
-        items = [_with_type(item, kind, api_version) for item in body.get("items") or []]
-        return items, str(body.get("metadata", {}).get("resourceVersion", ""))
+        shape = keep or _with_type
+        items = body.get("items")
+        out = (
+            [shape(item, kind, api_version) for item in items if isinstance(item, dict)]
+            if isinstance(items, list)
+            else []
+        )
+        meta = body.get("metadata")
+        return out, str(meta.get("resourceVersion", "") if isinstance(meta, dict) else "")
 
     def list_objects(self) -> tuple[list[Obj], list[Obj]]:
         """The cluster's Node and Peer objects, as ``kubectl get nodes,peers -o json`` items."""
@@ -264,9 +278,9 @@ class KubernetesBackend:
             self.events.put(event)
 
     def _relist(self, kind: str) -> None:
-        items, rv = self.list_kind(kind)
+        items, rv = self.list_kind(kind, lean)
         self._reached()
-        fresh = {_name(obj): obj for obj in items}
+        fresh = {name: obj for obj in items if (name := _name(obj))}
         with self._lock:
             old = self._cache[kind]
             self._cache[kind] = fresh
@@ -348,21 +362,27 @@ class KubernetesBackend:
             resp.close()  # never hand a half-read stream back to the pool
             resp.release_conn()
 
-    def _handle(self, kind: str, event: Obj) -> None:
-        etype, obj = event.get("type"), event.get("object") or {}
-        log.debug("watch of %ss: %s %s", kind, etype, _name(obj))
+    def _handle(self, kind: str, event: object) -> None:
+        """One decoded watch event: the cache updated and the change emitted. Anything of no
+        known shape is skipped (logged), never raised."""
+        if not isinstance(event, dict):
+            log.warning("watch of %ss: skipped an event that is not an object", kind)
+            return
+        etype, raw = event.get("type"), event.get("object")
         if etype == "ERROR":
-            if obj.get("code") == 410:
+            status: Obj = raw if isinstance(raw, dict) else {}
+            code = status.get("code") if isinstance(status.get("code"), int) else 0
+            if code == 410:
                 raise _Gone()
-            raise BackendError(
-                f"watch {kind}s: {obj.get('message', obj)}", int(obj.get("code") or 0)
-            )
-        rv = _rv(obj)
+            raise BackendError(f"watch {kind}s: {status.get('message', status)}", int(code))
+        obj = lean(raw, kind, self.kinds[kind][1])
+        name, rv = _name(obj), _rv(obj)
         if etype == "BOOKMARK":
             self._rv[kind] = rv or self._rv[kind]
             return
-        obj = _with_type(obj, kind, self.kinds[kind][1])
-        name = _name(obj)
+        if etype not in ("ADDED", "MODIFIED", "DELETED") or not name:
+            log.warning("watch of %ss: skipped a %r event of object %r", kind, etype, name)
+            return
         with self._lock:
             old = self._cache[kind].get(name)
             if etype == "DELETED":
@@ -370,8 +390,7 @@ class KubernetesBackend:
             else:
                 self._cache[kind][name] = obj
             self._rv[kind] = rv or self._rv[kind]
-        if etype in ("ADDED", "MODIFIED", "DELETED"):
-            self._emit(Event(kind, str(etype), obj, old))
+        self._emit(Event(kind, str(etype), obj, old))
 
 
 def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:

@@ -285,11 +285,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kilo.server import serve
 
     try:
+        backend = KubernetesBackend(
+            a.kubeconfig,
+            lease_namespace=a.lease_namespace if a.liveness == "native" else None,
+        )
         ports = Ports(
-            backend=KubernetesBackend(
-                a.kubeconfig,
-                lease_namespace=a.lease_namespace if a.liveness == "native" else None,
-            ),
+            backend=backend,
             device=open_device(a.interface, a.wireguard, binary=a.wireguard_go),
             routes=Netlink(),
             firewall=Nftables(owned=(("inet", a.nft_table),)),
@@ -298,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             prober=UdpProber(a.probe_port),
         )
         agent = Agent(cfg, ports)
+        backend.on_event = agent.take_event  # check-ins are taken in the watch's thread
         agent.start()
         serve(agent, a.listen)
     except (BackendError, OSError, RuntimeError, ValueError) as e:
