@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from kilo.keys import Key
 from kilo.wgstate import PeerState
@@ -17,6 +19,37 @@ from kilo.wgstate import PeerState
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+
+
+_PEER_GAUGES = (
+    ("kilo_peer_last_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer."),
+    ("kilo_peer_receive_bytes", "Bytes received from a WireGuard peer."),
+    ("kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer."),
+)
+
+
+class PeerGauges(Collector):
+    """The per-peer gauges, made when scraped from the peers the device last reported. At
+    1,000 peers they are 3,000 series: as gauge children they cost megabytes and a rebuild at
+    every reconcile; here they cost one list until someone reads them."""
+
+    def __init__(self) -> None:
+        self._values: tuple[dict[str, float], ...] = ({}, {}, {})
+
+    def set(self, values: tuple[dict[str, float], dict[str, float], dict[str, float]]) -> None:
+        self._values = values
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(n, h, labels=["peer"]) for n, h in _PEER_GAUGES]
+
+    def collect(self) -> list[Metric]:
+        out = []
+        for (name, help_text), values in zip(_PEER_GAUGES, self._values, strict=True):
+            family = GaugeMetricFamily(name, help_text, labels=["peer"])
+            for peer, value in values.items():
+                family.add_metric([peer], value)
+            out.append(family)
+        return out
 
 
 class AgentMetrics:
@@ -58,18 +91,8 @@ class AgentMetrics:
             "Values of Node and Peer objects that could not be read.",
             registry=r,
         )
-        self.handshake_age = Gauge(
-            "kilo_peer_last_handshake_age_seconds",
-            "Seconds since the last WireGuard handshake with a peer.",
-            ["peer"],
-            registry=r,
-        )
-        self.rx = Gauge(
-            "kilo_peer_receive_bytes", "Bytes received from a WireGuard peer.", ["peer"], registry=r
-        )
-        self.tx = Gauge(
-            "kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer.", ["peer"], registry=r
-        )
+        self.peer_gauges = PeerGauges()
+        r.register(self.peer_gauges)
 
     def error(self, event: str) -> None:
         self.errors.labels(event=event).inc()
@@ -78,14 +101,16 @@ class AgentMetrics:
         self, states: Iterable[PeerState], names: Mapping[bytes, str], now: float
     ) -> None:
         """Per-peer gauges for exactly the device's current peers, named by node or Peer."""
-        for m in (self.handshake_age, self.rx, self.tx):
-            m.clear()
+        age: dict[str, float] = {}
+        rx: dict[str, float] = {}
+        tx: dict[str, float] = {}
         for st in states:
             name = names.get(bytes(st.public_key)) or str(Key(st.public_key))
             if st.last_handshake:
-                self.handshake_age.labels(peer=name).set(round(now - st.last_handshake, 3))
-            self.rx.labels(peer=name).set(st.rx_bytes)
-            self.tx.labels(peer=name).set(st.tx_bytes)
+                age[name] = float(round(now - st.last_handshake, 3))
+            rx[name] = float(st.rx_bytes)
+            tx[name] = float(st.tx_bytes)
+        self.peer_gauges.set((age, rx, tx))
 
     def render(self) -> bytes:
         """The text exposition format."""

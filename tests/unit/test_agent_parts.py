@@ -105,3 +105,25 @@ def test_outage_time_not_held_against_check_ins() -> None:
     assert unreachable_seconds(100, 200, [(120, 150)]) == 30
     assert unreachable_seconds(100, 200, [(50, 110), (190, None)]) == 20  # clipped at both ends
     assert unreachable_seconds(100, 200, [(10, 20), (300, None)]) == 0
+
+
+def test_peer_metrics_text() -> None:
+    from kilo.keys import Key
+    from kilo.wgstate import PeerState
+
+    m = AgentMetrics()
+    k1, k2 = Key.generate().public(), Key.generate().public()
+    states = [
+        PeerState(public_key=k1, last_handshake=90.0, rx_bytes=5, tx_bytes=7),
+        PeerState(public_key=k2, rx_bytes=1),
+    ]
+    m.set_peer_states(states, {bytes(k1): "n1"}, now=100.25)
+    text = m.render().decode()
+    assert "# TYPE kilo_peer_last_handshake_age_seconds gauge\n" in text
+    assert 'kilo_peer_last_handshake_age_seconds{peer="n1"} 10.25\n' in text
+    assert f'kilo_peer_receive_bytes{{peer="{k2}"}} 1.0\n' in text
+    assert 'kilo_peer_transmit_bytes{peer="n1"} 7.0\n' in text
+    assert text.count("kilo_peer_last_handshake_age_seconds{") == 1
+    m.set_peer_states([], {}, now=0.0)  # only the device's current peers
+    assert "kilo_peer_receive_bytes{" not in m.render().decode()
+    assert m.registry.get_sample_value("kilo_peer_transmit_bytes", {"peer": "n1"}) is None
