@@ -22,7 +22,10 @@ CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
 
 _PEER_GAUGES = (
-    ("kilo_peer_last_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer."),
+    (
+        "kilo_peer_last_handshake_age_seconds",
+        "Seconds since the last WireGuard handshake with a peer.",
+    ),
     ("kilo_peer_receive_bytes", "Bytes received from a WireGuard peer."),
     ("kilo_peer_transmit_bytes", "Bytes sent to a WireGuard peer."),
 )
@@ -43,7 +46,7 @@ class PeerGauges(Collector):
         return [GaugeMetricFamily(n, h, labels=["peer"]) for n, h in _PEER_GAUGES]
 
     def collect(self) -> list[Metric]:
-        out = []
+        out: list[Metric] = []
         for (name, help_text), values in zip(_PEER_GAUGES, self._values, strict=True):
             family = GaugeMetricFamily(name, help_text, labels=["peer"])
             for peer, value in values.items():

@@ -158,20 +158,28 @@ def test_a_label_or_pod_cidr_change_is_not_a_check_in() -> None:
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 META_KEYS = st.sampled_from(["name", "resourceVersion", "labels", "annotations", "uid"])
+SPEC_KEYS = [
+    "podCIDR",
+    "allowedIPs",
+    "publicKey",
+    "endpoint",
+    "persistentKeepalive",
+    "presharedKey",
+]
 ODD_OBJECT = st.fixed_dictionaries(
     {},
     optional={
         "metadata": st.one_of(JSON, st.dictionaries(META_KEYS, JSON, max_size=4)),
         "spec": st.one_of(
             JSON,
-            st.dictionaries(
-                st.sampled_from(["podCIDR", "allowedIPs", "publicKey", "endpoint",
-                                 "persistentKeepalive", "presharedKey"]), JSON, max_size=4),
-        ),  # fmt: skip
+            st.dictionaries(st.sampled_from(SPEC_KEYS), JSON, max_size=4),
+        ),
         "status": JSON,
     },
 )

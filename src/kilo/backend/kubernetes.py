@@ -371,10 +371,11 @@ class KubernetesBackend:
         etype, raw = event.get("type"), event.get("object")
         if etype == "ERROR":
             status: Obj = raw if isinstance(raw, dict) else {}
-            code = status.get("code") if isinstance(status.get("code"), int) else 0
+            raw_code = status.get("code")
+            code = raw_code if isinstance(raw_code, int) else 0
             if code == 410:
                 raise _Gone()
-            raise BackendError(f"watch {kind}s: {status.get('message', status)}", int(code))
+            raise BackendError(f"watch {kind}s: {status.get('message', status)}", code)
         obj = lean(raw, kind, self.kinds[kind][1])
         name, rv = _name(obj), _rv(obj)
         if etype == "BOOKMARK":
