@@ -17,7 +17,7 @@ log = logging.getLogger("kilo.agent")
 class Applied:
     changes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # "part: error"
-    parts: list[str] = field(default_factory=list)  # the parts applied (each reads the kernel)
+    parts: list[str] = field(default_factory=list)  # the parts applied (in full or the change)
 
     @property
     def ok(self) -> bool:
@@ -44,9 +44,12 @@ def apply_plan(
 ) -> Applied:
     """Apply what the plan holds: the CNI file and the IPIP device whenever the local node is
     known; the device, link, firewall and routes only when the whole data plane is planned
-    (otherwise they stay as they are). With ``previous``, the plan last applied in full, a part
-    equal to what it held is not applied again (nothing is read from or written to the kernel
-    for it); without, every part is applied, which verifies it against the kernel."""
+    (otherwise they stay as they are). With ``previous``, the plan last applied in full without
+    a failure, a part equal to what it held is not applied again (nothing is read from or
+    written to the kernel for it) and a part that differs is handed to its port with its
+    previous value, so that only the difference is written (again without reading the kernel);
+    without, every part is applied in full, which verifies it against the kernel and repairs
+    it."""
     out = Applied()
     cni = plan.cni_conf
     if cni is not None:
@@ -60,12 +63,18 @@ def apply_plan(
     if plan.status is not Status.OK or dp is None:
         return out
     old = previous.dataplane if previous is not None else None
-    if old is None or dp.wireguard != old.wireguard:
+    if old is None:
         out.run("WireGuard configuration", lambda: device.apply(dp.wireguard))
+    elif dp.wireguard != old.wireguard:
+        out.run("WireGuard configuration", lambda: device.apply(dp.wireguard, old.wireguard))
     if old is None or (dp.addresses, dp.mtu) != (old.addresses, old.mtu):
         out.run("WireGuard link", lambda: device.configure_link(list(dp.addresses), dp.mtu))
-    if old is None or dp.ruleset != old.ruleset:
+    if old is None:
         out.run("firewall", lambda: firewall.apply(dp.ruleset))
-    if old is None or (dp.routes, dp.rules) != (old.routes, old.rules):
+    elif dp.ruleset != old.ruleset:
+        out.run("firewall", lambda: firewall.apply(dp.ruleset, old.ruleset))
+    if old is None:
         out.run("routes", lambda: routes.reconcile(dp.routes, dp.rules))
+    elif (dp.routes, dp.rules) != (old.routes, old.rules):
+        out.run("routes", lambda: routes.reconcile(dp.routes, dp.rules, (old.routes, old.rules)))
     return out

@@ -5,6 +5,13 @@ firewall, the host and its files only through these. The real adapters live in
 ``kilo.backend`` and ``kilo.dataplane``; the unit tests drive the agent's loop through in-memory
 fakes of the same shape (tests/unit/fakes.py). Every apply-style call returns the changes it
 made as human-readable strings, and raises when it could not do what it was asked.
+
+The three data-plane writers (``WireGuardDevice.apply``, ``RoutingTables.reconcile``,
+``Firewall.apply``) take ``previous``: the same part as it was last applied in full without a
+failure. Given it, the adapter computes the change from the two values alone (nothing is read
+from the kernel) and writes only that; without it (the first apply, after a failure, at a
+resync, after the device restarted) it reads what the kernel holds and repairs every
+difference.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from kilo.wireguard import WgConf
 Obj = dict[str, Any]
 #: An API server outage: (start, end) in Unix seconds; end None while it lasts.
 Outage = tuple[float, float | None]
+#: The routes and rules last applied, as ``RoutingTables.reconcile``'s ``previous``.
+RoutesAndRules = tuple[Sequence[Route], Sequence[Rule]]
 
 
 class ClusterBackend(Protocol):
@@ -57,7 +66,7 @@ class WireGuardDevice(Protocol):
 
     def ensure(self) -> list[str]: ...
     def supervise(self, on_restart: Callable[[], None]) -> None: ...
-    def apply(self, desired: WgConf) -> list[str]: ...
+    def apply(self, desired: WgConf, previous: WgConf | None = None) -> list[str]: ...
     def configure_link(self, addresses: Sequence[Prefix], mtu: int | None) -> list[str]: ...
     def peers(self) -> list[PeerState]: ...
     def close(self, remove: bool = True) -> None: ...
@@ -66,14 +75,19 @@ class WireGuardDevice(Protocol):
 class RoutingTables(Protocol):
     """Routes and policy rules; only those marked as the agent's (protocol 107) are touched."""
 
-    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]: ...
+    def reconcile(
+        self,
+        routes: Iterable[Route],
+        rules: Iterable[Rule] = (),
+        previous: RoutesAndRules | None = None,
+    ) -> list[str]: ...
     def remove_all(self) -> list[str]: ...
 
 
 class Firewall(Protocol):
     """The agent's own nftables table, replaced in one transaction."""
 
-    def apply(self, ruleset: Ruleset) -> list[str]: ...
+    def apply(self, ruleset: Ruleset, previous: Ruleset | None = None) -> list[str]: ...
     def remove(self) -> list[str]: ...
 
 

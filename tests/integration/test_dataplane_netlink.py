@@ -138,3 +138,34 @@ def test_foreign_routes_and_rules_are_never_touched(ns: str) -> None:
     # A missing device is reported too.
     with pytest.raises(ReconcileError, match="kpy-gone does not exist"):
         nl.reconcile([ROUTES[0], Route(P("10.66.0.0/24"), "kpy-gone")])
+
+
+def test_a_change_from_what_was_applied_reads_nothing_and_keeps_foreign_routes(ns: str) -> None:
+    sh("ip", "-n", ns, "route", "add", "10.77.0.0/24", "via", "10.88.0.9", "proto", "static")
+    nl = Netlink(netns=ns)
+    nl.reconcile(ROUTES, RULES)
+    previous = (ROUTES, RULES)
+    moved = Route(P("10.4.0.2/32"), "kpy-r0", A("10.4.0.3"), onlink=True)
+    new = Route(P("10.2.9.0/24"), "kpy-r0", A("10.88.0.2"))
+    want = [ROUTES[0], moved, *ROUTES[2:4], new]  # fd99::/64 left, 10.2.9.0/24 came
+    changes = nl.reconcile(want, RULES, previous)
+    assert sorted(changes) == sorted(
+        [
+            "remove route fd99::/64 dev kpy-r0 via fd88::2",
+            "replace route 10.4.0.2/32 dev kpy-r0 via 10.4.0.3 onlink",
+            "add route 10.2.9.0/24 dev kpy-r0 via 10.88.0.2",
+        ]
+    )
+    assert {r.dst.network for r in nl.routes()} == {r.dst.network for r in want}
+    assert nl.reconcile(want, RULES) == []  # the kernel holds exactly the plan
+    assert nl.reconcile(want, RULES[:1], (want, RULES))[0].startswith("remove rule ")
+    assert len(rules(ns)) == 1
+
+    # A new route in the way of a foreign one is refused, never replaced; a route that left
+    # and is gone already is no failure.
+    sh("ip", "-n", ns, "route", "del", "10.2.9.0/24")
+    clash = Route(P("10.77.0.0/24"), "kpy-r0", A("10.88.0.2"))
+    with pytest.raises(ReconcileError) as e:
+        nl.reconcile([*want[:4], clash], RULES[:1], (want, RULES[:1]))
+    assert "not ours" in e.value.failures[0] and len(e.value.failures) == 1
+    assert "10.77.0.0/24 via 10.88.0.9" in sh("ip", "-n", ns, "route", "show", "10.77.0.0/24")

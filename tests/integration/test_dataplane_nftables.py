@@ -149,3 +149,24 @@ def test_dropped_chain_and_foreign_tables_refused(ns: str) -> None:
     ]
     assert both.apply(ip_only) == []  # counters' values do not count as a change
     assert both.remove() == ["delete nft table ip kilo"]
+
+
+def test_a_change_from_what_was_applied_replaces_the_table_without_reading_it(ns: str) -> None:
+    fw = Nftables(netns=ns)
+    fw.apply(ruleset())
+    reads: list[tuple[str, ...]] = []
+    run = fw._run
+
+    def counted(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        if "list" in args:
+            reads.append(args)
+        return run(*args, stdin=stdin)
+
+    fw._run = counted  # type: ignore[method-assign]
+    assert fw.apply(ruleset(), ruleset()) == [] and reads == []  # the same: nothing at all
+    assert fw.apply(ruleset("10.5.0.0/24"), ruleset()) == [
+        "replace nft table inet kilo (+1 -0 rules)"
+    ]
+    assert reads == [("-j", "list", "table", "inet", "kilo")]  # only what nft made of it
+    assert "ip daddr 10.5.0.0/24 return" in nft(ns, "list", "table", "inet", "kilo")
+    assert fw.apply(ruleset("10.5.0.0/24")) == []  # verified against the kernel: the same

@@ -177,6 +177,7 @@ class FakeDevice:
     on_restart: Callable[[], None] | None = None
     closed: bool | None = None  # the ``remove`` it was closed with
     reads: int = 0  # peers() calls: reads of the device's state
+    diffs: int = 0  # applies given the previous config (no read of the device)
 
     def ensure(self) -> list[str]:
         self.ensured = True
@@ -185,10 +186,11 @@ class FakeDevice:
     def supervise(self, on_restart: Callable[[], None]) -> None:
         self.on_restart = on_restart
 
-    def apply(self, desired: WgConf) -> list[str]:
+    def apply(self, desired: WgConf, previous: WgConf | None = None) -> list[str]:
         if self.fail:
             raise Broken("the device refused the configuration")
         self.applied += 1
+        self.diffs += previous is not None
         if desired.render() == (self.conf.render() if self.conf else None):
             return []
         self.conf = desired
@@ -216,9 +218,16 @@ class FakeRoutes:
     fail: bool = False
     removed: bool = False
     calls: int = 0
+    diffs: int = 0  # calls given what was applied before (no read of the tables)
 
-    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]:
+    def reconcile(
+        self,
+        routes: Iterable[Route],
+        rules: Iterable[Rule] = (),
+        previous: tuple[Sequence[Route], Sequence[Rule]] | None = None,
+    ) -> list[str]:
         self.calls += 1
+        self.diffs += previous is not None
         if self.fail:
             raise Broken("a route was refused")
         want, want_rules = list(routes), list(rules)
@@ -239,9 +248,11 @@ class FakeFirewall:
     removed: bool = False
 
     calls: int = 0
+    diffs: int = 0  # applies given the previous ruleset (no read of the table)
 
-    def apply(self, ruleset: Ruleset) -> list[str]:
+    def apply(self, ruleset: Ruleset, previous: Ruleset | None = None) -> list[str]:
         self.calls += 1
+        self.diffs += previous is not None
         if self.fail:
             raise Broken("nft refused the transaction")
         want = ruleset.nft_json()

@@ -267,6 +267,24 @@ def test_a_real_change_applies_only_the_parts_that_changed() -> None:
     assert r.routes.calls == routes  # the routes did not change: not touched
 
 
+def test_a_change_is_written_as_the_difference_and_a_resync_in_full() -> None:
+    r = Rig(resync_period=1000.0)
+    r.step()
+    assert (r.device.diffs, r.routes.diffs, r.firewall.diffs) == (0, 0, 0)  # first: in full
+    r.backend.put_peer(peer_obj("p1", ["10.5.0.1/32"]))
+    r.step()
+    assert key_for("p1") in r.peer_keys()
+    assert r.device.diffs == 1 and r.routes.diffs == 1  # from the last plan, nothing read
+    r.device.fail = True
+    r.backend.put_peer(peer_obj("p2", ["10.5.0.2/32"]))
+    r.step()
+    r.device.fail = False
+    diffs = r.device.diffs
+    r.backend.put_peer(peer_obj("p3", ["10.5.0.3/32"]))
+    r.step()  # after a failure, the device is read and compared again
+    assert r.device.diffs == diffs and {key_for("p2"), key_for("p3")} <= r.peer_keys()
+
+
 def test_drift_is_repaired_at_the_resync() -> None:
     r = Rig(resync_period=10.0)
     r.step()

@@ -132,6 +132,29 @@ def test_diff_unresolvable_endpoint_keeps_the_device_one() -> None:
     assert up.empty() and changes == []
 
 
+def test_diff_confs_names_only_what_changed_without_reading_the_device() -> None:
+    before = desired()
+    assert wgdevice.diff_confs(before, desired()) == (DeviceUpdate(), [])
+    want = desired()
+    want.peers[1].persistent_keepalive = 25
+    want.peers.append(WgPeer(K1[:31] + b"\x07", [P("10.4.0.9/32")]))
+    del want.peers[0]
+    up, changes = wgdevice.diff_confs(before, want, resolve=lambda e: None)
+    assert [p.public_key for p in up.peers] == [K3, K1[:31] + b"\x07", K2]
+    k3 = up.peers[0]
+    assert not k3.update_only and k3.replace_allowed_ips  # set in full: a lost one comes back
+    assert k3.persistent_keepalive == 25 and k3.allowed_ips == [P("10.4.0.3/32")]
+    assert up.peers[1].persistent_keepalive == 0 and up.peers[2].remove
+    assert changes[0] == f"update peer {base64.b64encode(K3).decode()}: keepalive 0 -> 25"
+    assert changes[1].startswith("add peer ") and changes[2].startswith("remove peer ")
+    keyed = desired()
+    keyed.listen_port = 51821
+    up, changes = wgdevice.diff_confs(before, keyed)
+    assert (
+        up.listen_port == 51821 and not up.peers and changes == ["set listen port 51820 -> 51821"]
+    )
+
+
 def test_diff_interface_section() -> None:
     want = desired()
     want.listen_port = 51821

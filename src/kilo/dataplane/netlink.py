@@ -13,6 +13,13 @@ longer wanted, and returns what it did (``[]`` when nothing differed). A desired
 collides with a route that is not ours, or names a missing device, is skipped; after doing
 everything else, ``reconcile`` raises ``ReconcileError`` listing those failures and the changes
 it did make.
+
+``reconcile(routes, rules, previous)``, with the routes and rules as last applied without a
+failure, reads no route: those that left are deleted, the new ones added and the changed ones
+replaced (``replace`` also puts back one of ours someone deleted); the rules, when they
+changed, are reconciled as above (a handful, in one small dump). A deletion finding the route
+gone already is not a failure. Drift that this cannot see is repaired by the next call without
+``previous`` (the agent's resync).
 """
 
 from __future__ import annotations
@@ -147,12 +154,24 @@ class Netlink:
 
     # -- writing
 
-    def reconcile(self, routes: Iterable[Route], rules: Iterable[Rule] = ()) -> list[str]:
+    def reconcile(
+        self,
+        routes: Iterable[Route],
+        rules: Iterable[Rule] = (),
+        previous: tuple[Sequence[Route], Sequence[Rule]] | None = None,
+    ) -> list[str]:
         changes: list[str] = []
         failures: list[str] = []
+        want_rules = list(rules)
         with self._ipr() as ipr:
-            self._reconcile_routes(ipr, list(routes), changes, failures)
-            self._reconcile_rules(ipr, list(rules), changes, failures)
+            if previous is None:
+                self._reconcile_routes(ipr, list(routes), changes, failures)
+                self._reconcile_rules(ipr, want_rules, changes, failures)
+            else:
+                old_routes, old_rules = previous
+                self._change_routes(ipr, old_routes, list(routes), changes, failures)
+                if list(old_rules) != want_rules:
+                    self._reconcile_rules(ipr, want_rules, changes, failures)
         if failures:
             raise ReconcileError(failures, changes)
         return changes
@@ -211,6 +230,55 @@ class Netlink:
                 )
                 failures.append(f"{verb} route {r}: {why}")
 
+    def _change_routes(
+        self,
+        ipr: IPRoute,
+        before: Sequence[Route],
+        want: Sequence[Route],
+        changes: list[str],
+        failures: list[str],
+    ) -> None:
+        """From ``before`` (as applied) to ``want``, without reading the routing tables."""
+        old = _keyed(before)
+        new = _keyed(want)
+        index: dict[str, int | None] = {}
+
+        def oif(dev: str) -> int | None:
+            if dev not in index:
+                found = ipr.link_lookup(ifname=dev) if dev else []
+                index[dev] = found[0] if found else None
+            return index[dev]
+
+        for key, r in old.items():
+            if key in new:
+                continue
+            args = {
+                "dst": str(r.dst.network),
+                "table": r.table,
+                "proto": self.proto,
+                "family": socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET,
+            }
+            try:
+                ipr.route("del", **args)
+                changes.append(f"remove route {r}")
+            except NetlinkError as e:
+                if e.code != 3:  # ESRCH: gone already
+                    failures.append(f"remove route {r}: {e}")
+        for key, r in new.items():
+            if old.get(key) == r:
+                continue
+            verb = "add" if key not in old else "replace"
+            i = oif(r.dev)
+            if i is None:
+                failures.append(f"{verb} route {r}: device {r.dev} does not exist")
+                continue
+            try:  # a new one is added, never replaced: a route in the way may not be ours
+                ipr.route(verb, **self._route_args(r, {i: r.dev}))
+                changes.append(f"{verb} route {r}")
+            except NetlinkError as e:
+                why = "a route that is not ours is in the way" if e.code == 17 else str(e)
+                failures.append(f"{verb} route {r}: {why}")
+
     def _reconcile_rules(
         self, ipr: IPRoute, want: Sequence[Rule], changes: list[str], failures: list[str]
     ) -> None:
@@ -244,6 +312,14 @@ class Netlink:
                 changes.append(f"remove rule {h}")
             except NetlinkError as e:
                 failures.append(f"remove rule {h}: {e}")
+
+
+def _keyed(routes: Iterable[Route]) -> dict[tuple[int, str], Route]:
+    """Routes by (table, destination), the first of each (as ``_reconcile_routes`` keeps)."""
+    out: dict[tuple[int, str], Route] = {}
+    for r in map(_canon, routes):
+        out.setdefault((r.table, str(r.dst.network)), r)
+    return out
 
 
 def _same(have: _Rule, want: _Rule) -> bool:

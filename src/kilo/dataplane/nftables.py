@@ -144,12 +144,21 @@ class Nftables:
                 out.append((kind, item[kind]))
         return out
 
-    def apply(self, ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]]) -> list[str]:
-        """Make our tables exactly ``ruleset`` in one transaction; ``[]`` if they already are."""
+    def apply(
+        self,
+        ruleset: HasNftJson | dict[str, Any] | list[dict[str, Any]],
+        previous: HasNftJson | dict[str, Any] | list[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Make our tables exactly ``ruleset`` in one transaction; ``[]`` if they already are.
+        With ``previous`` (the ruleset last applied without a failure) nothing is read first:
+        the tables whose objects differ from it are replaced, and those it held and ``ruleset``
+        does not are deleted."""
         want = desired_objects(ruleset)
         foreign = set(want) - self.owned
         if foreign:
             raise ValueError(f"refusing to touch tables we do not own: {sorted(foreign)}")
+        if previous is not None:
+            return self._change(desired_objects(previous), want)
         existing = self.tables()
         cmds: list[dict[str, Any]] = []
         changes: list[str] = []
@@ -163,13 +172,7 @@ class Nftables:
                     continue
             changes.append(_describe(tid, cur, objs))
             pending[tid] = digest
-            table = {"family": tid[0], "name": tid[1]}
-            cmds += [
-                {"add": {"table": table}},
-                {"delete": {"table": table}},
-                {"add": {"table": table}},
-            ]
-            cmds += [{"add": {kind: obj}} for kind, obj in objs]
+            cmds += _replace_table(tid, objs)
         for tid in sorted(existing - set(want)):
             cmds.append({"delete": {"table": {"family": tid[0], "name": tid[1]}}})
             changes.append(f"delete nft table {' '.join(tid)}")
@@ -179,6 +182,32 @@ class Nftables:
         for tid, digest in pending.items():
             listed = self.current(tid)
             self._learned[tid] = (digest, _canonical(listed or []))
+        return changes
+
+    def _change(
+        self,
+        before: dict[TableId, list[tuple[str, dict[str, Any]]]],
+        want: dict[TableId, list[tuple[str, dict[str, Any]]]],
+    ) -> list[str]:
+        cmds: list[dict[str, Any]] = []
+        changes: list[str] = []
+        pending: dict[TableId, str] = {}
+        for tid, objs in want.items():
+            had = before.get(tid)
+            if had is not None and _canonical(had) == _canonical(objs):
+                continue
+            changes.append(_describe(tid, had, objs))
+            pending[tid] = hashlib.sha256(_canonical(objs).encode()).hexdigest()
+            cmds += _replace_table(tid, objs)
+        for tid in sorted((set(before) & self.owned) - set(want)):
+            cmds.append({"delete": {"table": {"family": tid[0], "name": tid[1]}}})
+            changes.append(f"delete nft table {' '.join(tid)}")
+            self._learned.pop(tid, None)
+        if not cmds:
+            return []
+        self._transaction(cmds)
+        for tid, digest in pending.items():  # what nft made of it, for the next verification
+            self._learned[tid] = (digest, _canonical(self.current(tid) or []))
         return changes
 
     def remove(self) -> list[str]:
@@ -195,6 +224,17 @@ class Nftables:
         p = self._run("-j", "-f", "-", stdin=json.dumps({"nftables": cmds}))
         if p.returncode != 0:
             raise NftError(f"nft -j -f -: {p.stderr.strip()}")
+
+
+def _replace_table(tid: TableId, objs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Commands that make table ``tid`` hold exactly ``objs`` (whether it exists or not)."""
+    table = {"family": tid[0], "name": tid[1]}
+    return [
+        {"add": {"table": table}},
+        {"delete": {"table": table}},
+        {"add": {"table": table}},
+        *({"add": {kind: obj}} for kind, obj in objs),
+    ]
 
 
 def _describe(

@@ -20,7 +20,9 @@ Two implementations sit behind one interface (``Device``), each in a module of i
 ``open_device`` picks one (``Mode.AUTO``: the kernel's if a ``wireguard`` link can be made).
 ``Device.apply(conf)`` diffs the device's current state against the desired ``WgConf`` and sends
 only the differences: an unchanged peer is never named in an update, so its session and last
-handshake survive. It returns a list of human-readable changes (``[]`` when nothing differed).
+handshake survive. ``Device.apply(conf, previous)`` does the same from the config last applied
+instead of the device's state (``diff_confs``: nothing is read). Both return a list of
+human-readable changes (``[]`` when nothing differed).
 """
 
 from __future__ import annotations
@@ -161,6 +163,65 @@ def diff(
     return up, changes
 
 
+def diff_confs(
+    previous: WgConf, desired: WgConf, resolve: Resolver = resolve_endpoint
+) -> tuple[DeviceUpdate, list[str]]:
+    """The update that turns a device holding ``previous`` (as applied last) into one holding
+    ``desired``, computed from the two configs alone (the device is not read).
+
+    Only peers that are new, gone or different are named; a changed peer is set in full
+    (without ``update_only``, so one that went missing from the device comes back), and an
+    unchanged one keeps its session. Endpoints are resolved for the named peers only.
+    """
+    up = DeviceUpdate()
+    changes: list[str] = []
+    if desired.private_key is not None and desired.private_key != previous.private_key:
+        up.private_key = desired.private_key
+        changes.append("set private key")
+    if desired.listen_port is not None and desired.listen_port != previous.listen_port:
+        up.listen_port = desired.listen_port
+        changes.append(f"set listen port {previous.listen_port} -> {desired.listen_port}")
+    before = {p.public_key: p for p in previous.peers}
+    wanted: dict[Key, WgPeer] = {}
+    for p in desired.peers:
+        wanted[p.public_key] = p
+    for key, want in wanted.items():
+        had = before.get(key)
+        if had == want:
+            continue
+        endpoint = resolve(want.endpoint) if want.endpoint is not None else None
+        update = _peer_update(want, endpoint)
+        if update.persistent_keepalive is None:
+            update.persistent_keepalive = 0  # off, also if it was on
+        up.peers.append(update)
+        if had is None:
+            changes.append(
+                f"add peer {key} (endpoint {_ep(endpoint)}, allowed IPs "
+                + ",".join(str(a.network) for a in want.allowed_ips)
+                + ")"
+            )
+        else:
+            changes.append(f"update peer {key}: " + "; ".join(_what_changed(had, want)))
+    for key in before:
+        if key not in wanted:
+            up.peers.append(PeerUpdate(public_key=key, remove=True))
+            changes.append(f"remove peer {key}")
+    return up, changes
+
+
+def _what_changed(had: WgPeer, want: WgPeer) -> list[str]:
+    what = []
+    if had.preshared_key != want.preshared_key:
+        what.append("preshared key")
+    if had.endpoint != want.endpoint:
+        what.append(f"endpoint {had.endpoint or 'none'} -> {want.endpoint or 'none'}")
+    if had.persistent_keepalive != want.persistent_keepalive:
+        what.append(f"keepalive {had.persistent_keepalive} -> {want.persistent_keepalive}")
+    if _nets(had.allowed_ips) != _nets(want.allowed_ips) or not what:
+        what.append("allowed IPs " + ",".join(sorted(_nets(want.allowed_ips))))
+    return what
+
+
 # ---------------------------------------------------------------------------- links
 
 
@@ -260,11 +321,16 @@ class Device(abc.ABC):
     def peers(self) -> list[PeerState]:
         return list(self.state().peers.values())
 
-    def apply(self, desired: WgConf) -> list[str]:
-        """Make the device's config match ``desired``, touching only what differs."""
+    def apply(self, desired: WgConf, previous: WgConf | None = None) -> list[str]:
+        """Make the device's config match ``desired``, touching only what differs: with
+        ``previous`` (the config last applied in full), the difference of the two configs is
+        sent without reading the device; without, the device is read and compared."""
         with self._lock:
             self._conf = desired
-            up, changes = diff(self._get(), desired, self.resolve)
+            if previous is not None:
+                up, changes = diff_confs(previous, desired, self.resolve)
+            else:
+                up, changes = diff(self._get(), desired, self.resolve)
             if not up.empty():
                 self._set(up)
             for c in changes:
