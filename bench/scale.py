@@ -43,8 +43,14 @@ seconds; nothing but check-ins happens in the window):
                device, read through wireguard-go's UAPI socket every 10 ms; p50/p95 over CHANGES
   Peer delete  DELETE of it -> its key gone from the device; p50/p95
 
-Liveness: only Kilo's ``last-seen`` check-ins exist ("compat"); ``--liveness`` takes nothing else
-yet. The check-in traffic is what the agent hears about in that mode.
+Liveness (``--liveness``): "compat" is Kilo's: the other nodes' ``last-seen`` check-ins as
+above, and our kg as Kilo's agents are. "native" is a cluster of our agents only
+(``kg --liveness=native``, docs/design.md): every Node carries ``kilo.squat.ai/liveness: lease``
+and no ``last-seen``, there are no check-ins, and the leader of each other location renews its
+location's Lease (``coordination.k8s.io``, in ``kube-system``) every 60 s (a merge patch of its
+``renewTime``, spread evenly), which is what the agent then hears about; it writes its own
+location's Lease itself. Kilo's kg has no such mode: with ``$KILO_KG`` and ``--liveness
+native`` Kilo is not run.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ from kilo_lab.signals import raise_on
 from kilo.dataplane.uapi import UapiClient, UapiError, socket_path
 from kilo.dataplane.wg_userspace import default_socket_dir
 from kilo.keys import Key
+from kilo.leases import lease_name, lease_object, microtime
 
 TICK = os.sysconf("SC_CLK_TCK")
 IFACE = "kilo0"
@@ -101,7 +108,9 @@ CP_IP, N0_IP, PLEN = "10.201.0.1", "10.201.0.2", 16
 METRICS_PORT = 1107
 REGION = "topology.kubernetes.io/region"
 ANN = "kilo.squat.ai/"
-LIVENESS_MODES = ("compat",)
+LIVENESS_MODES = ("compat", "native")
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+RENEW = 60.0  # s: a leader's Lease renewal period (kilo.leases.RENEW_PERIOD_SECONDS)
 
 # targets (issue: "An agent that costs nothing when nothing changes, and heals in seconds")
 TARGET_CPU = 0.6  # CPU s per minute
@@ -227,7 +236,9 @@ def internal_ip(i: int) -> str:
     return str(ipaddress.ip_address("10.201.1.0") + i)
 
 
-def node_object(i: int, locations: int, key: Key | None, now: int) -> dict[str, Any]:
+def node_object(
+    i: int, locations: int, key: Key | None, now: int, native: bool = False
+) -> dict[str, Any]:
     name = node_name(i)
     meta: dict[str, Any] = {
         "name": name,
@@ -239,6 +250,8 @@ def node_object(i: int, locations: int, key: Key | None, now: int) -> dict[str, 
     }
     if i == 0:
         meta["annotations"] = {ANN + "leader": "true"}
+        if native:
+            meta["annotations"][ANN + "liveness"] = "lease"
     else:
         assert key is not None
         endpoint = ipaddress.ip_address("172.16.0.10") + i
@@ -251,6 +264,9 @@ def node_object(i: int, locations: int, key: Key | None, now: int) -> dict[str, 
             ANN + "wireguard-ip": f"10.4.{i // 256}.{i % 256}/16",
             ANN + "granularity": "location",
         }
+        if native:  # our agents in native liveness: a Lease per location, no check-ins
+            del meta["annotations"][ANN + "last-seen"]
+            meta["annotations"][ANN + "liveness"] = "lease"
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -297,14 +313,29 @@ def random_public_key() -> Key:
     return Key.generate().public()
 
 
-def populate(api: Api, nodes: int, locations: int, peers: int) -> None:
-    """Every Node (node 0 with its status) and every Peer."""
+def lease_holders(nodes: int, locations: int) -> dict[str, str]:
+    """Native liveness: each other location's leader (its first node), by location."""
+    out: dict[str, str] = {}
+    for i in range(1, nodes):
+        loc = location(i, locations)
+        if loc != location(0, locations):
+            out.setdefault(loc, node_name(i))
+    return out
+
+
+def populate(api: Api, nodes: int, locations: int, peers: int, native: bool = False) -> None:
+    """Every Node (node 0 with its status) and every Peer; in native liveness also the other
+    locations' Leases, held by their first nodes."""
     now = int(time.time())
     keys = [random_public_key() for _ in range(nodes)]
     jobs: list[Callable[[], object]] = []
     for i in range(nodes):
-        obj = node_object(i, locations, keys[i] if i else None, now)
+        obj = node_object(i, locations, keys[i] if i else None, now, native)
         jobs.append(functools.partial(api.request, "POST", "/api/v1/nodes", obj))
+    if native:
+        for loc, holder in lease_holders(nodes, locations).items():
+            lease = lease_object(loc, holder, time.time(), "kube-system")
+            jobs.append(functools.partial(api.request, "POST", LEASES, lease))
     for j in range(peers):
         obj = peer_object(f"kpy-peer-{j:05d}", random_public_key(), f"10.5.{j // 256}.{j % 256}/32")
         jobs.append(functools.partial(api.request, "POST", PEERS, obj))
@@ -316,17 +347,41 @@ def populate(api: Api, nodes: int, locations: int, peers: int) -> None:
 # --- the other nodes' check-ins ----------------------------------------------------------------
 
 
-class CheckIns:
-    """Patches ``last-seen`` of nodes 1..N-1, each every ``period`` seconds, spread evenly, from
-    ``workers`` threads; stops at ``stop()`` or after ``limit`` seconds, whichever comes first."""
+#: What a simulated agent writes: (path, the merge patch made when it is due).
+Write = tuple[str, Callable[[], dict[str, Any]]]
 
-    def __init__(self, api: Api, nodes: int, period: float, limit: float, workers: int = 4) -> None:
-        self.api, self.nodes, self.period, self.limit = api, nodes, period, limit
+
+def check_in_writes(nodes: int) -> list[Write]:
+    """Compat liveness: nodes 1..N-1 patch their ``last-seen``."""
+
+    def body() -> dict[str, Any]:
+        return {"metadata": {"annotations": {ANN + "last-seen": str(int(time.time()))}}}
+
+    return [(f"/api/v1/nodes/{node_name(i)}", body) for i in range(1, nodes)]
+
+
+def renewal_writes(nodes: int, locations: int) -> list[Write]:
+    """Native liveness: the other locations' leaders renew their Leases."""
+
+    def body() -> dict[str, Any]:
+        return {"spec": {"renewTime": microtime(time.time())}}
+
+    return [(f"{LEASES}/{lease_name(loc)}", body) for loc in lease_holders(nodes, locations)]
+
+
+class CheckIns:
+    """Makes each of ``writes`` every ``period`` seconds, spread evenly, from ``workers``
+    threads; stops at ``stop()`` or after ``limit`` seconds, whichever comes first."""
+
+    def __init__(
+        self, api: Api, writes: Sequence[Write], period: float, limit: float, workers: int = 4
+    ) -> None:
+        self.api, self.writes, self.period, self.limit = api, list(writes), period, limit
         self.workers = workers
         self.sent = 0
         self.errors = 0
         self.max_lag = 0.0
-        self._q: queue.Queue[tuple[int, float] | None] = queue.Queue(maxsize=10_000)
+        self._q: queue.Queue[tuple[Write, float] | None] = queue.Queue(maxsize=10_000)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -345,11 +400,11 @@ class CheckIns:
             t.join(10)
 
     def rate(self) -> float:
-        return (self.nodes - 1) / self.period
+        return len(self.writes) / self.period
 
     def _dispatch(self) -> None:
         t0 = time.monotonic()
-        others = self.nodes - 1
+        others = len(self.writes)
         step = self.period / others if others else self.period
         k = 0
         try:
@@ -360,7 +415,7 @@ class CheckIns:
                 wait = due - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     break
-                self._q.put((1 + k % others, due))
+                self._q.put((self.writes[k % others], due))
                 k += 1
         finally:
             for _ in range(self.workers):
@@ -372,15 +427,9 @@ class CheckIns:
                 item = self._q.get()
                 if item is None or self._stop.is_set():
                     return
-                i, due = item
-                body = {"metadata": {"annotations": {ANN + "last-seen": str(int(time.time()))}}}
+                (path, body), due = item
                 try:
-                    self.api.request(
-                        "PATCH",
-                        f"/api/v1/nodes/{node_name(i)}",
-                        body,
-                        "application/merge-patch+json",
-                    )
+                    self.api.request("PATCH", path, body(), "application/merge-patch+json")
                     with self._lock:
                         self.sent += 1
                         self.max_lag = max(self.max_lag, time.monotonic() - due)
@@ -473,7 +522,9 @@ class Agent:
     log: pathlib.Path
 
 
-def start_ours(ns: str, work: pathlib.Path, api_kubeconfig: pathlib.Path) -> Agent:
+def start_ours(
+    ns: str, work: pathlib.Path, api_kubeconfig: pathlib.Path, liveness: str = "compat"
+) -> Agent:
     wireguard_go = str(locate("wireguard-go"))
     here = pathlib.Path(__file__).resolve().parent.parent
     pythonpath = os.pathsep.join(
@@ -499,6 +550,8 @@ def start_ours(ns: str, work: pathlib.Path, api_kubeconfig: pathlib.Path) -> Age
         "--clean-up=true",
         "--clean-up-interface=true",
         "--log-level=info",
+        f"--liveness={liveness}",
+        "--lease-namespace=kube-system",
     ]
     proc = procs.start(
         argv,
@@ -632,10 +685,15 @@ def run(
             )
             api = Api(cp)
             t0 = time.monotonic()
-            populate(api, nodes, locations, peers)
+            native = args.liveness == "native"
+            populate(api, nodes, locations, peers, native)
             say(f"  {nodes} nodes, {peers} peers created in {time.monotonic() - t0:.1f} s")
             limit = args.converge_timeout + args.warmup + args.window + 60 + 2 * args.changes * 5
-            check_ins = CheckIns(api, nodes, args.check_in, limit)
+            if native:
+                writes, period = renewal_writes(nodes, locations), RENEW
+            else:
+                writes, period = check_in_writes(nodes), args.check_in
+            check_ins = CheckIns(api, writes, period, limit)
             check_ins.start()
             agent: Agent | None = None
             try:
@@ -644,7 +702,7 @@ def run(
                 if kilo_kg:
                     agent = start_kilo(kilo_kg, n0_ns, work, kubeconfig)
                 else:
-                    agent = start_ours(n0_ns, work, kubeconfig)
+                    agent = start_ours(n0_ns, work, kubeconfig, args.liveness)
                     socket_dir = default_socket_dir(n0_ns)
                 result = measure(args, agent, n0_ns, locations, peers, check_ins, api)
             finally:
@@ -789,7 +847,7 @@ def report(
     events_target = (
         f"<= {TARGET_EVENTS_NATIVE:.0f} (native)"
         if liveness != "compat"
-        else "- (compat: none yet)"
+        else "- (compat: one per check-in)"
     )
     rows = [
         row("CPU s/min (agent + children)", lambda r: r.cpu_total, f"<= {TARGET_CPU}"),
@@ -810,7 +868,8 @@ def report(
     ]
     head = (
         f"{nodes} nodes / {locations} locations / {peers} peers; liveness {liveness}; "
-        f"window {ours.window_s:.0f} s; check-ins {ours.check_ins:.1f}/s "
+        f"window {ours.window_s:.0f} s; "
+        f"{'Lease renewals' if liveness == 'native' else 'check-ins'} {ours.check_ins:.1f}/s "
         f"(errors {ours.check_in_errors}, max lag {ours.check_in_lag:.2f} s); "
         f"{len(ours.add)} adds/deletes"
     )
@@ -842,14 +901,14 @@ def main() -> None:
         default=900.0,
         help="seconds the agent may take to fill its device at the start",
     )
-    ap.add_argument("--liveness", default="compat", help="compat (Kilo's last-seen) only, so far")
+    ap.add_argument(
+        "--liveness",
+        default="compat",
+        choices=LIVENESS_MODES,
+        help="compat: Kilo's last-seen check-ins; native: our agents' Leases (no Kilo run)",
+    )
     ap.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs into DIR")
     args = ap.parse_args()
-    if args.liveness not in LIVENESS_MODES:
-        sys.exit(
-            f"{sys.argv[0]}: --liveness {args.liveness}: not available; the agent only has "
-            f"Kilo's last-seen check-ins (compat); a native liveness mode is future work"
-        )
     given = [args.nodes, args.locations, args.peers]
     if any(v is not None for v in given):
         if any(v is None for v in given):
@@ -866,6 +925,9 @@ def main() -> None:
     except BinaryMissing as e:
         sys.exit(f'{sys.argv[0]}: {e} (eval "$(bash hack/binaries.sh --env)")')
     kilo_kg = os.environ.get("KILO_KG") or None
+    if kilo_kg and args.liveness == "native":
+        say("note: Kilo's kg has no native liveness: not run")
+        kilo_kg = None
     if kilo_kg and not os.access(kilo_kg, os.X_OK):
         sys.exit(f"{sys.argv[0]}: KILO_KG={kilo_kg}: not an executable")
     old = raise_on((signal.SIGTERM, signal.SIGHUP), _Stop)

@@ -274,7 +274,9 @@ class Agent:
 
     # -- native liveness: the locations' Leases --------------------------------------------
     def _lease_seen(self, obj: dict[str, Any]) -> bool:
-        """Take a Lease as read; True if a leader or its validity may have changed."""
+        """Take a Lease as read; True if a leader may have changed. A renewal of a Lease that
+        was valid, by the same holder (every Lease, every minute), changes no leader: it only
+        moves the Lease timer, and costs no plan."""
         lease, problems = lease_from_object(obj)
         self.problems.report(tuple(problems))
         if lease is None:
@@ -283,7 +285,16 @@ class Agent:
         if old is not None and old.resource_version == lease.resource_version:
             return False
         self.leases[lease.location] = lease
-        return old is None or old.holder != lease.holder or old.renewed != lease.renewed
+        now = self.ports.clock.time()
+        renewal = (
+            old is not None
+            and (old.holder, old.duration) == (lease.holder, lease.duration)
+            and lease.renewed >= old.renewed
+            and old.valid(now)
+        )
+        if renewal and self.plan is not None and self.plan.native:
+            self._set_lease_timer(now)
+        return not renewal
 
     def _read_leases(self) -> None:
         fresh: dict[str, Lease] = {}

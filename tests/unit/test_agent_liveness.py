@@ -41,7 +41,7 @@ def cluster(me: str) -> list[Obj]:
 
 
 class NativeRig:
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, resync_period: float = 30.0) -> None:
         self.clock = FakeClock(wall=float(NOW))
         self.backend = FakeBackend(cluster(me))
         self.device = FakeDevice()
@@ -52,7 +52,7 @@ class NativeRig:
             hostname=me, encapsulation=Encapsulation(Strategy.NEVER), liveness=Liveness.NATIVE
         )
         self.agent = Agent(
-            AgentConfig(settings=settings),
+            AgentConfig(settings=settings, resync_period=resync_period),
             Ports(self.backend, self.device, FakeRoutes(), FakeFirewall(), host, FakeFiles(),
                   self.clock, self.prober),
         )  # fmt: skip
@@ -129,3 +129,27 @@ def test_losing_the_race_for_the_lease_follows_the_winner() -> None:
     r.step()  # the conditional write is refused: nothing breaks, nothing changes
     assert r.agent.plan is not None and not r.agent.plan.leader
     assert r.backend.lease_writes == []
+
+
+def test_a_renewal_by_the_same_holder_costs_no_plan_and_a_new_holder_does() -> None:
+    r = NativeRig("b1", resync_period=1000.0)
+    r.backend.put_lease(lease_object(LOC_A, "a1", NOW - 5, "kube-system"))
+    r.step()
+
+    def plans() -> float:
+        return r.agent.metrics.registry.get_sample_value("kilo_reconciles_total") or 0.0
+
+    def write(holder: str) -> None:
+        current, _ = lease_from_object(next(iter(r.backend.lease_objs.values())))
+        r.backend.put_lease(lease_object(LOC_A, holder, r.clock.time(), "kube-system", current))
+
+    before = plans()
+    for _ in range(3):  # a1 renews a's Lease; b1 (renewing its own each minute) plans nothing
+        r.clock.advance(15)
+        write("a1")
+        r.step()
+    assert plans() == before and r.clock.time() - r.agent.leases[LOC_A].renewed < 1
+    r.clock.advance(5)
+    write("a2")  # a hand-over: a new leader for a
+    r.step()
+    assert plans() == before + 1
