@@ -14,14 +14,14 @@ from kilo.wireguard import WgPeer
 from kilo.wireguard import parse as parse_wg
 
 from kilo_lab import pods, procs
+from kilo_lab.console import Check, summary_table
 from kilo_lab.daemons import Daemons
 from kilo_lab.layout import Paths
-from kilo_lab.spec import LabSpec, SpecError, parse
-from kilo_lab.state import Store
-from kilo_lab.console import Check, summary_table
 from kilo_lab.objects import service_docs
 from kilo_lab.peers import WG_PORT, PeerHost, device_conf, link_script, routes_of
 from kilo_lab.poll import Timeout, wait_until
+from kilo_lab.spec import LabSpec, SpecError, parse
+from kilo_lab.state import Store
 
 
 def test_wait_until_returns_the_time_it_took_and_names_what_timed_out() -> None:
