@@ -255,7 +255,21 @@ class ProbeTracker:
             successor_silent=self.silent("successor", now),
         )
 
-    def state(self, now: float) -> tuple[bool, ...]:
-        """One flag per target (silent past the threshold or not): the prober wakes the agent
-        when this changes."""
-        return tuple(now - self._since[k] >= FAIL_AFTER_SECONDS for k in sorted(self._targets))
+    def state(self, now: float) -> tuple[int, ...]:
+        """Per target, how many of the silence thresholds it has passed (0: answering): the
+        prober wakes the agent when this changes. The thresholds are every successor's turn,
+        ``FAIL_AFTER_SECONDS`` and then each ``STAGGER_SECONDS`` more, so the second successor
+        is woken at its turn too (up to ``MAX_STAGGER_STEPS`` successors; further ones wait
+        for the resync)."""
+        return tuple(_steps(now - self._since[k]) for k in sorted(self._targets))
+
+
+#: How many successors' turns the prober wakes the agent for (a silent target then costs at
+#: most this many extra reconciles).
+MAX_STAGGER_STEPS = 8
+
+
+def _steps(silence: float) -> int:
+    if silence < FAIL_AFTER_SECONDS:
+        return 0
+    return 1 + min(MAX_STAGGER_STEPS, int((silence - FAIL_AFTER_SECONDS) // STAGGER_SECONDS))

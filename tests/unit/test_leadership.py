@@ -216,6 +216,20 @@ def test_tracker_needs_one_answer_before_a_tunnel_counts_as_dead() -> None:
     assert t.health(12.9).holder_silent == pytest.approx(0.3)
 
 
+def test_the_prober_wakes_every_successor_at_its_turn() -> None:
+    """The agent is woken when the probe state changes: at each successor's turn (1 s, 2 s,
+    ...), not only at the first, or the second successor would wait for the resync."""
+    t = ProbeTracker()
+    t.set_targets([ProbeTarget("holder", "a1", "10.1.0.1")], 0.0)
+    states = [t.state(x / 10) for x in range(0, 45)]
+    changes = [x / 10 for x in range(1, 45) if states[x] != states[x - 1]]
+    assert changes == [FAIL_AFTER_SECONDS, FAIL_AFTER_SECONDS + STAGGER_SECONDS,
+                       FAIL_AFTER_SECONDS + 2 * STAGGER_SECONDS, 4.0]  # fmt: skip
+    t.replied("10.1.0.1", 5.0)
+    assert t.state(5.1) == states[0]  # answering again
+    assert t.state(1e6) == t.state(2e6)  # a bounded number of wake-ups
+
+
 def test_lease_roundtrip_and_names() -> None:
     obj = lease_object("location:eu west/1", "node-1", NOW + 0.25, "kube-system")
     got, problems = lease_from_object(obj)

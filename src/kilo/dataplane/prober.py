@@ -84,7 +84,7 @@ class UdpProber:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        state: tuple[bool, ...] = ()
+        state: tuple[int, ...] = ()
         next_send = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
