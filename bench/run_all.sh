@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every benchmark in bench/ one after the other (as root) and prints their tables.
-#   bash bench/run_all.sh            # about 17 minutes (scale.py alone 10); the lab benchmarks need hack/setup.sh
+#   bash bench/run_all.sh            # about 20 minutes (scale.py alone 10); the lab benchmarks need hack/setup.sh
 # Each lab benchmark brings up its own lab under a random name and always tears it down.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 failed=()
-for b in plan peer_latency node_join throughput agent_idle scale; do
+for b in plan peer_latency node_join failover throughput agent_idle scale; do
   printf '\n=== bench/%s.py ===\n' "$b"
   start=$SECONDS
   if ! "$PY" "bench/$b.py"; then

@@ -4,6 +4,7 @@ peer's Peer object and WireGuard config, the Service objects, the summary table.
 from __future__ import annotations
 
 import ipaddress
+import pathlib
 import time
 
 import pytest
@@ -14,9 +15,13 @@ from kilo.wireguard import parse as parse_wg
 
 from kilo_lab import pods, procs
 from kilo_lab.console import Check, summary_table
+from kilo_lab.daemons import Daemons
+from kilo_lab.layout import Paths
 from kilo_lab.objects import service_docs
 from kilo_lab.peers import WG_PORT, PeerHost, device_conf, link_script, routes_of
 from kilo_lab.poll import Timeout, wait_until
+from kilo_lab.spec import LabSpec, SpecError, parse
+from kilo_lab.state import Store
 
 
 def test_wait_until_returns_the_time_it_took_and_names_what_timed_out() -> None:
@@ -84,3 +89,35 @@ def test_start_time_tells_a_reused_pid_apart() -> None:
     me = os.getpid()
     assert procs.alive(me) and procs.alive(me, procs.start_time(me))
     assert not procs.alive(me, (procs.start_time(me) or 0) + 1)
+
+
+def _liveness_lab(**cluster: object) -> dict[str, object]:
+    return {
+        "name": "t",
+        "clusters": [
+            {
+                "name": "c1",
+                **cluster,
+                "locations": [{"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]}],
+            }
+        ],
+    }
+
+
+def test_a_clusters_liveness_mode_is_passed_to_every_kg(tmp_path: pathlib.Path) -> None:
+    compat = parse(_liveness_lab())
+    assert compat.cluster("c1").liveness == "compat"
+    native = parse(_liveness_lab(liveness="native"))
+    assert native.cluster("c1").liveness == "native"
+
+    def argv(spec: LabSpec, node: str) -> list[str]:
+        d = Daemons(lambda: spec, Paths(tmp_path), Store(tmp_path), lambda h: f"kpy-t-{h}")
+        return d.agent_argv(node)
+
+    assert not [a for a in argv(compat, "a1") if a.startswith(("--liveness", "--lease-"))]
+    for node in ("a1", "a2"):
+        args = argv(native, node)
+        assert "--liveness=native" in args
+        assert "--lease-namespace=kube-system" in args
+    with pytest.raises(SpecError, match="liveness"):
+        parse(_liveness_lab(liveness="lease"))

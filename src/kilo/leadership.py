@@ -36,6 +36,9 @@ PROBE_INTERVAL_SECONDS = 0.2
 FAIL_AFTER_SECONDS = 1.0
 #: Extra silence each further successor waits before it takes over.
 STAGGER_SECONDS = 1.0
+#: Of two leaders probing each other through the tunnel, the one with the greater name waits
+#: this long before probing a new peer (see ``ProbeTarget.hold_off``).
+HOLD_OFF_SECONDS = 0.5
 
 
 class Liveness(str, enum.Enum):
@@ -168,11 +171,20 @@ def decide(
 @dataclass(frozen=True)
 class ProbeTarget:
     """Whom this node probes, and why: ``holder`` and ``successor`` over the private network,
-    ``tunnel`` another location's leader through the WireGuard tunnel."""
+    ``tunnel`` another location's leader through the WireGuard tunnel.
+
+    ``hold_off``: wait ``HOLD_OFF_SECONDS`` before the first probe to this target (or to a new
+    node at its address). Two leaders that probe each other through a tunnel both configure
+    the new peer within milliseconds of each other (a Node deleted: every agent sees it at
+    once); their first probes then make both WireGuard ends send a handshake initiation at the
+    same moment, each consumes the other's, each rejects the response to its own, and nothing
+    moves until WireGuard retries 5 s later (seen in the lab). So only the one with the smaller
+    name probes at once."""
 
     role: str
     name: str
     address: str
+    hold_off: bool = False
 
 
 def probe_targets(
@@ -197,7 +209,8 @@ def probe_targets(
         for s in topology.segments:
             if s.location == topology.location or s.wireguard_ip is None:
                 continue
-            out.append(ProbeTarget("tunnel", s.hostnames[s.leader], str(s.wireguard_ip)))
+            name = s.hostnames[s.leader]
+            out.append(ProbeTarget("tunnel", name, str(s.wireguard_ip), hold_off=me > name))
     return tuple(out)
 
 
@@ -218,19 +231,34 @@ class ProbeTracker:
         self._targets: dict[tuple[str, str], ProbeTarget] = {}
         self._since: dict[tuple[str, str], float] = {}  # probing started or last reply
         self._answered: set[tuple[str, str]] = set()  # replied at least once
+        self._appeared: dict[tuple[str, str], float] = {}  # when this node became the target
 
     def set_targets(self, targets: Iterable[ProbeTarget], now: float) -> None:
+        """The targets from now on. A target whose node changed at the same address (another
+        location's new leader has its WireGuard IP) starts afresh: silent from now, never
+        answered."""
         fresh = {(t.role, t.address): t for t in targets}
         for k in list(self._since):
-            if k not in fresh:
+            old = self._targets.get(k)
+            if k not in fresh or (old is not None and old.name != fresh[k].name):
                 del self._since[k]
                 self._answered.discard(k)
+                self._appeared.pop(k, None)
         for k in fresh:
             self._since.setdefault(k, now)
+            self._appeared.setdefault(k, now)
         self._targets = fresh
 
     def targets(self) -> list[ProbeTarget]:
         return list(self._targets.values())
+
+    def due(self, now: float) -> list[ProbeTarget]:
+        """The targets to probe now: all but those still in their hold-off."""
+        return [
+            t
+            for k, t in self._targets.items()
+            if not t.hold_off or now - self._appeared.get(k, now) >= HOLD_OFF_SECONDS
+        ]
 
     def replied(self, address: str, now: float) -> None:
         for k in self._targets:
@@ -255,7 +283,21 @@ class ProbeTracker:
             successor_silent=self.silent("successor", now),
         )
 
-    def state(self, now: float) -> tuple[bool, ...]:
-        """One flag per target (silent past the threshold or not): the prober wakes the agent
-        when this changes."""
-        return tuple(now - self._since[k] >= FAIL_AFTER_SECONDS for k in sorted(self._targets))
+    def state(self, now: float) -> tuple[int, ...]:
+        """Per target, how many of the silence thresholds it has passed (0: answering): the
+        prober wakes the agent when this changes. The thresholds are every successor's turn,
+        ``FAIL_AFTER_SECONDS`` and then each ``STAGGER_SECONDS`` more, so the second successor
+        is woken at its turn too (up to ``MAX_STAGGER_STEPS`` successors; further ones wait
+        for the resync)."""
+        return tuple(_steps(now - self._since[k]) for k in sorted(self._targets))
+
+
+#: How many successors' turns the prober wakes the agent for (a silent target then costs at
+#: most this many extra reconciles).
+MAX_STAGGER_STEPS = 8
+
+
+def _steps(silence: float) -> int:
+    if silence < FAIL_AFTER_SECONDS:
+        return 0
+    return 1 + min(MAX_STAGGER_STEPS, int((silence - FAIL_AFTER_SECONDS) // STAGGER_SECONDS))

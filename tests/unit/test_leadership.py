@@ -9,6 +9,7 @@ import pytest
 from kilo.keys import Key
 from kilo.leadership import (
     FAIL_AFTER_SECONDS,
+    HOLD_OFF_SECONDS,
     STAGGER_SECONDS,
     Action,
     Health,
@@ -214,6 +215,51 @@ def test_tracker_needs_one_answer_before_a_tunnel_counts_as_dead() -> None:
     assert t.health(12.5).holder_silent == pytest.approx(0.5)
     t.replied("10.1.0.1", 12.6)
     assert t.health(12.9).holder_silent == pytest.approx(0.3)
+
+
+def test_the_prober_wakes_every_successor_at_its_turn() -> None:
+    """The agent is woken when the probe state changes: at each successor's turn (1 s, 2 s,
+    ...), not only at the first, or the second successor would wait for the resync."""
+    t = ProbeTracker()
+    t.set_targets([ProbeTarget("holder", "a1", "10.1.0.1")], 0.0)
+    states = [t.state(x / 10) for x in range(0, 45)]
+    changes = [x / 10 for x in range(1, 45) if states[x] != states[x - 1]]
+    assert changes == [FAIL_AFTER_SECONDS, FAIL_AFTER_SECONDS + STAGGER_SECONDS,
+                       FAIL_AFTER_SECONDS + 2 * STAGGER_SECONDS, 4.0]  # fmt: skip
+    t.replied("10.1.0.1", 5.0)
+    assert t.state(5.1) == states[0]  # answering again
+    assert t.state(1e6) == t.state(2e6)  # a bounded number of wake-ups
+
+
+def test_of_two_leaders_only_the_smaller_name_probes_a_new_peer_at_once() -> None:
+    """Leaders probe each other through the tunnel; both first probes at once make WireGuard's
+    two ends cross their handshakes (5 s lost), so the greater name holds off."""
+    p = plan_of("b1", view(objs()), Liveness.NATIVE)
+    tunnels = {t.name: t.hold_off for t in p.probes if t.role == "tunnel"}
+    assert tunnels == {"a1": True, "c1": False}
+    assert not [t for t in p.probes if t.role != "tunnel" and t.hold_off]
+
+
+def test_a_held_off_target_is_probed_after_the_hold_off_and_a_new_node_starts_afresh() -> None:
+    t = ProbeTracker()
+    a1 = ProbeTarget("tunnel", "a1", "10.4.0.1", hold_off=True)
+    c1 = ProbeTarget("tunnel", "c1", "10.4.0.3")
+    t.set_targets([a1, c1], 0.0)
+    assert t.due(0.0) == [c1]
+    assert t.due(HOLD_OFF_SECONDS) == [a1, c1]
+    t.replied("10.4.0.1", 2.0)
+    t.set_targets([a1, c1], 3.0)  # the same targets: nothing starts again
+    assert t.due(3.0) == [a1, c1] and t.silent("tunnel", 3.0) == pytest.approx(1.0 + 2.0)
+    a2 = ProbeTarget("tunnel", "a2", "10.4.0.1", hold_off=True)  # location a's new leader
+    t.set_targets([a2, c1], 4.0)
+    assert t.due(4.0) == [c1] and t.due(4.0 + HOLD_OFF_SECONDS) == [a2, c1]
+    assert t.silent("tunnel", 4.2) == pytest.approx(4.2)  # c1 (never answered) since 0.0
+    alone = ProbeTracker()
+    alone.set_targets([a1], 0.0)
+    alone.replied("10.4.0.1", 1.0)
+    alone.set_targets([a2], 2.0)
+    assert alone.silent("tunnel", 2.5) == pytest.approx(0.5)  # a2's silence from 2.0
+    assert not alone.health(9.0).tunnel_dead  # a2 never answered: a1's answers do not count
 
 
 def test_lease_roundtrip_and_names() -> None:

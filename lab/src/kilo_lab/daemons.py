@@ -28,6 +28,16 @@ KG_ARGV_ENV = "KPY_LAB_KG"  # override how kg is started (a shell-like argv pref
 WIREGUARD_GO_ENV = env_var("wireguard-go")  # KILO_BIN_WIREGUARD_GO, which kg reads
 
 
+LEASE_NAMESPACE = "kube-system"  # where kg keeps the leader Leases in the native mode
+
+
+def liveness_args(mode: str) -> list[str]:
+    """kg's liveness flags for a cluster's mode (none in compat: kg's default, as before)."""
+    if mode == "native":
+        return ["--liveness=native", f"--lease-namespace={LEASE_NAMESPACE}"]
+    return []
+
+
 class Daemons:
     """kg and kube-proxy on the nodes of one lab; every process is recorded in the state."""
 
@@ -104,6 +114,7 @@ class Daemons:
             f"--service-cidr={c.service_cidr}",
             f"--listen={n.mgmt_ip}:{METRICS_PORT}",
             "--wireguard=userspace",
+            *liveness_args(c.liveness),
             *c.agent_args,
         ]
 

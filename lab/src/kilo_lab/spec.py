@@ -10,6 +10,7 @@ A YAML (or dict) like::
         serviceCIDR: 10.3.0.0/16
         subnet: 10.4.0.0/16            # kg --subnet (WireGuard IPs)
         granularity: location          # kg --mesh-granularity
+        liveness: compat               # kg --liveness (native: Leases in kube-system)
         locations:
           - name: aws                  # topology.kubernetes.io/region=aws
             cidr: 10.10.1.0/24         # the location's LAN (kg --internal-cidr)
@@ -47,6 +48,7 @@ IPv4Addr = ipaddress.IPv4Address
 FORBIDDEN = ipaddress.ip_network("192.0.2.0/24")
 DEFAULT_INTERNET = ("198.51.100.0/24", "203.0.113.0/24")
 GRANULARITIES = ("location", "full", "cross")
+LIVENESS_MODES = ("compat", "native")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class ClusterSpec:
     locations: tuple[LocationSpec, ...]
     node_prefix: int = 24
     agent_args: tuple[str, ...] = ()
+    liveness: str = "compat"  # kg --liveness (native: leader Leases in kube-system, probes)
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -213,6 +216,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
             "nodePrefix",
             "locations",
             "agentArgs",
+            "liveness",
         },
     )
     name = fields.as_name(raw.get("name", f"c{k + 1}"), f"clusters[{k}].name")
@@ -224,6 +228,9 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     gran = str(raw.get("granularity", "location"))
     if gran not in GRANULARITIES:
         raise SpecError(f"{where}: granularity {gran!r}: one of {', '.join(GRANULARITIES)}")
+    liveness = str(raw.get("liveness", "compat"))
+    if liveness not in LIVENESS_MODES:
+        raise SpecError(f"{where}: liveness {liveness!r}: one of {', '.join(LIVENESS_MODES)}")
     prefix = int(raw.get("nodePrefix", 24))
     if not pod.prefixlen <= prefix <= 30:
         raise SpecError(f"{where}: nodePrefix {prefix} does not fit podCIDR {pod}")
@@ -311,6 +318,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
         locations=tuple(locations),
         node_prefix=prefix,
         agent_args=args,
+        liveness=liveness,
     )
 
 

@@ -84,7 +84,7 @@ class UdpProber:
     def _run(self) -> None:
         sock = self._sock
         assert sock is not None
-        state: tuple[bool, ...] = ()
+        state: tuple[int, ...] = ()
         next_send = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
@@ -102,7 +102,7 @@ class UdpProber:
 
     def _send_all(self, sock: socket.socket) -> None:
         with self._lock:
-            addresses = {t.address for t in self.tracker.targets()}
+            addresses = {t.address for t in self.tracker.due(time.monotonic())}
         for address in addresses:
             try:
                 sock.sendto(PROBE + self._token, (_wire(address), self.port))
