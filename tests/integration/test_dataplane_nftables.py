@@ -167,6 +167,13 @@ def test_a_change_from_what_was_applied_replaces_the_table_without_reading_it(ns
     assert fw.apply(ruleset("10.5.0.0/24"), ruleset()) == [
         "replace nft table inet kilo (+1 -0 rules)"
     ]
-    assert reads == [("-j", "list", "table", "inet", "kilo")]  # only what nft made of it
+    assert reads == [("-s", "list", "table", "inet", "kilo")]  # its plain listing, after
     assert "ip daddr 10.5.0.0/24 return" in nft(ns, "list", "table", "inet", "kilo")
+    reads.clear()
     assert fw.apply(ruleset("10.5.0.0/24")) == []  # verified against the kernel: the same
+    assert ("-j", "list", "table", "inet", "kilo") not in reads  # by the plain listing alone
+    # An edit by someone else shows in the plain listing: read in full, and put back.
+    nft(ns, "add", "rule", "inet", "kilo", NAT_CHAIN, "ip", "daddr", "10.66.0.0/16", "accept")
+    assert fw.apply(ruleset("10.5.0.0/24")) == ["replace nft table inet kilo (+0 -1 rules)"]
+    assert "10.66.0.0" not in nft(ns, "list", "table", "inet", "kilo")
+    assert fw.apply(ruleset("10.5.0.0/24")) == []

@@ -20,12 +20,20 @@ replaced (``replace`` also puts back one of ours someone deleted); the rules, wh
 changed, are reconciled as above (a handful, in one small dump). A deletion finding the route
 gone already is not a failure. Drift that this cannot see is repaired by the next call without
 ``previous`` (the agent's resync).
+
+That verification reads our routes first through ``ip -N -j route show table all proto 107``
+(iproute2 lists thousands of routes in milliseconds, where decoding the same netlink dump in
+Python takes a third of a second at 3,000 routes): when they are exactly the desired ones,
+nothing else is read for them; otherwise, or without ``ip``, the dump above decides and repairs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -147,6 +155,33 @@ class Netlink:
                 )
         return out
 
+    def _listed(self) -> list[_Listed] | None:
+        """Our routes as iproute2 lists them, sorted; None when it cannot (no ``ip``)."""
+        ip = shutil.which("ip")
+        if ip is None:
+            return None
+        argv = [ip, "-N", "-j"]
+        if self.netns and "/" in self.netns:
+            argv = ["nsenter", f"--net={self.netns}", "--", *argv]
+        elif self.netns:
+            argv += ["-n", self.netns]
+        out: list[_Listed] = []
+        for fam in ("-4", "-6"):
+            cmd = [*argv, fam, "route", "show", "table", "all", "proto", str(self.proto)]
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+                items = json.loads(p.stdout or "[]") if p.returncode == 0 else None
+            except (OSError, subprocess.SubprocessError, ValueError):
+                return None
+            if not isinstance(items, list):
+                return None
+            for item in items:
+                listed = _from_ip_json(item, fam == "-6")
+                if listed is None:
+                    return None
+                out.append(listed)
+        return sorted(out)
+
     def routes(self) -> list[Route]:
         """Our routes as they are now."""
         with self._ipr() as ipr:
@@ -163,13 +198,15 @@ class Netlink:
         changes: list[str] = []
         failures: list[str] = []
         want_rules = list(rules)
+        want_routes = list(routes)
         with self._ipr() as ipr:
             if previous is None:
-                self._reconcile_routes(ipr, list(routes), changes, failures)
+                if self._listed() != _listing_of(want_routes):
+                    self._reconcile_routes(ipr, want_routes, changes, failures)
                 self._reconcile_rules(ipr, want_rules, changes, failures)
             else:
                 old_routes, old_rules = previous
-                self._change_routes(ipr, old_routes, list(routes), changes, failures)
+                self._change_routes(ipr, old_routes, want_routes, changes, failures)
                 if list(old_rules) != want_rules:
                     self._reconcile_rules(ipr, want_rules, changes, failures)
         if failures:
@@ -312,6 +349,46 @@ class Netlink:
                 changes.append(f"remove rule {h}")
             except NetlinkError as e:
                 failures.append(f"remove rule {h}: {e}")
+
+
+#: A route as compared with iproute2's listing: table, destination, device, gateway, source,
+#: onlink.
+_Listed = tuple[int, str, str, str, str, bool]
+
+
+def _listing_of(routes: Iterable[Route]) -> list[_Listed]:
+    """The desired routes as ``_listed`` would list them once applied."""
+    return sorted(
+        (
+            r.table,
+            str(r.dst.network),
+            r.dev,
+            "" if r.gw is None else str(r.gw),
+            "" if r.src is None else str(r.src),
+            r.onlink,
+        )
+        for r in _keyed(routes).values()
+    )
+
+
+def _from_ip_json(item: object, v6: bool) -> _Listed | None:
+    """One route of ``ip -N -j route show``; None if it has a shape we do not compare."""
+    if not isinstance(item, dict):
+        return None
+    dst, dev = item.get("dst"), item.get("dev")
+    if not isinstance(dst, str) or not isinstance(dev, str) or "type" in item:
+        return None  # unicast routes only: anything else goes to the full comparison
+    if dst == "default":
+        dst = "::/0" if v6 else "0.0.0.0/0"
+    try:
+        net = str(ipaddress.ip_network(dst if "/" in dst else f"{dst}/{128 if v6 else 32}"))
+        table = int(str(item.get("table", 254)))
+    except ValueError:
+        return None
+    gw, src, flags = item.get("gateway", ""), item.get("prefsrc", ""), item.get("flags", [])
+    if not isinstance(gw, str) or not isinstance(src, str) or not isinstance(flags, list):
+        return None
+    return (table, net, dev, gw, src, "onlink" in flags)
 
 
 def _keyed(routes: Iterable[Route]) -> dict[tuple[int, str], Route]:
