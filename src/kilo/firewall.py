@@ -15,11 +15,12 @@ chain, did override a later drop there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kilo.model import Prefix, host_prefix
-from kilo.prefixes import addr_text, net_key
+from kilo.prefixes import addr_text, net_key, net_text, outermost
 from kilo.topology import Topology
 
 TABLE = "kilo"
@@ -31,12 +32,31 @@ class Match(NamedTuple):
     prefix: Prefix
 
 
+class SetMatch(NamedTuple):
+    """A match on an address set of the table (``ip daddr @name``)."""
+
+    field: str  # "saddr" or "daddr"
+    name: str
+    version: int  # 4 or 6
+
+
+class AddrSet(NamedTuple):
+    """A named interval set of networks, none inside another, in address order."""
+
+    name: str
+    version: int
+    elements: tuple[Prefix, ...]
+
+    def texts(self) -> list[str]:
+        return [net_text(p) for p in self.elements]
+
+
 class FwRule(NamedTuple):
     """One rule (immutable; named tuples, as ``kilo.routes.Route``)."""
 
     chain: str
     verdict: str  # "return", "accept", "masquerade", "jump kilo-nat"
-    match: Match | None = None
+    match: Match | SetMatch | None = None
     comment: str = ""
 
 
@@ -53,25 +73,70 @@ class Ruleset:
     table: str = TABLE
     base_chains: list[BaseChain] = field(default_factory=list)
     chains: list[str] = field(default_factory=list)
+    sets: list[AddrSet] = field(default_factory=list)
     rules: list[FwRule] = field(default_factory=list)
     _seen: set[tuple[str, str, object]] = field(default_factory=set, repr=False, compare=False)
+    _json: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
-    def add(self, chain: str, verdict: str, match: Match | None = None, comment: str = "") -> None:
+    def add(
+        self, chain: str, verdict: str, match: Match | SetMatch | None = None, comment: str = ""
+    ) -> None:
         """Append a rule unless the same chain already has the same match and verdict."""
-        key = (chain, verdict, None if match is None else (match.field, net_key(match.prefix)))
+        key = (chain, verdict, _match_key(match))
         if key not in self._seen:
             self._seen.add(key)
+            self._json = None
             self.rules.append(FwRule(chain, verdict, match, comment))
 
+    def add_sets(
+        self, chain: str, verdict: str, field: str, name: str, prefixes: Iterable[Prefix], what: str
+    ) -> None:
+        """Sets ``name-ipv4`` and ``name-ipv6`` of ``prefixes`` (those of a family with any)
+        and a rule matching each: one rule for any number of networks."""
+        for version, elements in zip((4, 6), outermost(prefixes), strict=True):
+            if not elements:
+                continue
+            set_name = f"{name}-ipv{version}"
+            if all(s.name != set_name for s in self.sets):
+                self._json = None
+                self.sets.append(AddrSet(set_name, version, tuple(elements)))
+            self.add(chain, verdict, SetMatch(field, set_name, version), what)
+
+    def set_named(self, name: str) -> AddrSet | None:
+        return next((s for s in self.sets if s.name == name), None)
+
+    def expanded(self, chain: str) -> list[tuple[str, str | None, str | None]]:
+        """The rules of ``chain`` as (verdict, field, CIDR), one per network of a set."""
+        out: list[tuple[str, str | None, str | None]] = []
+        for r in self.rules:
+            if r.chain != chain:
+                continue
+            m = r.match
+            if m is None:
+                out.append((r.verdict, None, None))
+            elif isinstance(m, SetMatch):
+                st = self.set_named(m.name)
+                out += [(r.verdict, m.field, t) for t in (st.texts() if st else [])]
+            else:
+                out.append((r.verdict, m.field, net_text(m.prefix)))
+        return out
+
     def nft_json(self) -> dict[str, Any]:
-        """One nft transaction: (re)create the table, then chains and rules
-        (for ``nft -j -f -``)."""
+        """One nft transaction: (re)create the table, then its sets, chains and rules
+        (for ``nft -j -f -``); made once (a ruleset is not changed after it is built)."""
+        if self._json is None:
+            self._json = self._make_json()
+        return self._json
+
+    def _make_json(self) -> dict[str, Any]:
         fam = "inet"
         cmds: list[dict[str, Any]] = [
             {"add": {"table": {"family": fam, "name": self.table}}},
             {"delete": {"table": {"family": fam, "name": self.table}}},
             {"add": {"table": {"family": fam, "name": self.table}}},
         ]
+        for st in self.sets:
+            cmds.append({"add": {"set": _set_json(self.table, st)}})
         for c in self.base_chains:
             cmds.append(
                 {
@@ -107,22 +172,47 @@ class Ruleset:
         return {"nftables": cmds}
 
 
+def _match_key(m: Match | SetMatch | None) -> object:
+    if m is None:
+        return None
+    if isinstance(m, SetMatch):
+        return (m.field, "@" + m.name)
+    return (m.field, net_key(m.prefix))
+
+
+def _element(p: Prefix) -> Any:
+    """A network as nft JSON: an address for a one-address network, else a prefix."""
+    version, _, plen = net_key(p)
+    addr = addr_text(p)
+    return (
+        addr if plen == (32 if version == 4 else 128) else {"prefix": {"addr": addr, "len": plen}}
+    )
+
+
+def _set_json(table: str, st: AddrSet) -> dict[str, Any]:
+    return {
+        "family": "inet",
+        "table": table,
+        "name": st.name,
+        "type": "ipv4_addr" if st.version == 4 else "ipv6_addr",
+        "flags": ["interval"],
+        "elem": [_element(p) for p in st.elements],
+    }
+
+
 def _expr(r: FwRule) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if r.match is not None:
-        version, _, plen = net_key(r.match.prefix)
-        proto = "ip" if version == 4 else "ip6"
-        addr = addr_text(r.match.prefix)
-        right: Any = (
-            addr
-            if plen == (32 if version == 4 else 128)
-            else {"prefix": {"addr": addr, "len": plen}}
-        )
+    m = r.match
+    if m is not None:
+        if isinstance(m, SetMatch):
+            proto, right = ("ip" if m.version == 4 else "ip6"), f"@{m.name}"
+        else:
+            proto, right = ("ip" if net_key(m.prefix)[0] == 4 else "ip6"), _element(m.prefix)
         out.append(
             {
                 "match": {
                     "op": "==",
-                    "left": {"payload": {"protocol": proto, "field": r.match.field}},
+                    "left": {"payload": {"protocol": proto, "field": m.field}},
                     "right": right,
                 }
             }
@@ -168,30 +258,29 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
         elif t.subnet is not None:
             forward(t.subnet, "the node's pod subnet")
 
-    def no_nat(prefix: Prefix, what: str) -> None:
-        rs.add(
+    jump = f"jump {NAT_CHAIN}"
+    location = [a for s in t.segments if s.location == t.location for a in s.allowed_location_ips]
+    rs.add_sets("postrouting", jump, "daddr", "location", location, "Kilo: jump to NAT chain")
+    peers = [a for p in t.peers for a in p.allowed_ips]
+    rs.add_sets("postrouting", jump, "saddr", "peers", peers, "Kilo: jump to NAT chain")
+
+    def no_nat(name: str, prefixes: Iterable[Prefix], what: str) -> None:
+        rs.add_sets(
             NAT_CHAIN,
             "return",
-            Match("daddr", prefix),
+            "daddr",
+            name,
+            prefixes,
             f"Kilo: do not NAT packets destined for {what}",
         )
 
-    def jump(field: str, prefix: Prefix) -> None:
-        rs.add("postrouting", f"jump {NAT_CHAIN}", Match(field, prefix), "Kilo: jump to NAT chain")
-
-    for s in t.segments:
-        if s.wireguard_ip is not None:
-            no_nat(host_prefix(s.wireguard_ip), "WireGuard IPs")
-        for a in s.allowed_ips:
-            no_nat(a, "known IPs")
-        if s.location == t.location:
-            for a in s.allowed_location_ips:
-                jump("daddr", a)
-    for p in t.peers:
-        for a in p.allowed_ips:
-            jump("saddr", a)
-            no_nat(a, "peers")
-    for c in t.service_cidrs:
-        no_nat(c, "service CIDRs")
+    no_nat(
+        "wireguard",
+        [host_prefix(s.wireguard_ip) for s in t.segments if s.wireguard_ip is not None],
+        "WireGuard IPs",
+    )
+    no_nat("known", [a for s in t.segments for a in s.allowed_ips], "known IPs")
+    no_nat("peers", peers, "peers")
+    no_nat("services", t.service_cidrs, "service CIDRs")
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs

@@ -13,6 +13,7 @@ never changes, so a kept answer is the answer.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 from kilo.model import Prefix, host_prefix
@@ -52,6 +53,28 @@ def span(p: Prefix) -> tuple[int, int, int]:
         v, lo, plen = net_key(p)
         s = d["_k_span"] = (v, lo, lo + (1 << ((32 if v == 4 else 128) - plen)) - 1)
     return s
+
+
+def outermost(prefixes: Iterable[Prefix]) -> tuple[list[Prefix], list[Prefix]]:
+    """The networks of ``prefixes`` that no other one contains, IPv4 and IPv6 apart, each in
+    address order: what an nftables interval set takes (it refuses overlapping elements) and
+    matches the same addresses as all of them. Two CIDRs are disjoint or nested, so after
+    sorting by (first address, prefix length) a network is contained exactly when it starts
+    before the end of the last one kept."""
+    v4: dict[int, Prefix] = {}
+    v6: dict[int, Prefix] = {}
+    for p in prefixes:
+        v, lo, plen = net_key(p)
+        (v4 if v == 4 else v6)[lo << 8 | plen] = p
+    out: tuple[list[Prefix], list[Prefix]] = ([], [])
+    for bits, by_key, kept in ((32, v4, out[0]), (128, v6, out[1])):
+        end = -1
+        for k in sorted(by_key):
+            lo = k >> 8
+            if lo > end:
+                kept.append(by_key[k])
+                end = lo + (1 << (bits - (k & 255))) - 1
+    return out
 
 
 def text(p: Prefix) -> str:

@@ -177,3 +177,57 @@ def test_a_change_from_what_was_applied_replaces_the_table_without_reading_it(ns
     assert fw.apply(ruleset("10.5.0.0/24")) == ["replace nft table inet kilo (+0 -1 rules)"]
     assert "10.66.0.0" not in nft(ns, "list", "table", "inet", "kilo")
     assert fw.apply(ruleset("10.5.0.0/24")) == []
+
+
+def sets_ruleset(*peers: str) -> Ruleset:
+    """A ruleset of address sets, as ``kilo.firewall.ruleset`` makes them."""
+    rs = Ruleset()
+    rs.base_chains.append(BaseChain("postrouting", "nat", "postrouting", 100))
+    rs.chains.append(NAT_CHAIN)
+    known = [
+        P(c) for c in ("10.2.0.0/16", "10.2.1.0/24", "10.2.1.7/32", "10.3.0.0/24", "fd00::/64")
+    ]
+    rs.add_sets(NAT_CHAIN, "return", "daddr", "known", known, "Kilo: known")
+    rs.add_sets(NAT_CHAIN, "return", "daddr", "peers", [P(c) for c in peers], "Kilo: peers")
+    rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
+    return rs
+
+
+def test_sets_of_nested_networks_and_element_changes(ns: str) -> None:
+    fw = Nftables(netns=ns)
+    # nested and duplicated networks would be refused by an interval set: only the outermost go
+    assert fw.apply(sets_ruleset("10.5.0.1/32", "10.5.0.1/32")) == [
+        "create nft table inet kilo (5 objects, 4 rules)"
+    ]
+    listed = nft(ns, "list", "table", "inet", "kilo")
+    assert "10.2.0.0/16" in listed and "10.2.1.0/24" not in listed and "fd00::/64" in listed
+    assert "ip daddr @known-ipv4 return" in listed and "ip6 daddr @known-ipv6 return" in listed
+    assert fw.apply(sets_ruleset("10.5.0.1/32")) == []
+    assert Nftables(netns=ns).apply(sets_ruleset("10.5.0.1/32")) == []  # a fresh agent too
+    # A change of elements only: elements added and deleted, the table not replaced.
+    sent: list[str] = []
+    run = fw._run
+
+    def seen(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        if stdin is not None:
+            sent.append(stdin)
+        return run(*args, stdin=stdin)
+
+    fw._run = seen  # type: ignore[method-assign]
+    before, after = sets_ruleset("10.5.0.1/32"), sets_ruleset("10.5.0.2/32", "10.6.0.0/16")
+    assert fw.apply(after, before) == [
+        "replace nft table inet kilo (+0 -0 rules, +2 -1 set elements)"
+    ]
+    cmds = json.loads(sent[-1])["nftables"]
+    assert [next(iter(c)) for c in cmds] == ["delete", "add"]
+    assert all("element" in c[v] for c in cmds for v in c)
+    listed = nft(ns, "list", "table", "inet", "kilo")
+    assert "10.5.0.2" in listed and "10.6.0.0/16" in listed and "10.5.0.1 " not in listed
+    assert fw.apply(after) == []
+    # A peer's network that swallows another: the contained one leaves, the bigger one comes.
+    bigger = sets_ruleset("10.5.0.0/16", "10.6.0.0/16")
+    assert fw.apply(bigger, after) == [
+        "replace nft table inet kilo (+0 -0 rules, +1 -1 set elements)"
+    ]
+    assert "10.5.0.0/16" in nft(ns, "list", "table", "inet", "kilo")
+    assert Nftables(netns=ns).apply(bigger) == []

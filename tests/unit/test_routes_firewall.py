@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from kilo.firewall import ruleset
@@ -7,6 +9,8 @@ from kilo.model import Granularity
 from kilo.routes import KILO_TABLE, Encapsulation, Interfaces, Strategy, routes
 from tests.unit.helpers import peer_obj
 from tests.unit.test_topology import peers_of, three_nodes, topo
+
+P = ipaddress.ip_interface
 
 IFS = Interfaces(kilo="kilo0", private="eth0", tunnel="tunl0")
 
@@ -69,27 +73,20 @@ def test_cross_routes_same_location_over_private_network() -> None:
 def test_firewall_nat_returns_for_known_ips_then_masquerades() -> None:
     t = topo(three_nodes(), "b", peers=peers_of(peer_obj("p", ["10.5.0.1/32"])))
     r = ruleset(t, cni=True, forward_rules=False)
-    nat = [
-        (x.verdict, str(x.match.prefix) if x.match else None)
-        for x in r.rules
-        if x.chain == "kilo-nat"
-    ]
+    nat = [(v, c) for v, _, c in r.expanded("kilo-nat")]
     assert nat[-1] == ("masquerade", None)
     assert (
         ("return", "10.5.0.1/32") in nat
         and ("return", "10.4.0.1/32") in nat
         and ("return", "10.2.1.0/24") in nat
     )
-    post = [
-        (x.verdict, x.match.field, str(x.match.prefix))
-        for x in r.rules
-        if x.chain == "postrouting" and x.match
-    ]
+    post = r.expanded("postrouting")
     assert ("jump kilo-nat", "saddr", "10.2.2.0/24") in post and (
         "jump kilo-nat",
         "saddr",
         "10.5.0.1/32",
     ) in post
+    assert len(r.rules) <= 8  # sets, not a rule per address
     doc = r.nft_json()["nftables"]
     assert doc[0] == {"add": {"table": {"family": "inet", "name": "kilo"}}}
     assert not any(c.name == "forward" for c in r.base_chains)
@@ -99,5 +96,42 @@ def test_firewall_nat_returns_for_known_ips_then_masquerades() -> None:
 def test_forward_rules(host: str, expect: str) -> None:
     t = topo(three_nodes(), host)
     r = ruleset(t, cni=True, forward_rules=True)
-    fwd = [str(x.match.prefix) for x in r.rules if x.chain == "forward" and x.match]
+    fwd = [c for _, _, c in r.expanded("forward")]
     assert expect in fwd
+
+
+def test_outermost_keeps_networks_no_other_contains() -> None:
+    from kilo.prefixes import net_text, outermost
+
+    got = outermost(
+        P(c)
+        for c in (
+            "10.2.1.0/24",
+            "10.2.0.0/16",
+            "10.2.1.7/32",
+            "10.3.0.0/24",
+            "10.3.1.0/24",
+            "10.3.0.5/24",  # host bits: the same network as 10.3.0.0/24
+            "0.0.0.0/0",
+            "fd00::1/128",
+            "fd00::/64",
+            "fd01::/64",
+        )
+    )
+    assert [net_text(p) for p in got[0]] == ["0.0.0.0/0"]
+    assert [net_text(p) for p in got[1]] == ["fd00::/64", "fd01::/64"]
+    v4, _ = outermost(P(c) for c in ("10.3.1.0/24", "10.3.0.0/24", "10.2.1.7/32", "10.2.0.0/16"))
+    assert [net_text(p) for p in v4] == ["10.2.0.0/16", "10.3.0.0/24", "10.3.1.0/24"]
+
+
+def test_firewall_sets_hold_only_the_outermost_of_nested_networks() -> None:
+    t = topo(three_nodes(), "b", peers=peers_of(peer_obj("p", ["10.5.0.0/16", "10.5.1.5/32"])))
+    r = ruleset(t, cni=True, forward_rules=False)
+    peers = r.set_named("peers-ipv4")
+    assert peers is not None and peers.texts() == ["10.5.0.0/16"]
+    known = r.set_named("known-ipv4")
+    assert known is not None and "10.2.1.0/24" in known.texts()
+    doc = r.nft_json()["nftables"]
+    sets = [c["add"]["set"] for c in doc if "set" in c.get("add", {})]
+    assert {s["name"] for s in sets} >= {"peers-ipv4", "known-ipv4", "wireguard-ipv4"}
+    assert all(s["flags"] == ["interval"] for s in sets)

@@ -16,7 +16,8 @@ few milliseconds in C) is compared with the one taken right after that write, an
 differs is the table read as JSON and compared object by object.
 
 ``apply(ruleset, previous)``, with the ruleset last applied without a failure, reads nothing
-first: the tables that differ from ``previous`` are replaced in one transaction, and the plain
+first: the tables that differ from ``previous`` are changed in one transaction (only set
+elements added and deleted where nothing else differs, else the table replaced), and the plain
 listing is taken after it for the next verification.
 """
 
@@ -227,7 +228,8 @@ class Nftables:
                 continue
             changes.append(_describe(tid, had, objs))
             pending.append(tid)
-            cmds += _replace_table(tid, objs)
+            elements = None if had is None else _element_changes(tid, had, objs)
+            cmds += _replace_table(tid, objs) if elements is None else elements
         for tid in sorted((set(before) & self.owned) - set(want)):
             cmds.append({"delete": {"table": {"family": tid[0], "name": tid[1]}}})
             changes.append(f"delete nft table {' '.join(tid)}")
@@ -269,6 +271,41 @@ def _replace_table(tid: TableId, objs: list[tuple[str, dict[str, Any]]]) -> list
     ]
 
 
+def _element_changes(
+    tid: TableId,
+    had: list[tuple[str, dict[str, Any]]],
+    want: list[tuple[str, dict[str, Any]]],
+) -> list[dict[str, Any]] | None:
+    """The element deletions and additions that turn ``had`` into ``want`` when nothing else
+    differs (the same objects in the same order, sets apart from their elements); None when
+    something else does (the table is then replaced)."""
+    if len(had) != len(want):
+        return None
+    deletes: list[dict[str, Any]] = []
+    adds: list[dict[str, Any]] = []
+    for (kind, old), (kind2, new) in zip(had, want, strict=True):
+        if kind != kind2:
+            return None
+        if kind != "set":
+            if old != new:
+                return None
+            continue
+        if {k: v for k, v in old.items() if k != "elem"} != {
+            k: v for k, v in new.items() if k != "elem"
+        }:
+            return None
+        before = {_elem_key(e): e for e in old.get("elem", [])}
+        after = {_elem_key(e): e for e in new.get("elem", [])}
+        ref = {"family": tid[0], "table": tid[1], "name": new["name"]}
+        gone = [e for k, e in before.items() if k not in after]
+        came = [e for k, e in after.items() if k not in before]
+        if gone:
+            deletes.append({"delete": {"element": {**ref, "elem": gone}}})
+        if came:
+            adds.append({"add": {"element": {**ref, "elem": came}}})
+    return deletes + adds
+
+
 def _describe(
     tid: TableId,
     cur: list[tuple[str, dict[str, Any]]] | None,
@@ -282,4 +319,24 @@ def _describe(
     old_set, new_set = set(old), set(new)  # (lists were searched: quadratic in the rules)
     added = sum(1 for r in new if r not in old_set)
     removed = sum(1 for r in old if r not in new_set)
-    return f"replace nft table {name} (+{added} -{removed} rules)"
+    old_elems, new_elems = _elements(cur), _elements(want)
+    if old_elems == new_elems:
+        return f"replace nft table {name} (+{added} -{removed} rules)"
+    came, gone = len(new_elems - old_elems), len(old_elems - new_elems)
+    return f"replace nft table {name} (+{added} -{removed} rules, +{came} -{gone} set elements)"
+
+
+def _elem_key(e: Any) -> object:
+    """A set element as a hashable value (an address is its text, a prefix its pair)."""
+    if isinstance(e, str):
+        return e
+    if isinstance(e, dict) and isinstance(p := e.get("prefix"), dict) and len(e) == 1:
+        return (p.get("addr"), p.get("len"))
+    return json.dumps(e, sort_keys=True)
+
+
+def _elements(objs: list[tuple[str, dict[str, Any]]]) -> set[tuple[str, object]]:
+    """Every set element of ``objs`` as (set name, element)."""
+    return {
+        (str(o.get("name")), _elem_key(e)) for k, o in objs if k == "set" for e in o.get("elem", [])
+    }
