@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from kilo.model import Peer, Prefix, Problem
-from kilo.prefixes import NetKey, ip_key, net_key, span
+from kilo.prefixes import NetKey, ip_key, net_key, net_keys, span
 
 
 class SegmentClaims(Protocol):
@@ -57,11 +57,9 @@ def drop_claims_on_nodes(
     the claim is refused and the mesh keeps working (a wider prefix that merely contains node
     addresses is kept: WireGuard and the kernel prefer the more specific entry).
     """
-    taken: dict[tuple[int, int], dict[int, Prefix]] = {}  # (version, prefixlen) -> network -> owner
-    for o in owned:
-        v, net, plen = net_key(o)
-        taken.setdefault((v, plen), {})[net] = o
-    lengths = sorted(taken)
+    mine = list(owned)
+    taken = dict(zip(net_keys(mine), mine, strict=True))  # network -> its owner (the last)
+    lengths = sorted({(v, plen) for v, _, plen in taken})
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
@@ -72,7 +70,7 @@ def drop_claims_on_nodes(
             for version, plen in lengths:
                 if version == av and plen <= aplen:
                     shift = width - plen
-                    owner = taken[(version, plen)].get((addr >> shift) << shift)
+                    owner = taken.get((version, (addr >> shift) << shift, plen))
                     if owner is not None:
                         break
             if owner is not None:
@@ -161,21 +159,41 @@ class AllowedLocationIPFilter:
         self.active = any(s.allowed_location_ips for s in segments)
         if not self.active:
             return
-        self._loc, self._allowed, self._peers = _Index(), _Index(), _Index()
+        self._loc, self._peers = _Index(), _Index()
         self._loc_ids = [
             [self._loc.add(ip, j) for ip in s.allowed_location_ips] for j, s in enumerate(segments)
         ]
+        # Which allowed IPs contain an allowed-location IP's address: the networks that would
+        # (the address cut to every prefix length), looked up for each allowed IP, instead of
+        # an index of all of them (thousands) for a few dozen questions.
+        self._nets: dict[NetKey, list[tuple[int, int]]] = {}
+        for s in segments:
+            for ip in s.allowed_location_ips:
+                v, addr, _ = ip_key(ip)
+                width = 32 if v == 4 else 128
+                for plen in range(width + 1):
+                    shift = width - plen
+                    self._nets.setdefault((v, addr >> shift << shift, plen), []).append((v, addr))
+        self._in: dict[tuple[int, int], int] = {}  # address -> the first segment containing it
         for j, s in enumerate(segments):
-            for a in s.allowed_ips:
-                self._allowed.add(a, j)
+            self._note(j, s.allowed_ips)
         for k, p in enumerate(peers):
             for a in p.allowed_ips:
                 self._peers.add(a, k)
         self.peers = peers
 
+    def _note(self, j: int, ips: Iterable[Prefix]) -> None:
+        nets, found = self._nets, self._in
+        for a in ips:
+            hit = nets.get(net_key(a))
+            if hit is not None:
+                for addr in hit:
+                    if found.get(addr, j + 1) > j:
+                        found[addr] = j
+
     def add_allowed_ip(self, j: int, ip: Prefix) -> None:
         if self.active:
-            self._allowed.add(ip, j)
+            self._note(j, (ip,))
 
     def filter(self, i: int, refusals: list[Problem]) -> list[Prefix]:
         """Segment ``i``'s allowed-location IPs that it keeps; the others are refused."""
@@ -187,7 +205,7 @@ class AllowedLocationIPFilter:
             reason = ""
             j1 = self._loc.overlapping(ip, exclude=i)
             v, addr, _ = ip_key(ip)
-            j2 = self._allowed.first(self._allowed.containing(v, addr, 32 if v == 4 else 128))
+            j2 = self._in.get((v, addr))
             if j1 is not None and (j2 is None or j1 <= j2):
                 reason = f"overlaps an allowed location IP of {self.segments[j1].location}"
             elif j2 is not None:

@@ -76,7 +76,7 @@ class Ruleset:
     sets: list[AddrSet] = field(default_factory=list)
     rules: list[FwRule] = field(default_factory=list)
     _seen: set[tuple[str, str, object]] = field(default_factory=set, repr=False, compare=False)
-    _json: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(
         self, chain: str, verdict: str, match: Match | SetMatch | None = None, comment: str = ""

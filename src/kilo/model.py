@@ -121,6 +121,11 @@ class Endpoint:
     def ready(self) -> bool:
         return (self.ip is not None and self.port > 0) or bool(self.dns)
 
+    @functools.cached_property
+    def public(self) -> bool:
+        """Whether its IP is public (``is_public``); kept, as the endpoint never changes."""
+        return is_public(self.ip)
+
     def __str__(self) -> str:
         """DNS first, as Kilo prints endpoints."""
         if self.dns:
@@ -192,13 +197,31 @@ class Node:
     def ready(self, now: int) -> bool:
         """Kilo's readiness: endpoint, key and pod CIDR known, checked in recently (a node
         whose agent is in the native liveness mode needs no recent check-in)."""
+        return self.complete and (
+            self.lease_liveness or now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS
+        )
+
+    @functools.cached_property
+    def complete(self) -> bool:
+        """Readiness without the time: endpoint, key and pod CIDR known (kept: a node
+        never changes)."""
         return (
             self.endpoint is not None
             and self.endpoint.ready()
             and not is_zero(self.key)
             and self.subnet is not None
-            and (self.lease_liveness or now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS)
         )
+
+    @functools.cached_property
+    def own_ips(self) -> tuple[Prefix, ...]:
+        """What it adds to its segment's allowed IPs: its pod CIDR and its internal IP as a
+        one-address CIDR (those it has), in that order."""
+        out: list[Prefix] = []
+        if self.subnet is not None:
+            out.append(self.subnet)
+        if self.internal_ip is not None:
+            out.append(host_prefix(self.internal_ip.ip))
+        return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,13 @@ def ready_nodes(
 ) -> dict[str, Node]:
     """Kilo's readiness, except that time in which the API server could not be reached is not
     held against a node's last check-in (it could not check in either)."""
+    if not outages:
+        limit = int(now) - 2 * CHECK_IN_PERIOD_SECONDS  # now - last_seen < 2 periods
+        return {
+            k: n
+            for k, n in nodes.items()
+            if n.complete and (n.lease_liveness or n.last_seen > limit)
+        }
     ready = {}
     for k, n in nodes.items():
         credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
@@ -318,8 +325,16 @@ def discover_nat_endpoints(
     when that differs from their published endpoint."""
     states = {bytes(p.public_key): p for p in handshakes}
     out: dict[str, Endpoint] = {}
-    candidates = [(n.key, n.persistent_keepalive, n.endpoint) for n in nodes.values()]
-    candidates += [(p.public_key, p.persistent_keepalive, p.endpoint) for p in peers.values()]
+    candidates = [
+        (n.key, n.persistent_keepalive, n.endpoint)
+        for n in nodes.values()
+        if n.persistent_keepalive
+    ]
+    candidates += [
+        (p.public_key, p.persistent_keepalive, p.endpoint)
+        for p in peers.values()
+        if p.persistent_keepalive
+    ]
     for key, keepalive, ep in candidates:
         st = states.get(bytes(key)) if key is not None else None
         if st is None or not keepalive or st.endpoint is None:

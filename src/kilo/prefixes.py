@@ -36,6 +36,15 @@ def net_key(p: Prefix) -> NetKey:
     return k
 
 
+def net_keys(ps: Iterable[Prefix]) -> list[NetKey]:
+    """``net_key`` of each of ``ps`` (one loop, not a call per prefix: thousands per plan)."""
+    out: list[NetKey] = []
+    for p in ps:
+        k = p.__dict__.get("_k_net")
+        out.append(net_key(p) if k is None else k)
+    return out
+
+
 def ip_key(p: Prefix) -> NetKey:
     """(version, address with its host bits, prefix length): equal exactly when ``p`` is."""
     d = _memo(p)

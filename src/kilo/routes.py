@@ -141,6 +141,13 @@ def _local_routes(
     return routes, rules
 
 
+def _hosts(s: Segment) -> list[Prefix]:
+    """The segment's private IPs as one-address CIDRs."""
+    if s.private_hosts is not None:
+        return s.private_hosts
+    return [host_prefix(p) for p in s.private_ips or []]
+
+
 def routes(
     t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation
 ) -> tuple[list[Route], list[Rule]]:
@@ -150,6 +157,7 @@ def routes(
     out: list[Route] = []
     rules: list[Rule] = []
     src = t.private_ip.ip if t.private_ip is not None else None
+    kilo = ifs.kilo
     for s in t.segments:
         if not t.is_tunnelled(s):
             if local:
@@ -171,21 +179,21 @@ def routes(
                         out.append(Route(host_prefix(priv), ifs.tunnel, gw, None, True, KILO_TABLE))
                         rules.append(Rule(KILO_TABLE, dst=host_prefix(priv), iif=ifs.kilo))
             continue
-        assert s.wireguard_ip is not None
+        wg = s.wireguard_ip
+        assert wg is not None
         ep = t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive)
+        ep_ip = ep.ip if ep is not None else None
+        privs = s.private_ips
+        hosts = _hosts(s)
+        add = out.append  # (positional arguments, bound names: thousands of routes per plan)
         for i, cidr in enumerate(s.cidrs):
             if cidr is not None:
-                out.append(Route(cidr, ifs.kilo, s.wireguard_ip, src, onlink=True))
-            if s.private_ips is None or s.private_ips[i] == (ep.ip if ep is not None else None):
-                continue
-            out.append(
-                Route(host_prefix(s.private_ips[i]), ifs.kilo, s.wireguard_ip, src, onlink=True)
-            )
-        for a in s.allowed_location_ips:
-            out.append(Route(a, ifs.kilo, s.wireguard_ip, src, onlink=True))
+                add(Route(cidr, kilo, wg, src, True, MAIN_TABLE))
+            if privs is not None and privs[i] != ep_ip:
+                add(Route(hosts[i], kilo, wg, src, True, MAIN_TABLE))
+        out += [Route(a, kilo, wg, src, True, MAIN_TABLE) for a in s.allowed_location_ips]
     for p in t.peers:
-        for a in p.allowed_ips:
-            out.append(Route(a, ifs.kilo, None, src))
+        out += [Route(a, kilo, None, src, False, MAIN_TABLE) for a in p.allowed_ips]
     return out, rules
 
 
@@ -216,7 +224,7 @@ def _follower_routes(
                 rules += ru
             continue
         out += [via_leader(c) for c in s.cidrs if c is not None]
-        out += [via_leader(host_prefix(p)) for p in s.private_ips or []]
+        out += [via_leader(h) for h in _hosts(s)]
         out += [via_leader(a) for a in s.allowed_location_ips]
     for p in t.peers:
         out += [via_leader(a) for a in p.allowed_ips]

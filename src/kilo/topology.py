@@ -15,6 +15,7 @@ cluster of both agents agrees on every tunnel.
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +30,6 @@ from kilo.model import (
     Prefix,
     Problem,
     host_prefix,
-    is_public,
 )
 from kilo.prefixes import host_of, ip_of, text
 from kilo.wireguard import WgConf, WgPeer
@@ -57,6 +57,8 @@ class Segment:
     cni_compatibility_ips: list[Prefix | None]
     allowed_location_ips: list[Prefix]
     wireguard_ip: IPAddress | None = None
+    #: ``private_ips`` as one-address CIDRs (made once per node: routes need them)
+    private_hosts: list[Prefix] | None = None
 
 
 @dataclass
@@ -173,12 +175,13 @@ def find_leader(nodes: list[Node]) -> int:
     leaders: list[int] = []
     public: list[int] = []
     for i, n in enumerate(nodes):
-        ip = n.endpoint.ip if n.endpoint is not None else None
+        e = n.endpoint
+        on_internet = e is not None and e.public
         if n.leader:
-            if is_public(ip):
+            if on_internet:
                 return i
             leaders.append(i)
-        if ip is not None and is_public(ip):
+        if on_internet and not public:
             public.append(i)
     if leaders:
         return leaders[0]
@@ -209,6 +212,9 @@ class _Allocator:
             self.current = None
             return None
         return ip
+
+
+_name = operator.attrgetter("name")
 
 
 def new_topology(
@@ -249,7 +255,7 @@ def new_topology(
         key=key,
     )
     for loc, members in groups.items():
-        members.sort(key=lambda n: n.name)
+        members.sort(key=_name)
         leader = find_leader(members)
         chosen = leaders.get(loc) if leaders else None
         if chosen is not None:
@@ -260,15 +266,15 @@ def new_topology(
         seen_loc_ips: set[str] = set()
         loc_ips: list[Prefix] = []
         private_ips: list[IPAddress] = []
+        private_hosts: list[Prefix] = []
         for n in members:
-            if n.subnet is not None:
-                allowed_ips.append(n.subnet)
+            allowed_ips += n.own_ips
             for ip in n.allowed_location_ips:
                 if text(ip) not in seen_loc_ips:
                     seen_loc_ips.add(text(ip))
                     loc_ips.append(ip)
             if n.internal_ip is not None:
-                allowed_ips.append(host_of(n.internal_ip))
+                private_hosts.append(host_of(n.internal_ip))
                 private_ips.append(ip_of(n.internal_ip))
         loc_ips.sort(key=text)
         head = members[leader]
@@ -286,6 +292,7 @@ def new_topology(
                 private_ips=private_ips or None,
                 cni_compatibility_ips=[n.cni_compatibility_ip for n in members],
                 allowed_location_ips=loc_ips,
+                private_hosts=private_hosts or None,
             )
         )
     t.segments.sort(key=lambda s: s.location)
@@ -309,8 +316,9 @@ def new_topology(
         if t.leader and s.location == t.location:
             t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
         for n in groups[s.location]:
-            for k, e in (n.discovered_endpoints or {}).items():
-                t.discovered_endpoints.setdefault(k, e)
+            if n.discovered_endpoints:
+                for k, e in n.discovered_endpoints.items():
+                    t.discovered_endpoints.setdefault(k, e)
         s.allowed_location_ips = claims.filter(i, t.refusals)
     return t
 
