@@ -16,6 +16,8 @@ import yaml
 
 from kilo import graph
 from kilo.keys import Key
+from kilo.leadership import leaders, members_by_segment, native_cluster
+from kilo.leases import Lease, lease_from_object
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
 from kilo.topology import new_topology
 from kilo.translate import node_from_object, peer_from_object, peer_object
@@ -43,14 +45,24 @@ class ClusterState:
     nodes: list[Node]
     peers: list[Peer]
     problems: list[Problem]
+    leases: dict[str, Lease] = field(default_factory=dict)  # by segment key (native liveness)
 
 
 def read_cluster(
-    node_objs: Sequence[dict[str, Any]], peer_objs: Sequence[dict[str, Any]], topology_label: str
+    node_objs: Sequence[dict[str, Any]],
+    peer_objs: Sequence[dict[str, Any]],
+    topology_label: str,
+    lease_objs: Sequence[dict[str, Any]] = (),
 ) -> ClusterState:
     nodes: list[Node] = []
     peers: list[Peer] = []
     problems: list[Problem] = []
+    leases: dict[str, Lease] = {}
+    for o in lease_objs:
+        lease, p = lease_from_object(o)
+        problems.extend(p)
+        if lease is not None:
+            leases[lease.location] = lease
     for o in sorted(node_objs, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
         n, p = node_from_object(o, topology_label)
         nodes.append(n)
@@ -60,12 +72,14 @@ def read_cluster(
         problems.extend(p)
         if peer is not None:
             peers.append(peer)
-    return ClusterState(nodes, peers, problems)
+    return ClusterState(nodes, peers, problems, leases)
 
 
-def dump_reference_time(nodes: Sequence[Node]) -> int:
-    """For a saved dump, readiness is judged at the newest check-in it holds."""
-    return max((n.last_seen for n in nodes), default=0)
+def dump_reference_time(state: ClusterState) -> int:
+    """For a saved dump, readiness is judged at the newest check-in or Lease renewal it
+    holds."""
+    times = [n.last_seen for n in state.nodes] + [int(x.renewed) for x in state.leases.values()]
+    return max(times, default=0)
 
 
 def determine_granularity(g: Granularity, nodes: Sequence[Node]) -> Granularity:
@@ -87,6 +101,16 @@ class _Ready:
     peers: dict[str, Peer]
     subnet: Prefix
     last_ready: str
+
+
+def _leaders(
+    state: ClusterState, nodes: dict[str, Node], g: Granularity, now: int
+) -> dict[str, str] | None:
+    """The locations' leaders as the agents choose them: in a cluster of agents in the native
+    liveness mode, the holders of the leader Leases; else None (Kilo's rule)."""
+    if not native_cluster(nodes):
+        return None
+    return leaders(members_by_segment(nodes, g), state.leases, now)
 
 
 def _ready(state: ClusterState, now: int) -> _Ready:
@@ -126,6 +150,7 @@ def graph_text(state: ClusterState, opts: Options, now: int) -> Output:
         r.subnet,
         (),
         r.nodes[r.last_ready].persistent_keepalive,
+        _leaders(state, r.nodes, g, now),
     )
     return Output(stdout=graph.dot(t) + "\n", warnings=t.refusals)
 
@@ -144,7 +169,16 @@ def _ready_with(
 def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
     g, r = _ready_with(state, opts, now, "node", name)
     t = new_topology(
-        r.nodes, r.peers, g, name, opts.port, None, r.subnet, (), r.nodes[name].persistent_keepalive
+        r.nodes,
+        r.peers,
+        g,
+        name,
+        opts.port,
+        None,
+        r.subnet,
+        (),
+        r.nodes[name].persistent_keepalive,
+        _leaders(state, r.nodes, g, now),
     )
     if not any(p.public_key == r.nodes[name].key for p in t.peer_conf("").peers):
         return Output(stderr=f"Node {_goq(name)} is not a leader node\n", warnings=t.refusals)
@@ -162,7 +196,16 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     g, r = _ready_with(state, opts, now, "peer", name)
     peer = r.peers[name]
     t = new_topology(
-        r.nodes, r.peers, g, r.last_ready, 51820, None, r.subnet, (), peer.persistent_keepalive
+        r.nodes,
+        r.peers,
+        g,
+        r.last_ready,
+        51820,
+        None,
+        r.subnet,
+        (),
+        peer.persistent_keepalive,
+        _leaders(state, r.nodes, g, now),
     )
     if not opts.as_peer:
         return Output(stdout=t.peer_conf(name).render(), warnings=t.refusals)

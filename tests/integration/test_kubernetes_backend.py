@@ -16,6 +16,7 @@ from kilo.backend.kubernetes import (
     CRDMissing,
     Event,
     KubernetesBackend,
+    list_leases,
     list_objects,
 )
 from kilo.translate import OWNED_ANNOTATIONS, node_from_object
@@ -91,6 +92,33 @@ def test_list_objects_matches_kubectl(control_plane: ControlPlane) -> None:
     items = json.loads(control_plane.kubectl("get", "nodes,peers", "-o", "json").stdout)["items"]
     assert nodes + peers == items
     assert {o["kind"] for o in nodes} == {"Node"} and {o["kind"] for o in peers} == {"Peer"}
+
+
+def test_list_leases_reads_only_the_leader_leases(control_plane: ControlPlane) -> None:
+    """What kgctl reads in a cluster in the native liveness mode: the labelled Leases."""
+    from kilo.leases import lease_from_object, lease_object
+
+    loc = unique("location:kgctl")
+    ours = lease_object(loc, "n1", time.time(), "kube-system")
+    other = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": unique("other"), "namespace": "kube-system"},
+        "spec": {"holderIdentity": "someone"},
+    }
+    for obj in (ours, other):
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    try:
+        leases = [
+            lease_from_object(o)[0] for o in list_leases(control_plane.kubeconfig, "kube-system")
+        ]
+        assert any(x is not None and x.location == loc and x.holder == "n1" for x in leases)
+        assert all(x is not None for x in leases)  # the unlabelled one is not listed
+    finally:
+        for obj in (ours, other):
+            control_plane.kubectl(
+                "delete", "lease", "-n", "kube-system", obj["metadata"]["name"], "--wait=false"
+            )
 
 
 def test_watch_sees_add_update_delete(

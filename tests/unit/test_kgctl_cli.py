@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from kilo.cli.kgctl import run
-from tests.unit.helpers import node_obj, peer_obj
+from tests.unit.helpers import NOW, node_obj, peer_obj
 
 
 @pytest.fixture()
@@ -136,3 +136,35 @@ def test_refused_claims_are_warnings_not_log_lines(
             "ignored",
         ], cmd
     assert caplog.records == []
+
+
+def test_native_cluster_leaders_are_the_lease_holders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a cluster of agents in the native liveness mode, kgctl shows the leaders the agents
+    chose (the holders of the leader Leases), not Kilo's rule's; without a valid Lease, Kilo's
+    rule."""
+    from kilo.leases import lease_object
+
+    def n(name: str, loc: str, third: int) -> dict[str, object]:
+        return node_obj(
+            name, loc, f"203.0.113.{third}:51820", f"10.1.0.{third}/16", f"10.2.{third}.0/24",
+            last_seen=NOW - 3600, granularity="location", liveness="lease",
+        )  # fmt: skip
+
+    nodes = [n("a1", "a", 1), n("a2", "a", 2), n("b1", "b", 9)]
+    lease = lease_object("location:a", "a2", NOW - 5, "kube-system")
+    p = tmp_path / "native.yaml"
+    p.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [*nodes, lease]}))
+    args = ("--from-file", str(p), "--now", str(NOW), "showconf", "node")
+    rc, out, err = kgctl(capsys, *args, "a2")
+    assert rc == 0 and "[Peer]" in out, err
+    assert kgctl(capsys, *args, "a1")[1:] == ("", 'Node "a1" is not a leader node\n')
+    rc, out, _ = kgctl(capsys, "--from-file", str(p), "--now", str(NOW), "graph")
+    assert rc == 0
+    # the Lease expired: Kilo's rule again, leaving out the holder of the expired Lease
+    later = str(NOW + 3600)
+    args = ("--from-file", str(p), "--now", later, "showconf", "node")
+    assert kgctl(capsys, *args, "a2")[1:] == ("", 'Node "a2" is not a leader node\n')
+    rc, out, _ = kgctl(capsys, *args, "a1")
+    assert rc == 0 and "[Peer]" in out

@@ -1,5 +1,6 @@
 """Read a saved cluster: ``kubectl get nodes,peers -o yaml|json`` (a ``List``), a ``NodeList`` or
-``PeerList``, or a multi-document YAML of Node and Peer objects."""
+``PeerList``, or a multi-document YAML of Node and Peer objects (and the leader Leases of a
+cluster in the native liveness mode, ``kubectl get leases -l kilo.squat.ai/leader-lease``)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def _items(doc: Any, where: str) -> Iterator[dict[str, Any]]:
     yield doc
 
 
-def load_objects(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The Node and Peer objects in the file (other kinds are ignored), in file order."""
+def load_objects(
+    path: str | Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Node, Peer and Lease objects in the file (other kinds are ignored), in file
+    order."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -43,6 +47,7 @@ def load_objects(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str,
         raise DumpError(f"{p}: not valid YAML or JSON: {e}") from None
     nodes: list[dict[str, Any]] = []
     peers: list[dict[str, Any]] = []
+    leases: list[dict[str, Any]] = []
     for n, doc in enumerate(docs):
         for obj in _items(doc, f"{p} document {n + 1}"):
             kind = obj.get("kind")
@@ -50,4 +55,6 @@ def load_objects(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str,
                 nodes.append(obj)
             elif kind == "Peer" and str(obj.get("apiVersion", "")).startswith("kilo.squat.ai/"):
                 peers.append(obj)
-    return nodes, peers
+            elif kind == "Lease" and obj.get("apiVersion") == "coordination.k8s.io/v1":
+                leases.append(obj)
+    return nodes, peers, leases

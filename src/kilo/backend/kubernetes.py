@@ -52,6 +52,7 @@ __all__ = [
     "Event",
     "KubernetesBackend",
     "api_client",
+    "list_leases",
     "list_objects",
 ]
 
@@ -412,6 +413,16 @@ def list_objects(kubeconfig: str | Path | None = None) -> tuple[list[Obj], list[
     backend = KubernetesBackend(kubeconfig)
     try:
         return backend.list_objects()
+    finally:
+        close: Callable[[], None] = backend.api.close
+        close()
+
+
+def list_leases(kubeconfig: str | Path | None, namespace: str) -> list[Obj]:
+    """The locations' leader Leases in ``namespace`` (native liveness)."""
+    backend = KubernetesBackend(kubeconfig, lease_namespace=namespace)
+    try:
+        return backend.list_kind("Lease")[0]
     finally:
         close: Callable[[], None] = backend.api.close
         close()

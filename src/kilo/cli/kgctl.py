@@ -78,6 +78,12 @@ def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
         "instead of the API.",
     )
     p.add_argument(
+        "--lease-namespace",
+        default=d("kube-system"),
+        help="Where the locations' leader Leases are kept (clusters in the native liveness "
+        "mode: their holders are the leaders).",
+    )
+    p.add_argument(
         "--now",
         type=int,
         default=d(None),
@@ -176,13 +182,13 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
         from kilo.backend.file import DumpError, load_objects
 
         try:
-            nodes, peers = load_objects(a.from_file)
+            nodes, peers, leases = load_objects(a.from_file)
         except DumpError as e:
             raise UserError(str(e)) from None
-        state = read_cluster(nodes, peers, opts.topology_label)
-        return state, a.now if a.now is not None else dump_reference_time(state.nodes)
+        state = read_cluster(nodes, peers, opts.topology_label, leases)
+        return state, a.now if a.now is not None else dump_reference_time(state)
     try:
-        from kilo.backend.kubernetes import list_objects
+        from kilo.backend.kubernetes import list_leases, list_objects
     except ImportError as e:
         raise UserError(f"the Kubernetes backend is not available: {e}") from None
     kubeconfig = a.kubeconfig or _default_kubeconfig()
@@ -190,7 +196,19 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
         nodes, peers = list_objects(kubeconfig)
     except Exception as e:  # noqa: BLE001  (the client's errors are many; say what failed)
         raise UserError(f"failed to list nodes and peers: {e}") from None
-    return read_cluster(nodes, peers, opts.topology_label), int(time.time())
+    state = read_cluster(nodes, peers, opts.topology_label)
+    if any(n.lease_liveness for n in state.nodes):  # Leases name the leaders only then
+        try:
+            leases = list_leases(kubeconfig, a.lease_namespace)
+        except Exception as e:  # noqa: BLE001
+            print(
+                f"warning: failed to list the leader Leases in {a.lease_namespace}: {e}; "
+                "leaders by Kilo's rule",
+                file=sys.stderr,
+            )
+        else:
+            state = read_cluster(nodes, peers, opts.topology_label, leases)
+    return state, int(time.time())
 
 
 def _render(dot_text: str, fmt: str) -> bytes:
