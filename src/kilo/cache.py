@@ -20,14 +20,21 @@ from typing import Any
 
 from kilo.model import Node, Peer, Problem
 from kilo.plan import ClusterView
-from kilo.translate import LAST_SEEN, node_from_object, peer_from_object
+from kilo.translate import (
+    LAST_SEEN,
+    node_from_object,
+    object_name,
+    peer_from_object,
+    read_last_seen,
+)
 
 Obj = dict[str, Any]
 
 
 def _meta(obj: Obj) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("name")), str(meta.get("resourceVersion", ""))
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    return object_name(obj), str(meta.get("resourceVersion", ""))
 
 
 def _timeless(n: Node) -> Node:
@@ -58,7 +65,7 @@ def _moved_check_in(old: Obj, new: Obj) -> int | None:
     if not isinstance(seen, str):
         return None
     try:
-        return int(seen, 10)  # exactly translate's reading of it
+        return read_last_seen(seen)  # exactly translate's reading of it
     except ValueError:
         return None  # a problem to report: the full translation says which
 
@@ -143,9 +150,10 @@ class ObjectCache:
             old is None
             or old.problems != entry.problems
             or not isinstance(old.value, Node)
+            or node is None
             or _timeless(old.value) != _timeless(node)
         )
-        return node.name, entry, relevant
+        return name, entry, relevant
 
     def _peer(self, obj: Obj) -> tuple[str, _Entry, bool]:
         name, version = _meta(obj)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from kilo.model import endpoint_str
+from kilo.syntax import dot_string
 from kilo.topology import Topology
 
 
 def _q(s: str) -> str:
-    return f'"{s}"'
+    """A DOT string of free text (escaped)."""
+    return f'"{dot_string(s)}"'
+
+
+def _label(parts: list[str]) -> str:
+    """A DOT label of lines (each part escaped, ``\\n`` between them)."""
+    return '"' + "\\n".join(map(dot_string, parts)) + '"'
 
 
 def _attrs(attrs: dict[str, str]) -> str:
@@ -46,7 +53,7 @@ def dot(t: Topology) -> str:
                 ep = endpoint_str(s.endpoint)
                 if ep:
                     label.append(ep)
-            attrs["label"] = _q("\\n".join(label))
+            attrs["label"] = _label(label)
             nodes[_q(host)] = f"{_q(host)} {_attrs(attrs)}"
         children = sorted(nodes)
         body.extend(nodes[c] for c in children)
@@ -61,7 +68,7 @@ def dot(t: Topology) -> str:
             edges.append(f"{leaders[i]}->{leaders[j]}{_attrs(both)}")
     peer_nodes: dict[str, str] = {}
     for p in t.peers:
-        peer_label = _q(f"{p.name}\\n{endpoint_str(p.endpoint)}\n")
+        peer_label = _label([p.name, endpoint_str(p.endpoint)])[:-1] + '\n"'
         peer_attrs = {"label": peer_label, "shape": "ellipse"}
         peer_nodes[_q(p.name)] = f"{_q(p.name)} {_attrs(peer_attrs)}"
     subgraphs[_q("cluster_peers")] = [f"label={_q('peers')}", 'style="dashed,rounded"'] + [

@@ -37,10 +37,12 @@ class Key(bytes):
 
     @classmethod
     def parse(cls, text: str) -> Key:
-        """Decode standard base64 (surrounding white space is ignored); ``InvalidKey`` with the
-        reason otherwise."""
+        """Decode standard base64 as Go's decoder does (line breaks are skipped, any other
+        character outside the alphabet is refused); ``InvalidKey`` with the reason otherwise."""
+        if not isinstance(text, str):
+            raise InvalidKey(f"not a string but {type(text).__name__}")
         try:
-            raw = base64.b64decode(text.strip(), validate=True)
+            raw = base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
         except (binascii.Error, ValueError) as e:
             raise InvalidKey(f"not base64: {e}") from None
         return cls(raw)

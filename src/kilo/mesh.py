@@ -20,7 +20,7 @@ from kilo.leadership import leaders, members_by_segment, native_cluster
 from kilo.leases import Lease, lease_from_object
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
 from kilo.topology import new_topology
-from kilo.translate import node_from_object, peer_from_object, peer_object
+from kilo.translate import node_from_object, object_name, peer_from_object, peer_object
 from kilo.wireguard import WgConf, WgPeer
 
 
@@ -63,11 +63,12 @@ def read_cluster(
         problems.extend(p)
         if lease is not None:
             leases[lease.location] = lease
-    for o in sorted(node_objs, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
+    for o in sorted(node_objs, key=object_name):
         n, p = node_from_object(o, topology_label)
-        nodes.append(n)
+        if n is not None:
+            nodes.append(n)
         problems.extend(p)
-    for o in sorted(peer_objs, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
+    for o in sorted(peer_objs, key=object_name):
         peer, p = peer_from_object(o)
         problems.extend(p)
         if peer is not None:

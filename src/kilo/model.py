@@ -10,13 +10,12 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-import re
 from dataclasses import dataclass, field
 
 from kilo.keys import Key, is_zero
+from kilo.strict import IPAddress, Prefix, is_dns1123_subdomain, parse_ip, parse_port
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Prefix = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+__all__ = ["IPAddress", "Prefix", "is_dns1123_subdomain"]
 UdpAddress = tuple[IPAddress, int]  # a resolved endpoint, as WireGuard devices take and report it
 
 CHECK_IN_PERIOD_SECONDS = 30
@@ -45,51 +44,6 @@ def host_prefix(ip: IPAddress) -> Prefix:
     if ip.version == 4:
         return ipaddress.IPv4Interface((int(ip), 32))
     return ipaddress.IPv6Interface((int(ip), 128))
-
-
-_V4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\Z")
-_V4_CIDR = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})/([0-9]{1,2})\Z")
-
-
-def _v4_int(parts: tuple[str, ...]) -> int | None:
-    """Four decimal octets as ``ipaddress`` accepts them (no leading zero, at most 255)."""
-    out = 0
-    for o in parts:
-        if (len(o) > 1 and o[0] == "0") or int(o) > 255:
-            return None
-        out = out << 8 | int(o)
-    return out
-
-
-def fast_v4_address(text: str) -> ipaddress.IPv4Address | None:
-    """The common dotted IPv4 address without ``ipaddress``'s slow parser; None: let
-    ``ipaddress`` read it (and say what is wrong)."""
-    m = _V4.match(text)
-    i = None if m is None else _v4_int(m.groups())
-    return None if i is None else ipaddress.IPv4Address(i)
-
-
-def fast_v4_cidr(text: str) -> tuple[int, int] | None:
-    """(address, prefix length) of the common ``a.b.c.d/n``; None: let ``ipaddress`` read it."""
-    m = _V4_CIDR.match(text)
-    if m is None:
-        return None
-    *octets, plen_s = m.groups()
-    plen = int(plen_s)
-    if (len(plen_s) > 1 and plen_s[0] == "0") or plen > 32:
-        return None
-    i = _v4_int(tuple(octets))
-    return None if i is None else (i, plen)
-
-
-def network_prefix(cidr: str) -> Prefix:
-    """A CIDR with its host bits cleared, as Go's ``net.ParseCIDR`` returns the network."""
-    fast = fast_v4_cidr(cidr)
-    if fast is not None:
-        ip, plen = fast
-        return ipaddress.IPv4Interface((ip >> (32 - plen) << (32 - plen), plen))
-    net = ipaddress.ip_network(cidr, strict=False)
-    return ipaddress.ip_interface(f"{net.network_address}/{net.prefixlen}")
 
 
 def contains(prefix: Prefix, ip: IPAddress) -> bool:
@@ -139,30 +93,20 @@ def format_udp(addr: UdpAddress) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-_DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS1123_SUBDOMAIN = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
-
-
-def is_dns1123_subdomain(s: str) -> bool:
-    return len(s) <= 253 and bool(_DNS1123_SUBDOMAIN.match(s))
-
-
 def parse_endpoint(text: str) -> Endpoint:
     """Kilo's ``ParseEndpoint`` (raises ValueError): ``IP:port``, ``[IPv6]:port`` or
-    ``dns-name:port``."""
+    ``dns-name:port``, read strictly (``kilo.strict``)."""
     host, sep, port_s = text.rpartition(":")
-    if not sep or not port_s.isdigit():
+    if not sep:
         raise ValueError("not HOST:PORT")
-    port = int(port_s)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range 1-65535")
+    port = parse_port(port_s)
     bracketed = host.startswith("[") and host.endswith("]")
     if bracketed:
         host = host[1:-1]
     elif ":" in host:
         raise ValueError("an IPv6 address needs brackets: [ADDRESS]:PORT")
     try:
-        return Endpoint(port=port, ip=fast_v4_address(host) or ipaddress.ip_address(host))
+        return Endpoint(port=port, ip=parse_ip(host))
     except ValueError:
         if bracketed or not is_dns1123_subdomain(host):
             raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None

@@ -8,11 +8,11 @@ backend both use this module, so a live cluster and a saved dump read the same.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
 
+from kilo import syntax
 from kilo.keys import InvalidKey, Key, is_zero
 from kilo.model import (
     REGION_LABEL,
@@ -23,11 +23,10 @@ from kilo.model import (
     Prefix,
     Problem,
     endpoint_str,
-    fast_v4_cidr,
     is_dns1123_subdomain,
-    network_prefix,
     parse_endpoint,
 )
+from kilo.strict import load_json, parse_cidr, parse_int, parse_ip, parse_network
 
 ANNOTATION_PREFIX = "kilo.squat.ai/"
 ENDPOINT = ANNOTATION_PREFIX + "endpoint"
@@ -61,18 +60,11 @@ OWNED_ANNOTATIONS = (
     LIVENESS,
 )
 
+#: The longest persistent keepalive WireGuard takes (a 16-bit number of seconds).
+MAX_KEEPALIVE = 65535
+
 PEER_API_VERSION = "kilo.squat.ai/v1alpha1"
 PEER_KIND = "Peer"
-
-
-def parse_cidr(text: str) -> Prefix:
-    """A CIDR that keeps its host bits (Kilo's ``normalizeIP``); raises ValueError."""
-    if "/" not in text:
-        raise ValueError("not a CIDR (no prefix length)")
-    fast = fast_v4_cidr(text)
-    if fast is not None:
-        return ipaddress.IPv4Interface(fast)
-    return ipaddress.ip_interface(text)
 
 
 class _Reader:
@@ -81,25 +73,75 @@ class _Reader:
         self.problems: list[Problem] = []
 
     def problem(self, field: str, value: Any, reason: str) -> None:
-        self.problems.append(Problem(self.kind, self.name, field, str(value), reason))
+        self.problems.append(Problem(self.kind, self.name, field, _shown(value), reason))
+
+
+def _shown(value: Any) -> str:
+    """A value as a problem shows it: as text, cut to a readable length."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 256 else text[:256] + f"… ({len(text)} characters)"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _name(obj: Any) -> str:
+    name = _mapping(_mapping(obj).get("metadata")).get("name", "")
+    return name if isinstance(name, str) else ""
+
+
+def object_name(obj: Any) -> str:
+    """The object's ``metadata.name``, or "" where there is none (never raises)."""
+    return _name(obj)
+
+
+def _strings(r: _Reader, value: Any, field: str) -> dict[str, str]:
+    """A map of strings (annotations, labels): any other entry is a problem and dropped."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        r.problem(field, value, "not a map of strings; ignored")
+        return {}
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if isinstance(k, str) and isinstance(v, str):
+            out[k] = v
+        else:
+            r.problem(f"{field}[{k}]", v, "not a string; ignored")
+    return out
 
 
 def node_from_object(
-    obj: Mapping[str, Any], topology_label: str = REGION_LABEL
-) -> tuple[Node, list[Problem]]:
-    meta = obj.get("metadata") or {}
-    name = str(meta.get("name", ""))
-    ann: Mapping[str, str] = meta.get("annotations") or {}
-    labels: Mapping[str, str] = meta.get("labels") or {}
-    r = _Reader("Node", name)
+    obj: Any, topology_label: str = REGION_LABEL
+) -> tuple[Node | None, list[Problem]]:
+    """A Node as Kilo reads it (None when the object is no Node at all); every value that cannot
+    be read is a problem and read as absent."""
+    r = _Reader("Node", _name(obj))
+    if not isinstance(obj, Mapping) or not r.name:
+        r.problem("metadata.name", _mapping(obj).get("metadata"), "an object without a name")
+        return None, r.problems
+    try:
+        return _node(obj, r, topology_label), r.problems
+    except Exception as e:  # noqa: BLE001 - reading never raises: a problem instead
+        r.problem("", "", f"unreadable: {type(e).__name__}: {e}")
+        return None, r.problems
+
+
+def _node(obj: Mapping[str, Any], r: _Reader, topology_label: str) -> Node:
+    meta = _mapping(obj.get("metadata"))
+    ann = _strings(r, meta.get("annotations"), "metadata.annotations")
+    labels = _strings(r, meta.get("labels"), "metadata.labels")
 
     subnet = None
-    pod_cidr = (obj.get("spec") or {}).get("podCIDR")
+    pod_cidr = _mapping(obj.get("spec")).get("podCIDR")
     if pod_cidr:
         try:
-            subnet = network_prefix(pod_cidr)
+            subnet = parse_network(str(pod_cidr)) if isinstance(pod_cidr, str) else None
         except ValueError as e:
             r.problem("spec.podCIDR", pod_cidr, f"not a CIDR: {e}")
+        if not isinstance(pod_cidr, str):
+            r.problem("spec.podCIDR", pod_cidr, "not a string")
 
     location = ann[LOCATION] if LOCATION in ann else labels.get(topology_label, "")
 
@@ -128,23 +170,16 @@ def node_from_object(
     if PERSISTENT_KEEPALIVE in ann:
         v = ann[PERSISTENT_KEEPALIVE]
         try:
-            keepalive = int(v, 10)
-        except ValueError:
-            r.problem(
-                f"metadata.annotations[{PERSISTENT_KEEPALIVE}]",
-                v,
-                "not an integer number of seconds",
-            )
-        if keepalive < 0:
-            r.problem(f"metadata.annotations[{PERSISTENT_KEEPALIVE}]", v, "negative; read as 0")
-            keepalive = 0
+            keepalive = parse_int(v, 0, MAX_KEEPALIVE, "a number of seconds")
+        except ValueError as e:
+            r.problem(f"metadata.annotations[{PERSISTENT_KEEPALIVE}]", v, f"{e}; read as 0")
 
     last_seen = 0
     if LAST_SEEN in ann:
         try:
-            last_seen = int(ann[LAST_SEEN], 10)
-        except ValueError:
-            r.problem(f"metadata.annotations[{LAST_SEEN}]", ann[LAST_SEEN], "not a Unix time")
+            last_seen = read_last_seen(ann[LAST_SEEN])
+        except ValueError as e:
+            r.problem(f"metadata.annotations[{LAST_SEEN}]", ann[LAST_SEEN], str(e))
 
     discovered: dict[str, Endpoint] | None = None
     if DISCOVERED_ENDPOINTS in ann and ann[DISCOVERED_ENDPOINTS] != "":
@@ -173,8 +208,8 @@ def node_from_object(
         except InvalidKey as e:
             r.problem(f"metadata.annotations[{KEY}]", ann[KEY], f"not a WireGuard key: {e}")
 
-    node = Node(
-        name=name,
+    return Node(
+        name=r.name,
         endpoint=endpoint,
         key=key,
         no_internal_ip=no_internal_ip,
@@ -191,25 +226,43 @@ def node_from_object(
         granularity=granularity,
         lease_liveness=ann.get(LIVENESS) == LEASE_LIVENESS,
     )
-    return node, r.problems
+
+
+def read_last_seen(text: str) -> int:
+    """A ``last-seen`` annotation: a Unix time in seconds, as Go's ``ParseInt(s, 10, 64)``."""
+    return parse_int(text, -(2**63), 2**63 - 1, "a Unix time")
 
 
 def _discovered_endpoints(text: str, r: _Reader) -> dict[str, Endpoint] | None:
+    """The map of public key to the UDP address it was last seen from; a malformed entry is
+    dropped (a problem), the others kept."""
     field = f"metadata.annotations[{DISCOVERED_ENDPOINTS}]"
     try:
-        raw = json.loads(text)
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        out: dict[str, Endpoint] = {}
-        for k, v in raw.items():
-            if v is None:
-                continue
-            ip = ipaddress.ip_address(v["IP"])
-            out[str(k)] = Endpoint(port=int(v["Port"]), ip=ip)
-        return out
-    except (ValueError, KeyError, TypeError) as e:
-        r.problem(field, text, f"not a JSON map of public key to UDP address: {e}")
+        raw = load_json(text)
+    except ValueError as e:
+        r.problem(field, text, f"not JSON: {e}")
         return None
+    if not isinstance(raw, dict):
+        r.problem(field, text, "not a JSON map of public key to UDP address")
+        return None
+    out: dict[str, Endpoint] = {}
+    for k, v in raw.items():
+        if v is None:
+            continue
+        try:
+            Key.parse(k)
+            if not isinstance(v, dict):
+                raise ValueError("not an object with IP and Port")
+            ip, port, zone = v.get("IP"), v.get("Port"), v.get("Zone", "")
+            if not isinstance(ip, str) or zone not in ("", None):
+                raise ValueError("IP must be an address without a zone")
+            if type(port) is not int or not 0 < port < 65536:
+                raise ValueError("Port must be a number 1-65535")
+            out[k] = Endpoint(port=port, ip=parse_ip(ip))
+        except ValueError as e:
+            why = f"not a UDP address of a public key: {e}; ignored"
+            r.problem(f"{field}[{_shown(k)}]", v, why)
+    return out
 
 
 def discovered_endpoints_json(endpoints: Mapping[str, Endpoint]) -> str:
@@ -220,75 +273,102 @@ def discovered_endpoints_json(endpoints: Mapping[str, Endpoint]) -> str:
     )
 
 
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # not a bool, not a float
+
+
 def peer_validation_error(spec: Mapping[str, Any]) -> str | None:
-    """Kilo's ``Peer.Validate``: the first reason the spec is invalid, or None."""
-    for ip in spec.get("allowedIPs") or []:
+    """Kilo's ``Peer.Validate``, with the types the CRD gives: the first reason the spec is
+    invalid, or None."""
+    ips = spec.get("allowedIPs")
+    if ips is not None and not isinstance(ips, list):
+        return f"spec.allowedIPs: {ips!r} is not a list of CIDRs"
+    for ip in ips or []:
+        if not isinstance(ip, str):
+            return f"spec.allowedIPs: {ip!r} is not a CIDR"
         try:
-            parse_cidr(str(ip))
+            parse_cidr(ip)
         except ValueError as e:
             return f"spec.allowedIPs: {ip!r} is not a CIDR: {e}"
     ep = spec.get("endpoint")
     if ep is not None:
+        if not isinstance(ep, Mapping) or not isinstance(ep.get("dnsOrIP") or {}, Mapping):
+            return f"spec.endpoint: {ep!r} is not an endpoint (dnsOrIP and port)"
         d = ep.get("dnsOrIP") or {}
         dns, ip = d.get("dns") or "", d.get("ip") or ""
+        if not isinstance(dns, str) or not isinstance(ip, str):
+            return "spec.endpoint.dnsOrIP: dns and ip must be strings"
         if not dns and not ip:
             return "spec.endpoint.dnsOrIP: either a DNS name or an IP address must be given"
         if dns and not is_dns1123_subdomain(dns):
             return f"spec.endpoint.dnsOrIP.dns: {dns!r} is not a DNS-1123 subdomain"
         if ip:
             try:
-                ipaddress.ip_address(ip)
+                parse_ip(ip)
             except ValueError:
                 return f"spec.endpoint.dnsOrIP.ip: {ip!r} is not an IP address"
         port = ep.get("port", 0)
-        if not isinstance(port, int) or not 1 <= port <= 65535:
+        if not _is_int(port) or not 1 <= port <= 65535:
             return f"spec.endpoint.port: {port!r} is not a UDP port number (1-65535)"
     pka = spec.get("persistentKeepalive", 0) or 0
-    if not isinstance(pka, int) or pka < 0:
+    if not _is_int(pka) or pka < 0:
         return f"spec.persistentKeepalive: {pka!r} must be an integer >= 0"
     try:
-        Key.parse(str(spec.get("publicKey", "")))
+        Key.parse(spec.get("publicKey", ""))
     except InvalidKey as e:
         return f"spec.publicKey: not a WireGuard key: {e}"
     return None
 
 
-def peer_from_object(obj: Mapping[str, Any]) -> tuple[Peer | None, list[Problem]]:
+def peer_from_object(obj: Any) -> tuple[Peer | None, list[Problem]]:
     """A Peer, or None when Kilo would skip it as invalid (the problem says why)."""
-    meta = obj.get("metadata") or {}
-    name = str(meta.get("name", ""))
-    spec: Mapping[str, Any] = obj.get("spec") or {}
-    r = _Reader("Peer", name)
+    r = _Reader("Peer", _name(obj))
+    if not isinstance(obj, Mapping) or not r.name:
+        r.problem("metadata.name", _mapping(obj).get("metadata"), "an object without a name")
+        return None, r.problems
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, Mapping):
+        r.problem("spec", spec, "not an object")
+        return None, r.problems
+    try:
+        return _peer(spec, r), r.problems
+    except Exception as e:  # noqa: BLE001 - reading never raises: a problem instead
+        r.problem("", "", f"unreadable: {type(e).__name__}: {e}")
+        return None, r.problems
+
+
+def _peer(spec: Mapping[str, Any], r: _Reader) -> Peer | None:
     err = peer_validation_error(spec)
     if err is not None:
         field, _, reason = err.partition(": ")
         r.problem(field, _spec_value(spec, field), reason)
-        return None, r.problems
-    allowed = tuple(parse_cidr(str(a)) for a in spec.get("allowedIPs") or [])
+        return None
+    allowed = tuple(parse_cidr(a) for a in spec.get("allowedIPs") or [])
     endpoint = None
     ep = spec.get("endpoint")
     if ep is not None and ep.get("port", 0) > 0:
         d = ep.get("dnsOrIP") or {}
         if d.get("ip"):
-            endpoint = Endpoint(port=int(ep["port"]), ip=ipaddress.ip_address(d["ip"]))
+            endpoint = Endpoint(port=ep["port"], ip=parse_ip(d["ip"]))
         if d.get("dns"):
-            endpoint = Endpoint(port=int(ep["port"]), dns=str(d["dns"]))
+            endpoint = Endpoint(port=ep["port"], dns=d["dns"])
     psk = None
     if spec.get("presharedKey"):
         try:
-            psk = Key.parse(str(spec["presharedKey"]))
+            psk = Key.parse(spec["presharedKey"])
         except InvalidKey as e:
             r.problem("spec.presharedKey", "<redacted>", f"not a WireGuard key: {e}; ignored")
-    return (
-        Peer(
-            name=name,
-            public_key=Key.parse(str(spec["publicKey"])),
-            allowed_ips=allowed,
-            endpoint=endpoint,
-            persistent_keepalive=max(int(spec.get("persistentKeepalive") or 0), 0),
-            preshared_key=psk,
-        ),
-        r.problems,
+    keepalive = spec.get("persistentKeepalive") or 0
+    if keepalive > MAX_KEEPALIVE:
+        r.problem("spec.persistentKeepalive", keepalive, f"over {MAX_KEEPALIVE} s; read as 0")
+        keepalive = 0
+    return Peer(
+        name=r.name,
+        public_key=Key.parse(spec["publicKey"]),
+        allowed_ips=allowed,
+        endpoint=endpoint,
+        persistent_keepalive=keepalive,
+        preshared_key=psk,
     )
 
 
@@ -300,8 +380,9 @@ def _spec_value(spec: Mapping[str, Any], field: str) -> Any:
 
 
 def node_annotations(node: Node) -> dict[str, str]:
-    """The annotations the agent publishes for its own node (Kilo's ``Set``)."""
-    return {
+    """The annotations the agent publishes for its own node (Kilo's ``Set``); a value with
+    control characters is refused (``kilo.syntax.UnsafeValue``)."""
+    out = {
         ENDPOINT: endpoint_str(node.endpoint),
         INTERNAL_IP: "" if node.internal_ip is None else str(node.internal_ip),
         KEY: _key_text(node.key),
@@ -315,6 +396,9 @@ def node_annotations(node: Node) -> dict[str, str]:
         if node.cni_compatibility_ip is None
         else str(node.cni_compatibility_ip),
     } | ({LIVENESS: LEASE_LIVENESS} if node.lease_liveness else {})
+    for k, v in out.items():
+        syntax.text(v, f"annotation {k}")
+    return out
 
 
 def _key_text(key: Key | None) -> str:

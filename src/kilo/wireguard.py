@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from kilo import syntax
 from kilo.keys import Key, is_zero
-from kilo.model import Endpoint, Prefix, endpoint_str, parse_endpoint
+from kilo.model import Endpoint, Prefix, parse_endpoint
 
 
 @dataclass
@@ -42,22 +43,28 @@ class WgConf:
     peers: list[WgPeer] = field(default_factory=list)
 
     def render(self) -> str:
+        """The INI text; ``kilo.syntax.UnsafeValue`` for a value that could carry syntax."""
         out: list[str] = []
         if self.private_key is not None:
             out.append("[Interface]\n")
             if not is_zero(self.private_key):
                 out.append(f"PrivateKey = {self.private_key}\n")
-            out.append(f"ListenPort = {self.listen_port or 0}\n")
+            port = syntax.number(self.listen_port or 0, 0, syntax.MAX_PORT, "listen port")
+            out.append(f"ListenPort = {port}\n")
         for i, p in enumerate(self.peers):
             if i > 0 or self.private_key is not None:
                 out.append("\n")
             out.append("[Peer]\n")
             if p.allowed_ips:
-                out.append("AllowedIPs = " + ", ".join(str(a) for a in p.allowed_ips) + "\n")
-            ep = endpoint_str(p.endpoint)
+                ips = ", ".join(syntax.prefix(a, "allowed IP") for a in p.allowed_ips)
+                out.append(f"AllowedIPs = {ips}\n")
+            ep = "" if p.endpoint is None else syntax.endpoint(p.endpoint)
             if ep:
                 out.append(f"Endpoint = {ep}\n")
-            out.append(f"PersistentKeepalive = {p.persistent_keepalive}\n")
+            keepalive = syntax.number(
+                p.persistent_keepalive, 0, syntax.MAX_KEEPALIVE, "persistent keepalive"
+            )
+            out.append(f"PersistentKeepalive = {keepalive}\n")
             if not is_zero(p.preshared_key):
                 out.append(f"PresharedKey = {p.preshared_key}\n")
             if not is_zero(p.public_key):

@@ -9,9 +9,12 @@ from kilo.keys import InvalidKey, Key, is_zero
 
 def test_parse_and_str_round_trip() -> None:
     text = base64.b64encode(bytes(range(32))).decode()
-    k = Key.parse(f"  {text}\n")
+    k = Key.parse(f"{text[:20]}\r\n{text[20:]}\n")  # line breaks are skipped, as Go's decoder does
     assert k == bytes(range(32)) and str(k) == text and f"{k}" == text
     assert hash(k) == hash(bytes(range(32)))
+    for spaced in (f" {text}", f"{text} ", f"{text[:20]} {text[20:]}", f"{text}\t"):
+        with pytest.raises(InvalidKey):
+            Key.parse(spaced)
 
 
 @pytest.mark.parametrize("text", ["", "c2hvcnQ=", "!!!notbase64!!!", "A" * 44])

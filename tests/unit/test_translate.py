@@ -173,8 +173,8 @@ def test_fast_ipv4_parsing_reads_as_ipaddress_does() -> None:
     import ipaddress
     import random
 
-    from kilo.model import fast_v4_address, network_prefix
-    from kilo.translate import parse_cidr
+    from kilo.strict import fast_v4_address, parse_cidr
+    from kilo.strict import parse_network as network_prefix
 
     def res(f: Any, c: str) -> tuple[Any, ...]:
         try:

@@ -26,9 +26,9 @@ from kilo.model import (
     REGION_LABEL,
     Granularity,
     Prefix,
-    network_prefix,
 )
 from kilo.routes import Compatibility, Encapsulation, Strategy
+from kilo.strict import parse_network
 
 LOG_LEVELS = {
     "all": logging.DEBUG,
@@ -52,7 +52,7 @@ def _cidrs(values: list[str]) -> list[Prefix]:
     out = []
     for raw in values:
         for c in filter(None, raw.split(",")):
-            out.append(network_prefix(c))
+            out.append(parse_network(c))
     return out
 
 
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hostname=a.hostname,
             interface=a.interface,
             port=a.port,
-            subnet=network_prefix(a.subnet),
+            subnet=parse_network(a.subnet),
             granularity=Granularity(a.mesh_granularity),
             local=a.local,
             encapsulation=Encapsulation(Strategy(a.encapsulate), Compatibility(a.compatibility)),

@@ -27,7 +27,8 @@ from kilo.mesh import (
     showconf_node,
     showconf_peer,
 )
-from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity, network_prefix
+from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity
+from kilo.strict import parse_network
 
 GRANULARITIES = [g.value for g in Granularity]
 OUTPUTS = ["json", "wireguard", "yaml"]
@@ -169,7 +170,7 @@ def _options(a: argparse.Namespace) -> Options:
                 try:
                     if "/" not in cidr:
                         raise ValueError
-                    opts.allowed_ips.append(network_prefix(cidr))
+                    opts.allowed_ips.append(parse_network(cidr))
                 except ValueError:
                     raise UserError(
                         f'allowed-ips must contain only valid CIDRs; got "{cidr}"'

@@ -249,8 +249,8 @@ class Netlink:
                 try:
                     ipr.route("del", **_delete_args(msg))
                     changes.append(f"remove route {old}")
-                except NetlinkError as e:
-                    failures.append(f"remove route {old}: {e}")
+                except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                    failures.append(f"remove route {old}: {_why(e)}")
         for key, r in wanted.items():
             cur = have.get(key)
             if cur is not None and cur[0] == r:
@@ -259,13 +259,8 @@ class Netlink:
             try:
                 ipr.route(verb, **self._route_args(r, names))
                 changes.append(f"{verb} route {r}")
-            except (NetlinkError, LookupError) as e:
-                why = (
-                    "a route that is not ours is in the way"
-                    if getattr(e, "code", 0) == 17
-                    else str(e)
-                )
-                failures.append(f"{verb} route {r}: {why}")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                failures.append(f"{verb} route {r}: {_why(e)}")
 
     def _change_routes(
         self,
@@ -298,9 +293,9 @@ class Netlink:
             try:
                 ipr.route("del", **args)
                 changes.append(f"remove route {r}")
-            except NetlinkError as e:
-                if e.code != 3:  # ESRCH: gone already
-                    failures.append(f"remove route {r}: {e}")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                if getattr(e, "code", 0) != 3:  # ESRCH: gone already
+                    failures.append(f"remove route {r}: {_why(e)}")
         for key, r in new.items():
             if old.get(key) == r:
                 continue
@@ -312,9 +307,8 @@ class Netlink:
             try:  # a new one is added, never replaced: a route in the way may not be ours
                 ipr.route(verb, **self._route_args(r, {i: r.dev}))
                 changes.append(f"{verb} route {r}")
-            except NetlinkError as e:
-                why = "a route that is not ours is in the way" if e.code == 17 else str(e)
-                failures.append(f"{verb} route {r}: {why}")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                failures.append(f"{verb} route {r}: {_why(e)}")
 
     def _reconcile_rules(
         self, ipr: IPRoute, want: Sequence[Rule], changes: list[str], failures: list[str]
@@ -327,33 +321,43 @@ class Netlink:
             if i is not None:
                 matched.add(i)
                 continue
-            args: dict[str, Any] = {"family": w.family, "table": w.table, "protocol": self.proto}
-            for name, value in (("src", w.src), ("dst", w.dst)):
-                if value is not None:
-                    net = ipaddress.ip_network(value)
-                    args[name], args[f"{name}_len"] = str(net.network_address), net.prefixlen
-            if w.iif is not None:
-                args["iifname"] = w.iif
-            if w.priority is not None:
-                args["priority"] = w.priority
             try:
-                ipr.rule("add", **args)
+                ipr.rule("add", **self._rule_args(w))
                 changes.append(f"add rule {w}")
-            except NetlinkError as e:
-                failures.append(f"add rule {w}: {e}")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                failures.append(f"add rule {w}: {_why(e)}")
         for i, (h, m) in enumerate(have):
             if i in matched:
                 continue
             try:
                 ipr.rule("del", **_rule_delete_args(m))
                 changes.append(f"remove rule {h}")
-            except NetlinkError as e:
-                failures.append(f"remove rule {h}: {e}")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                failures.append(f"remove rule {h}: {_why(e)}")
+
+    def _rule_args(self, w: _Rule) -> dict[str, Any]:
+        args: dict[str, Any] = {"family": w.family, "table": w.table, "protocol": self.proto}
+        for name, value in (("src", w.src), ("dst", w.dst)):
+            if value is not None:
+                net = ipaddress.ip_network(value)
+                args[name], args[f"{name}_len"] = str(net.network_address), net.prefixlen
+        if w.iif is not None:
+            args["iifname"] = w.iif
+        if w.priority is not None:
+            args["priority"] = w.priority
+        return args
 
 
 #: A route as compared with iproute2's listing: table, destination, device, gateway, source,
 #: onlink.
 _Listed = tuple[int, str, str, str, str, bool]
+
+
+def _why(e: Exception) -> str:
+    """Why one route or rule failed, as a sentence."""
+    if isinstance(e, NetlinkError) and e.code == 17:
+        return "a route that is not ours is in the way"
+    return str(e) or type(e).__name__
 
 
 def _listing_of(routes: Iterable[Route]) -> list[_Listed]:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from kilo import syntax
 from kilo.keys import Key
 from kilo.model import UdpAddress, format_udp
-from kilo.wgstate import DeviceState, DeviceUpdate, PeerState
+from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 
 DEFAULT_SOCKET_DIR = "/var/run/wireguard"
 
@@ -42,34 +43,39 @@ def _key(value: str) -> Key:
 
 
 def encode_set(update: DeviceUpdate) -> str:
-    """The text of a ``set=1`` request, blank line included."""
+    """The text of a ``set=1`` request, blank line included; a value that could carry syntax
+    (``kilo.syntax``) is refused with ``UnsafeValue`` before anything is written."""
     lines = ["set=1"]
     if update.private_key is not None:
         lines.append(f"private_key={update.private_key.hex()}")
     if update.listen_port is not None:
-        lines.append(f"listen_port={update.listen_port}")
+        lines.append(f"listen_port={syntax.number(update.listen_port, 0, syntax.MAX_PORT, 'port')}")
     if update.fwmark is not None:
-        lines.append(f"fwmark={update.fwmark}")
+        lines.append(f"fwmark={syntax.number(update.fwmark, 0, syntax.MAX_FWMARK, 'fwmark')}")
     if update.replace_peers:
         lines.append("replace_peers=true")
     for p in update.peers:
-        lines.append(f"public_key={p.public_key.hex()}")
-        if p.remove:
-            lines.append("remove=true")
-            continue
-        if p.update_only:
-            lines.append("update_only=true")
-        if p.preshared_key is not None:
-            lines.append(f"preshared_key={p.preshared_key.hex()}")
-        if p.endpoint is not None:
-            lines.append(f"endpoint={format_udp(p.endpoint)}")
-        if p.persistent_keepalive is not None:
-            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
-        if p.replace_allowed_ips:
-            lines.append("replace_allowed_ips=true")
-        for a in p.allowed_ips:
-            lines.append(f"allowed_ip={a.network}")
+        lines += _peer_lines(p)
     return "\n".join(lines) + "\n\n"
+
+
+def _peer_lines(p: PeerUpdate) -> list[str]:
+    syntax.peer_update(p)
+    lines = [f"public_key={p.public_key.hex()}"]
+    if p.remove:
+        return [*lines, "remove=true"]
+    if p.update_only:
+        lines.append("update_only=true")
+    if p.preshared_key is not None:
+        lines.append(f"preshared_key={p.preshared_key.hex()}")
+    if p.endpoint is not None:
+        lines.append(f"endpoint={format_udp(p.endpoint)}")
+    if p.persistent_keepalive is not None:
+        lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+    if p.replace_allowed_ips:
+        lines.append("replace_allowed_ips=true")
+    lines += [f"allowed_ip={a.network}" for a in p.allowed_ips]
+    return lines
 
 
 def parse_get(text: str) -> DeviceState:

@@ -34,10 +34,12 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pyroute2 import IPRoute
 
+from kilo import syntax
 from kilo.keys import Key, is_zero
 from kilo.model import Endpoint, Prefix, UdpAddress, format_udp
 from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
@@ -57,7 +59,12 @@ class Mode(str, enum.Enum):
 
 
 class DeviceError(RuntimeError):
-    """The device could not be created, started or configured; the message says why."""
+    """The device could not be created, started or configured; the message says why, and
+    ``changes`` what was done before (the parts that were applied)."""
+
+    def __init__(self, message: str, changes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.changes = changes or []
 
 
 # ---------------------------------------------------------------------------- diffing (pure)
@@ -331,11 +338,44 @@ class Device(abc.ABC):
                 up, changes = diff_confs(previous, desired, self.resolve)
             else:
                 up, changes = diff(self._get(), desired, self.resolve)
-            if not up.empty():
-                self._set(up)
+            failures = self._set_each(up) if not up.empty() else []
             for c in changes:
                 log.info("%s: %s", self.name, c)
+            if failures:
+                raise DeviceError(f"{self.name}: " + "; ".join(failures), changes)
             return changes
+
+    def _set_each(self, up: DeviceUpdate) -> list[str]:
+        """Send ``up``; a peer whose values could carry syntax is left out, and when the
+        device refuses the update as a whole, each part is sent on its own, so that one bad
+        peer never keeps the others from the device. The failures, as sentences."""
+        failures: list[str] = []
+        safe: list[PeerUpdate] = []
+        for p in up.peers:
+            try:
+                syntax.peer_update(p)
+                safe.append(p)
+            except syntax.UnsafeValue as e:
+                failures.append(f"peer {p.public_key} refused: {e}")
+        whole = replace(up, peers=safe)
+        if whole.empty():
+            return failures
+        try:
+            self._set(whole)
+            return failures
+        except Exception as e:  # noqa: BLE001 - retried part by part below
+            log.warning(
+                "%s: the device refused the update (%s); sending it part by part", self.name, e
+            )
+        parts = [replace(whole, peers=[])] if not replace(whole, peers=[]).empty() else []
+        parts += [DeviceUpdate(peers=[p]) for p in safe]
+        for part in parts:
+            try:
+                self._set(part)
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                what = f"peer {part.peers[0].public_key}" if part.peers else "device settings"
+                failures.append(f"{what}: {e}")
+        return failures
 
     def configure_link(self, addresses: Sequence[Prefix], mtu: int | None) -> list[str]:
         """Set the interface's addresses and MTU and bring it up (remembered for restarts)."""
