@@ -81,7 +81,7 @@ def drop_claims_on_nodes(
     return out
 
 
-class _Index:
+class PrefixIndex:
     """Prefixes (their networks), each with a rank; entries can be withdrawn."""
 
     def __init__(self) -> None:
@@ -159,7 +159,7 @@ class AllowedLocationIPFilter:
         self.active = any(s.allowed_location_ips for s in segments)
         if not self.active:
             return
-        self._loc, self._peers = _Index(), _Index()
+        self._loc, self._peers = PrefixIndex(), PrefixIndex()
         self._loc_ids = [
             [self._loc.add(ip, j) for ip in s.allowed_location_ips] for j, s in enumerate(segments)
         ]

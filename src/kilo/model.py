@@ -178,6 +178,7 @@ class Peer:
     endpoint: Endpoint | None = None
     persistent_keepalive: int = 0  # seconds
     preshared_key: Key | None = None
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC): the older Peer's claim wins
 
     def ready(self) -> bool:
         return bool(self.allowed_ips) and not is_zero(self.public_key)

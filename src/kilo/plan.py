@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kilo import cni as cnilib
+from kilo.authorise import PeerPolicy, authorise_peers
 from kilo.firewall import Ruleset, ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
@@ -79,6 +80,7 @@ class Settings:
     prioritise_private: bool = False
     nft_table: str = "kilo"
     liveness: Liveness = Liveness.COMPAT
+    peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,13 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
     nodes = dict(cluster.nodes)
     nodes[me.name] = me
     ready = ready_nodes(nodes, facts.now, facts.outages)
-    ready_peers = {k: p for k, p in cluster.peers.items() if p.ready()}
+    ready_peers, refused = authorise_peers(
+        {k: p for k, p in cluster.peers.items() if p.ready()},
+        cluster.nodes,
+        settings.subnet,
+        settings.service_cidrs,
+        settings.peer_policy,
+    )
     base = replace(base, ready_nodes=len(ready), ready_peers=len(ready_peers))
     if me.name not in ready:
         return replace(
@@ -227,7 +235,7 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
         topology=t,
         dataplane=dataplane(t, facts, settings, port),
         discovered=discovered,
-        problems=cluster.problems + tuple(t.refusals),
+        problems=cluster.problems + tuple(refused) + tuple(t.refusals),
         native=native,
         lease_change=change,
         probes=probes,

@@ -9,7 +9,9 @@ backend both use this module, so a live cluster and a saved dump read the same.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from kilo import syntax
@@ -59,6 +61,8 @@ OWNED_ANNOTATIONS = (
     CNI_COMPATIBILITY_IP,
     LIVENESS,
 )
+
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 
 #: The longest persistent keepalive WireGuard takes (a 16-bit number of seconds).
 MAX_KEEPALIVE = 65535
@@ -330,8 +334,12 @@ def peer_from_object(obj: Any) -> tuple[Peer | None, list[Problem]]:
     if not isinstance(spec, Mapping):
         r.problem("spec", spec, "not an object")
         return None, r.problems
+    created = _mapping(obj.get("metadata")).get("creationTimestamp", "")
+    if not isinstance(created, str) or not _TIMESTAMP.match(created):
+        created = ""
     try:
-        return _peer(spec, r), r.problems
+        peer = _peer(spec, r)
+        return (None if peer is None else replace(peer, created=created)), r.problems
     except Exception as e:  # noqa: BLE001 - reading never raises: a problem instead
         r.problem("", "", f"unreadable: {type(e).__name__}: {e}")
         return None, r.problems

@@ -8,7 +8,7 @@ import pytest
 
 from kilo.cli.kg import _duration, parser
 from kilo.cni import default_conflist, pod_cidr_of, with_pod_cidr
-from kilo.dataplane.files import load_or_create_key
+from kilo.dataplane.files import KeyFileError, load_or_create_key
 from kilo.hostinfo import HostAddress, choose_ips
 from kilo.metrics import AgentMetrics
 from kilo.server import parse_listen
@@ -55,7 +55,9 @@ def test_key_file_made_0600_and_reused(tmp_path: Path) -> None:
     assert path.read_text().strip() == str(k1)
     assert load_or_create_key(str(path)) == k1
     path.write_text("garbage")
-    assert load_or_create_key(str(path)) != k1
+    with pytest.raises(KeyFileError, match="remove it"):
+        load_or_create_key(str(path))
+    assert path.read_text() == "garbage"
 
 
 def test_metrics_text() -> None:

@@ -2,10 +2,10 @@
 
 A Node as the API server sends it carries its status (conditions, images, addresses, capacity),
 managedFields and other programs' annotations: several kilobytes, none of which the agent reads.
-``lean`` keeps the name, the resourceVersion, the labels (the topology label is configurable),
-Kilo's own annotations and, of the spec, a Node's ``podCIDR`` or a Peer's whole spec. Values of
-the wrong type (the API server never sends them, a hostile fake might) are dropped rather than
-kept to trip a reader. Never raises.
+``lean`` keeps the name, the resourceVersion (and a Peer's creation time), the labels (the
+topology label is configurable), Kilo's own annotations and, of the spec, a Node's ``podCIDR``
+or a Peer's whole spec. Values of the wrong type (the API server never sends them, a hostile
+fake might) are dropped rather than kept to trip a reader. Never raises.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def lean(obj: object, kind: str, api_version: str) -> Obj:
     raw_meta = src.get("metadata")
     meta_in: dict[Any, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     meta: Obj = {}
-    for field in ("name", "resourceVersion"):
+    for field in ("name", "resourceVersion") + (("creationTimestamp",) if kind == "Peer" else ()):
         if isinstance(meta_in.get(field), str):
             meta[field] = meta_in[field]
     labels = _strings(meta_in.get("labels"))

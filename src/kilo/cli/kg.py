@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from kilo import __version__
+from kilo.authorise import PeerPolicy
 from kilo.model import (
     DEFAULT_CNI_PATH,
     DEFAULT_INTERFACE,
@@ -141,6 +142,14 @@ def parser() -> argparse.ArgumentParser:
         help="The service CIDR for the Kubernetes cluster (repeatable); not masqueraded.",
     )
     p.add_argument(
+        "--peer-allowed-ranges",
+        action="append",
+        default=[],
+        help="CIDRs inside which Peers may claim any allowed IP, the cluster's own addresses "
+        "included (repeatable, comma-separated); outside them a Peer may not claim a default "
+        "route, the cluster's addresses or another Peer's.",
+    )
+    p.add_argument(
         "--internal-cidr",
         action="append",
         default=[],
@@ -254,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             mtu=None if a.mtu == "auto" else int(a.mtu),
             cni=a.cni,
             service_cidrs=tuple(_cidrs(a.service_cidr)),
+            peer_policy=PeerPolicy(allowed_ranges=tuple(_cidrs(a.peer_allowed_ranges))),
             forward_rules=a.iptables_forward_rules,
             prioritise_private=a.prioritise_private_addresses,
             nft_table=a.nft_table,
@@ -276,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
 
     from kilo.backend.kubernetes import BackendError, KubernetesBackend
-    from kilo.dataplane.files import AgentFiles
+    from kilo.dataplane.files import AgentFiles, KeyFileError
     from kilo.dataplane.host import LocalHost
     from kilo.dataplane.netlink import Netlink
     from kilo.dataplane.nftables import Nftables
@@ -302,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         backend.on_event = agent.take_event  # check-ins are taken in the watch's thread
         agent.start()
         serve(agent, a.listen)
-    except (BackendError, OSError, RuntimeError, ValueError) as e:
+    except (BackendError, KeyFileError, OSError, RuntimeError, ValueError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +14,94 @@ from kilo.keys import InvalidKey, Key
 
 log = logging.getLogger("kilo.agent")
 
+_MAX_KEY_FILE = 4096  # a key file is 45 bytes; more is not a key
+
+
+class KeyFileError(Exception):
+    """The private key file exists but cannot be used as it is; the message says what to do."""
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+
 
 def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` in one rename, so a reader never sees half a file."""
+    """Replace ``path`` (the name itself, even a symlink) with ``text`` in one rename, so a
+    reader never sees half a file. The temporary file beside it is new (never an existing file
+    or a symlink) and has ``mode`` before anything is written to it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = _temp_path(path)
+        try:
+            fd = os.open(tmp, flags, mode)
+            break
+        except FileExistsError:  # a leftover from a crash, or anything planted there
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), mode)  # exactly ``mode``, whatever the umask
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_key_file(p: Path) -> Key | None:
+    """The key in the file at ``p`` (following a symlink), its mode tightened to 0600 if group
+    or others may access it; ``None`` if there is no file or it is empty."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"the private key file {p} is not a regular file")
+        data = f.read(_MAX_KEY_FILE + 1)
+        if not data.strip():
+            log.info("the private key file %s is empty", p)
+            return None
+        try:
+            key = Key.parse(data.decode("ascii").strip())
+        except (UnicodeDecodeError, InvalidKey) as e:
+            reason = "not ASCII" if isinstance(e, UnicodeDecodeError) else str(e)
+            raise KeyFileError(
+                f"the private key file {p} does not hold a WireGuard key ({reason}); "
+                "remove it to generate a new key"
+            ) from None
+        old = stat.S_IMODE(st.st_mode)
+        if old & 0o077:
+            log.warning("the private key file %s has mode %04o; setting it to 0600", p, old)
+            try:
+                os.fchmod(fd, 0o600)
+            except OSError as e:
+                raise KeyFileError(
+                    f"the private key file {p} has mode {old:04o} and cannot be set to 0600 "
+                    f"({e.strerror}); make it readable by its owner only"
+                ) from None
+    return key
 
 
 def load_or_create_key(path: str | Path) -> Key:
-    """The private key stored at ``path`` (mode 0600), made if missing or unreadable as a key."""
+    """The private key stored at ``path``: a file of mode 0600, made if missing or empty.
+    ``KeyFileError`` if the file holds anything else or its mode cannot be made 0600."""
     p = Path(path)
-    try:
-        return Key.parse(p.read_text())
-    except FileNotFoundError:
-        pass
-    except InvalidKey:
-        log.warning("the private key file %s does not hold a WireGuard key; generating one", p)
-    key = Key.generate()
-    write_atomically(p, f"{key}\n", 0o600)
-    log.info("generated a new WireGuard private key in %s", p)
+    key = _read_key_file(p)
+    if key is None:
+        key = Key.generate()
+        write_atomically(p, f"{key}\n", 0o600)
+        log.info("generated a new WireGuard private key in %s", p)
     return key
 
 
