@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from kilo.claims import PrefixIndex
 from kilo.model import Node, Peer, Prefix, Problem, host_prefix
 from kilo.prefixes import net_key
+from kilo.translate import INTERNAL_IP, KEY
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,81 @@ def _protected(
             out.append((host_prefix(n.endpoint.ip), f"node {n.name}'s endpoint"))
         if n.wireguard_ip is not None:
             out.append((host_prefix(n.wireguard_ip.ip), f"node {n.name}'s WireGuard IP"))
-        out += [(a, f"node {n.name}'s allowed-location IP") for a in n.allowed_location_ips]
+    # Allowed-location IPs are not guarded here: as in Kilo, one that overlaps a Peer's claim is
+    # the one refused (``claims.AllowedLocationIPFilter``), so no Node can take a Peer's range.
     return out
+
+
+def _age(created: str, name: str) -> tuple[str, str]:
+    return (created or "~", name)  # without a creation time: after every object that has one
+
+
+def authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node], list[Problem]]:
+    """The Nodes as they may claim: a node may not use an older node's public key (it is
+    refused whole), its pod CIDR may not overlap an older node's (refused: without one the
+    node is not ready), nor its internal IP be an older node's (read as absent). Older means
+    created earlier, then sorted first by name. ``me``, the local node, is never refused in its
+    own plan (the problem is reported; the other nodes refuse it)."""
+    refusals: list[Problem] = []
+    keys: dict[bytes, str] = {}
+    pods = PrefixIndex()
+    pod_owners: list[str] = []
+    internal: dict[tuple[int, int, int], str] = {}
+    out: dict[str, Node] = {}
+    for n in sorted(nodes.values(), key=lambda n: _age(n.created, n.name)):
+        keep = n
+        if n.key is not None:
+            other = keys.get(bytes(n.key))
+            if other is not None:
+                refusals.append(
+                    Problem(
+                        "Node",
+                        n.name,
+                        f"metadata.annotations[{KEY}]",
+                        str(n.key),
+                        f"is node {other}'s key; refused",
+                    )
+                )
+                if n.name != me:
+                    continue
+            else:
+                keys[bytes(n.key)] = n.name
+        if n.subnet is not None:
+            hit = pods.overlapping(n.subnet)
+            if hit is not None:
+                refusals.append(
+                    Problem(
+                        "Node",
+                        n.name,
+                        "spec.podCIDR",
+                        str(n.subnet),
+                        f"overlaps node {pod_owners[hit]}'s pod CIDR; refused",
+                    )
+                )
+                if n.name != me:
+                    continue
+            else:
+                pods.add(n.subnet, len(pod_owners))
+                pod_owners.append(n.name)
+        if n.internal_ip is not None:
+            ip = net_key(host_prefix(n.internal_ip.ip))
+            other = internal.get(ip)
+            if other is not None:
+                refusals.append(
+                    Problem(
+                        "Node",
+                        n.name,
+                        f"metadata.annotations[{INTERNAL_IP}]",
+                        str(n.internal_ip),
+                        f"is node {other}'s internal IP; ignored",
+                    )
+                )
+                if n.name != me:
+                    keep = replace(keep, internal_ip=None)
+            else:
+                internal[ip] = n.name
+        out[n.name] = keep
+    return out, refusals
 
 
 def authorise_peers(
@@ -76,7 +150,7 @@ def authorise_peers(
     owners: list[tuple[str, Prefix]] = []
     keys: dict[bytes, str] = {}
     out: dict[str, Peer] = {}
-    for p in sorted(peers.values(), key=lambda p: (p.created or "~", p.name)):
+    for p in sorted(peers.values(), key=lambda p: _age(p.created, p.name)):
         key = bytes(p.public_key or b"")
         if key in node_keys or key in keys:
             owner = f"node {node_keys[key]}" if key in node_keys else f"Peer {keys[key]}"

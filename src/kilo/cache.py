@@ -32,6 +32,8 @@ Obj = dict[str, Any]
 
 
 def _meta(obj: Obj) -> tuple[str, str]:
+    if not isinstance(obj, dict):
+        return object_name(obj), ""
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
     return object_name(obj), str(meta.get("resourceVersion", ""))

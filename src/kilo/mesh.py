@@ -76,10 +76,13 @@ def read_cluster(
     return ClusterState(nodes, peers, problems, leases)
 
 
-def dump_reference_time(state: ClusterState) -> int:
+def dump_reference_time(state: ClusterState, not_after: int | None = None) -> int:
     """For a saved dump, readiness is judged at the newest check-in or Lease renewal it
-    holds."""
+    holds, not counting those later than ``not_after`` (the time it is read: one node whose
+    ``last-seen`` lies in the future must not make every other node stale)."""
     times = [n.last_seen for n in state.nodes] + [int(x.renewed) for x in state.leases.values()]
+    if not_after is not None:
+        times = [t for t in times if t <= not_after] or times
     return max(times, default=0)
 
 

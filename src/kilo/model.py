@@ -137,6 +137,7 @@ class Node:
     allowed_location_ips: tuple[Prefix, ...] = ()
     granularity: Granularity | None = None
     lease_liveness: bool = False  # its agent proves liveness by Leases, not last-seen
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC): the older node's claim wins
 
     def ready(self, now: int) -> bool:
         """Kilo's readiness: endpoint, key and pod CIDR known, checked in recently (a node
@@ -195,7 +196,11 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.name!r}: {self.field}={self.value!r}: {self.reason}"
+        # the field may hold a key from the cluster (an annotation's, a discovered endpoint's)
+        # and the reason quotes values: neither may add a line to a log or a terminal
+        where = self.field if self.field.isprintable() else repr(self.field)[1:-1]
+        reason = self.reason if self.reason.isprintable() else repr(self.reason)[1:-1]
+        return f"{self.kind} {self.name!r}: {where}={self.value!r}: {reason}"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kilo import cni as cnilib
-from kilo.authorise import PeerPolicy, authorise_peers
+from kilo.authorise import PeerPolicy, authorise_nodes, authorise_peers
 from kilo.firewall import Ruleset, ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
@@ -44,7 +44,7 @@ from kilo.model import (
     Problem,
 )
 from kilo.routes import Encapsulation, Interfaces, Route, Rule, Strategy, routes
-from kilo.topology import Topology, TopologyError, new_topology
+from kilo.topology import Topology, TopologyError, new_topology, segment_key
 from kilo.translate import LIVENESS, node_annotations
 from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
@@ -176,14 +176,18 @@ def plan(cluster: ClusterView, facts: LocalFacts, settings: Settings) -> Plan:
     )
     nodes = dict(cluster.nodes)
     nodes[me.name] = me
-    ready = ready_nodes(nodes, facts.now, facts.outages)
-    ready_peers, refused = authorise_peers(
+    nodes, refused = authorise_nodes(nodes, me.name)
+    ready = _own_discoveries(
+        ready_nodes(nodes, facts.now, facts.outages), me.name, settings.granularity
+    )
+    ready_peers, refused_peers = authorise_peers(
         {k: p for k, p in cluster.peers.items() if p.ready()},
-        cluster.nodes,
+        nodes,
         settings.subnet,
         settings.service_cidrs,
         settings.peer_policy,
     )
+    refused += refused_peers
     base = replace(base, ready_nodes=len(ready), ready_peers=len(ready_peers))
     if me.name not in ready:
         return replace(
@@ -321,6 +325,20 @@ def next_expiry(
         if soonest is None or at < soonest:
             soonest = at
     return soonest
+
+
+def _own_discoveries(ready: dict[str, Node], me: str, granularity: Granularity) -> dict[str, Node]:
+    """The ready nodes, with the endpoints discovered by nodes outside the local segment
+    dropped. Kilo takes every node's: then any node could point every leader's tunnel to a
+    node or Peer at an address of its choosing. A leader learns from its own handshakes, and
+    from the nodes of its own segment (whoever led it before)."""
+    mine = segment_key(ready[me], granularity) if me in ready else None
+    return {
+        k: n
+        if not n.discovered_endpoints or segment_key(n, granularity) == mine
+        else replace(n, discovered_endpoints=None)
+        for k, n in ready.items()
+    }
 
 
 def discover_nat_endpoints(

@@ -137,8 +137,11 @@ def _node(obj: Mapping[str, Any], r: _Reader, topology_label: str) -> Node:
     ann = _strings(r, meta.get("annotations"), "metadata.annotations")
     labels = _strings(r, meta.get("labels"), "metadata.labels")
 
+    spec = obj.get("spec")
+    if spec is not None and not isinstance(spec, Mapping):
+        r.problem("spec", spec, "not an object; ignored")
     subnet = None
-    pod_cidr = _mapping(obj.get("spec")).get("podCIDR")
+    pod_cidr = _mapping(spec).get("podCIDR")
     if pod_cidr:
         try:
             subnet = parse_network(str(pod_cidr)) if isinstance(pod_cidr, str) else None
@@ -229,7 +232,14 @@ def _node(obj: Mapping[str, Any], r: _Reader, topology_label: str) -> Node:
         allowed_location_ips=tuple(allowed_location_ips),
         granularity=granularity,
         lease_liveness=ann.get(LIVENESS) == LEASE_LIVENESS,
+        created=_created(meta),
     )
+
+
+def _created(meta: Mapping[str, Any]) -> str:
+    """``metadata.creationTimestamp`` as the API server writes it, or "" (ordering only)."""
+    created = meta.get("creationTimestamp", "")
+    return created if isinstance(created, str) and _TIMESTAMP.match(created) else ""
 
 
 def read_last_seen(text: str) -> int:
@@ -257,7 +267,9 @@ def _discovered_endpoints(text: str, r: _Reader) -> dict[str, Endpoint] | None:
             Key.parse(k)
             if not isinstance(v, dict):
                 raise ValueError("not an object with IP and Port")
-            ip, port, zone = v.get("IP"), v.get("Port"), v.get("Zone", "")
+            # Go's decoder matches field names without regard to case, the last one winning
+            got = {f.lower(): x for f, x in v.items() if isinstance(f, str)}
+            ip, port, zone = got.get("ip"), got.get("port"), got.get("zone", "")
             if not isinstance(ip, str) or zone not in ("", None):
                 raise ValueError("IP must be an address without a zone")
             if type(port) is not int or not 0 < port < 65536:
@@ -334,9 +346,7 @@ def peer_from_object(obj: Any) -> tuple[Peer | None, list[Problem]]:
     if not isinstance(spec, Mapping):
         r.problem("spec", spec, "not an object")
         return None, r.problems
-    created = _mapping(obj.get("metadata")).get("creationTimestamp", "")
-    if not isinstance(created, str) or not _TIMESTAMP.match(created):
-        created = ""
+    created = _created(_mapping(obj.get("metadata")))
     try:
         peer = _peer(spec, r)
         return (None if peer is None else replace(peer, created=created)), r.problems

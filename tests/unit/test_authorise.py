@@ -1,10 +1,10 @@
-"""Peer authorisation (``kilo.authorise``): what a Peer may claim, and who wins an overlap."""
+"""Authorisation (``kilo.authorise``): what a Peer or a Node may claim, and who wins an overlap."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from kilo.authorise import PeerPolicy, authorise_peers
+from kilo.authorise import PeerPolicy, authorise_nodes, authorise_peers
 from kilo.keys import Key
 from kilo.model import Endpoint, Node, Peer, Prefix
 
@@ -59,7 +59,6 @@ def test_the_clusters_own_addresses_and_default_routes_are_refused() -> None:
         ("192.168.1.10/32", "internal IP"),
         ("192.168.1.99/32", "private network"),
         ("198.51.100.1/32", "endpoint"),
-        ("172.16.5.1/32", "allowed-location IP"),
     ]
     for ip, why in claims:
         out, problems = run(peer("p", ip, "10.5.0.1/32"))
@@ -100,3 +99,35 @@ def test_a_peers_own_overlapping_claims_stay_its_own() -> None:
     out, problems = run(peer("p", "10.5.0.0/24", "10.5.0.1/32", "10.5.0.0/24"))
     assert [str(a) for a in out["p"].allowed_ips] == ["10.5.0.0/24", "10.5.0.1/32"]
     assert not problems
+
+
+def node(name: str, key: str, pod: str, internal: str | None, created: str = "") -> Node:
+    return Node(
+        name=name,
+        key=Key.parse(key),
+        subnet=ipaddress.ip_interface(pod),
+        internal_ip=None if internal is None else ipaddress.ip_interface(internal),
+        created=created,
+    )
+
+
+def test_a_node_may_not_take_an_older_nodes_key_pod_cidr_or_internal_ip() -> None:
+    k1, k2, k3 = (str(_key(i)) for i in (71, 72, 73))
+    nodes = {
+        "old": node("old", k1, "10.2.1.0/24", "192.168.1.1/24", "2026-01-01T00:00:00Z"),
+        "a-key": node("a-key", k1, "10.2.2.0/24", None, "2026-02-01T00:00:00Z"),
+        "a-pod": node("a-pod", k2, "10.2.1.128/25", None, "2026-02-01T00:00:00Z"),
+        "a-lan": node("a-lan", k3, "10.2.3.0/24", "192.168.1.1/24", "2026-02-01T00:00:00Z"),
+    }
+    out, problems = authorise_nodes(nodes, "old")
+    assert sorted(out) == ["a-lan", "old"]
+    assert out["a-lan"].internal_ip is None and out["old"] == nodes["old"]
+    fields = sorted(p.field for p in problems)
+    assert fields == [
+        "metadata.annotations[kilo.squat.ai/internal-ip]",
+        "metadata.annotations[kilo.squat.ai/key]",
+        "spec.podCIDR",
+    ]
+    # in its own plan the local node stays (the others refuse it), the problem reported
+    out, problems = authorise_nodes(nodes, "a-key")
+    assert "a-key" in out and any(p.name == "a-key" for p in problems)

@@ -65,7 +65,13 @@ def test_a_lean_object_translates_as_the_whole_one(obj: Obj) -> None:
 def test_lean_keeps_only_what_is_read() -> None:
     kept = lean(as_served(node_obj("n1", "a", pod_cidr="10.2.1.0/24")), "Node", NODE_V)
     assert set(kept) == {"apiVersion", "kind", "metadata", "spec"}
-    assert set(kept["metadata"]) == {"name", "resourceVersion", "labels", "annotations"}
+    assert set(kept["metadata"]) == {
+        "name",
+        "resourceVersion",
+        "creationTimestamp",
+        "labels",
+        "annotations",
+    }
     assert kept["spec"] == {"podCIDR": "10.2.1.0/24"}
     assert all(k.startswith("kilo.squat.ai/") for k in kept["metadata"]["annotations"])
 

@@ -22,8 +22,10 @@ def _items(doc: Any, where: str) -> Iterator[dict[str, Any]]:
     if not isinstance(doc, dict):
         raise DumpError(f"{where}: expected a Kubernetes object or List, got {type(doc).__name__}")
     if "items" in doc and str(doc.get("kind", "List")).endswith("List"):
-        for i, item in enumerate(doc.get("items") or []):
-            yield from _items(item, f"{where}.items[{i}]")
+        items = doc.get("items")
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict):  # anything else is no object of any kind: ignored
+                yield from _items(item, f"{where}.items[{i}]")
         return
     yield doc
 

@@ -2,10 +2,11 @@
 
 A Node as the API server sends it carries its status (conditions, images, addresses, capacity),
 managedFields and other programs' annotations: several kilobytes, none of which the agent reads.
-``lean`` keeps the name, the resourceVersion (and a Peer's creation time), the labels (the
-topology label is configurable), Kilo's own annotations and, of the spec, a Node's ``podCIDR``
-or a Peer's whole spec. Values of the wrong type (the API server never sends them, a hostile
-fake might) are dropped rather than kept to trip a reader. Never raises.
+``lean`` keeps the name, the resourceVersion and the creation time, the labels (the topology
+label is configurable), Kilo's own annotations and, of the spec, a Node's ``podCIDR`` or a
+Peer's whole spec. A value of the wrong type (the API server never sends one, a hostile fake
+might) is kept as it is, so that the reader reports it as it would for the whole object. Never
+raises.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ from kilo.translate import ANNOTATION_PREFIX
 
 Obj = dict[str, Any]
 
+_MISSING = object()
 
-def _strings(value: object, prefix: str = "") -> dict[str, str] | None:
+
+def _kilo_entries(value: object) -> object:
+    """Kilo's own annotations, and every entry a reader would report (a key that is no
+    string); anything but a map is kept for the reader to report."""
     if not isinstance(value, dict):
-        return None
+        return value
     return {
-        k: v
-        for k, v in value.items()
-        if isinstance(k, str) and isinstance(v, str) and k.startswith(prefix)
+        k: v for k, v in value.items() if not isinstance(k, str) or k.startswith(ANNOTATION_PREFIX)
     }
 
 
@@ -34,21 +37,25 @@ def lean(obj: object, kind: str, api_version: str) -> Obj:
     raw_meta = src.get("metadata")
     meta_in: dict[Any, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     meta: Obj = {}
-    for field in ("name", "resourceVersion") + (("creationTimestamp",) if kind == "Peer" else ()):
-        if isinstance(meta_in.get(field), str):
-            meta[field] = meta_in[field]
-    labels = _strings(meta_in.get("labels"))
-    if labels:
+    for field in ("name", "resourceVersion", "creationTimestamp"):
+        value = meta_in.get(field, _MISSING)
+        if value is not _MISSING:
+            meta[field] = value
+    labels = meta_in.get("labels")
+    if labels is not None:
         meta["labels"] = labels
-    annotations = _strings(meta_in.get("annotations"), ANNOTATION_PREFIX)
-    if annotations:
-        meta["annotations"] = annotations
+    annotations = meta_in.get("annotations")
+    if annotations is not None:
+        annotations = _kilo_entries(annotations)
+        if annotations:
+            meta["annotations"] = annotations
     out: Obj = {"apiVersion": api_version, "kind": kind, "metadata": meta}
-    spec = src.get("spec")
-    if isinstance(spec, dict):
-        if kind == "Node":
-            if isinstance(spec.get("podCIDR"), str):
-                out["spec"] = {"podCIDR": spec["podCIDR"]}
-        else:
-            out["spec"] = spec
+    spec = src.get("spec", _MISSING)
+    if spec is _MISSING:
+        return out
+    if kind == "Node" and isinstance(spec, dict):
+        if "podCIDR" in spec:
+            out["spec"] = {"podCIDR": spec["podCIDR"]}
+    else:
+        out["spec"] = spec
     return out

@@ -187,7 +187,7 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
         except DumpError as e:
             raise UserError(str(e)) from None
         state = read_cluster(nodes, peers, opts.topology_label, leases)
-        return state, a.now if a.now is not None else dump_reference_time(state)
+        return state, a.now if a.now is not None else dump_reference_time(state, int(time.time()))
     try:
         from kilo.backend.kubernetes import list_leases, list_objects
     except ImportError as e:
