@@ -1,4 +1,5 @@
 """``kg``: the Kilo agent. Flags, defaults and meanings follow Kilo's ``kg``.
+``kg webhook``, as in Kilo, is the Peer validation webhook instead (``kg webhook --help``).
 
 Where we differ on purpose:
   --clean-up defaults to false: an ordinary restart keeps the device, routes and firewall so no
@@ -234,7 +235,13 @@ def _duration(s: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    a = parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["webhook"]:  # Kilo's `kg webhook`: the Peer validation server
+        from kilo.webhook import main as webhook
+
+        webhook(args[1:])
+        return
+    a = parser().parse_args(args)
     logging.basicConfig(
         level=LOG_LEVELS[a.log_level],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
