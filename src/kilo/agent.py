@@ -20,6 +20,7 @@ from typing import Any
 
 from kilo.apply import apply_plan
 from kilo.cache import ObjectCache
+from kilo.events import Told
 from kilo.hostinfo import HostAddress, choose_ips
 from kilo.leadership import LeaseChange, Liveness
 from kilo.leases import RENEW_PERIOD_SECONDS, Lease, lease_from_object, lease_object
@@ -29,9 +30,11 @@ from kilo.plan import LocalFacts, Outage, Plan, Settings, Status, next_expiry, p
 from kilo.ports import (
     Clock,
     ClusterBackend,
+    EventSink,
     Files,
     Firewall,
     Host,
+    NoEvents,
     NoProber,
     Prober,
     RoutingTables,
@@ -88,6 +91,7 @@ class Ports:
     files: Files
     clock: Clock = field(default_factory=SystemClock)
     prober: Prober = field(default_factory=NoProber)
+    event_sink: EventSink = field(default_factory=NoEvents)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.cache = ObjectCache(cfg.topology_label)
         self.problems = ProblemLog(self.metrics.problems.set)
+        self.told = Told()  # the problems told as Kubernetes Events
         self.publisher = Publisher(
             ports.backend,
             cfg.settings.hostname,
@@ -408,6 +413,7 @@ class Agent:
             desired = plan(cluster, self.facts(now, outages), self.cfg.settings)
             self.plan = desired
             self.problems.report(desired.problems)
+            self._tell(desired, now)
             if self.cfg.settings.liveness is Liveness.NATIVE:
                 p.prober.set_targets(desired.probes)
                 if desired.native:
@@ -441,6 +447,17 @@ class Agent:
         """Wake when the next ready node would expire (as a monotonic deadline)."""
         mono = self.ports.clock.monotonic()
         self._next_expiry = float("inf") if at is None else mono + max(0.0, at - now)
+
+    def _tell(self, desired: Plan, now: float) -> None:
+        """Events on the offending Nodes and Peers for the problems not told before (or long
+        ago); the sink writes them off the loop."""
+        events = self.told.events(desired.problems, now, self.cfg.settings.hostname)
+        if events:
+            try:
+                self.ports.event_sink.emit(events)
+            except Exception as e:  # noqa: BLE001 - Events are a courtesy; the loop goes on
+                self.metrics.error("events")
+                log.warning("could not queue %d Events: %s", len(events), e)
 
     def _failed(self, why: str) -> None:
         self.last_reconcile_ok = False

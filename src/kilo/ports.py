@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from kilo.events import ProblemEvent
 from kilo.firewall import Ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
@@ -134,6 +135,20 @@ class NoProber:
 
     def health(self) -> Health:
         return Health()
+
+
+class EventSink(Protocol):
+    """Kubernetes Events about the cluster's objects (``kilo.events``). ``emit`` must not
+    block the loop nor raise: the writer queues, rate-limits and counts its own failures."""
+
+    def emit(self, events: Sequence[ProblemEvent]) -> None: ...
+
+
+class NoEvents:
+    """No Events (the default; the problems are still logged and counted)."""
+
+    def emit(self, events: Sequence[ProblemEvent]) -> None:
+        pass
 
 
 class Clock(Protocol):

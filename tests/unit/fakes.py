@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kilo.events import ProblemEvent
 from kilo.firewall import Ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
@@ -323,3 +324,20 @@ class FakeProber:
 
     def health(self) -> Any:
         return self.health_now
+
+
+class FakeEventSink:
+    """The Event sink port: records what the agent emits; told to fail, it raises."""
+
+    def __init__(self) -> None:
+        self.emitted: list[list[ProblemEvent]] = []
+        self.fail = False
+
+    def emit(self, events: Sequence[ProblemEvent]) -> None:
+        if self.fail:
+            raise Broken("the Event queue is gone")
+        self.emitted.append(list(events))
+
+    @property
+    def all(self) -> list[ProblemEvent]:
+        return [e for batch in self.emitted for e in batch]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from kilo.agent import Agent, AgentConfig, Ports
+from kilo.events import REPEAT_SECONDS
 from kilo.hostinfo import HostAddress
 from kilo.plan import ClusterView, LocalFacts, Settings, Status, plan
 from kilo.routes import Encapsulation, Strategy
@@ -20,6 +21,7 @@ from .fakes import (
     FakeClock,
     FakeDevice,
     FakeEvent,
+    FakeEventSink,
     FakeFiles,
     FakeFirewall,
     FakeHost,
@@ -346,3 +348,69 @@ def test_a_check_in_that_makes_a_node_ready_wakes_the_loop() -> None:
     assert not r.backend.events.empty()
     r.step()
     assert r.peer_keys() == {key_for("b1")}
+
+
+# -- problems told as Kubernetes Events ---------------------------------------------------------
+
+
+def events_rig(nodes: list[Obj] | None = None) -> tuple[Rig, FakeEventSink]:
+    r = Rig(nodes)
+    sink = FakeEventSink()
+    r.agent.ports.event_sink = sink
+    return r, sink
+
+
+def test_a_hostile_object_is_one_event_on_it() -> None:
+    hostile = node_obj(
+        "b2", "b", internal_ip="10.3.0.2/24", pod_cidr="10.2.4.0/24", endpoint="nowhere\x1b[2J"
+    )
+    r, sink = events_rig([*cluster(), hostile])  # fmt: skip
+    r.step()
+    (ev,) = sink.all
+    assert (ev.kind, ev.object_name, ev.reason, ev.host) == ("Node", "b2", "InvalidValue", "a1")
+    assert ev.message.startswith("metadata.annotations[kilo.squat.ai/endpoint]=")
+    assert "\\x1b[2J" in ev.message and ev.message.isprintable()
+    assert r.sample("kilo_object_problems") == 1  # the metric as before
+
+
+def test_repeats_of_a_problem_make_no_new_event() -> None:
+    r, sink = events_rig([*cluster(), node_obj("b2", "b", endpoint="nowhere")])
+    r.step()
+    assert len(sink.all) == 1
+    for _ in range(5):  # resyncs and unrelated changes
+        r.clock.advance(40)
+        r.agent.reconcile(verify=True)
+        r.backend.put_peer(peer_obj("p1", ["10.5.0.1/32"]))
+        r.step()
+    assert len(sink.all) == 1
+
+
+def test_a_fixed_object_stops_and_a_new_problem_is_told() -> None:
+    r, sink = events_rig([*cluster(), node_obj("b2", "b", endpoint="nowhere")])
+    r.step()
+    r.backend.put_node(node_obj("b2", "b"))  # fixed
+    r.step()
+    r.agent.reconcile(verify=True)
+    assert len(sink.all) == 1
+    r.backend.put_peer(peer_obj("laptop", ["0.0.0.0/0"]))  # a default route: refused
+    r.step()
+    assert len(sink.all) == 2
+    ev = sink.all[-1]
+    assert (ev.kind, ev.object_name, ev.reason) == ("Peer", "laptop", "ClaimRefused")
+    assert ev.message == "spec.allowedIPs='0.0.0.0/0': is a default route; refused"
+
+
+def test_a_lasting_problem_is_told_again_after_the_repeat_period() -> None:
+    r, sink = events_rig([*cluster(), node_obj("b2", "b", endpoint="nowhere")])
+    r.step()
+    r.clock.advance(REPEAT_SECONDS)
+    r.agent.reconcile(verify=True)
+    assert [e.object_name for e in sink.all] == ["b2", "b2"]
+
+
+def test_a_failing_sink_never_stops_the_loop() -> None:
+    r, sink = events_rig([*cluster(), node_obj("b2", "b", endpoint="nowhere")])
+    sink.fail = True
+    r.step()
+    assert r.agent.last_reconcile_ok and r.device.conf is not None
+    assert r.sample("kilo_errors_total", event="events") == 1

@@ -220,6 +220,13 @@ def parser() -> argparse.ArgumentParser:
         default=1107,
         help="The UDP port of the liveness probes (native liveness).",
     )
+    p.add_argument(
+        "--events-per-minute",
+        type=int,
+        default=30,
+        help="At most this many Kubernetes Events a minute about problems with Nodes and Peers "
+        "(a Warning on the object, deduplicated; 0: none).",
+    )
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -278,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if not 1 <= a.probe_port <= 65535:
             raise ValueError(f"invalid probe port {a.probe_port}")
+        if a.events_per_minute < 0:
+            raise ValueError(f"invalid number of events a minute {a.events_per_minute}")
         cfg = AgentConfig(
             settings=settings,
             topology_label=a.topology_label,
@@ -292,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"kg: {e}", file=sys.stderr)
         sys.exit(2)
 
+    from kilo.backend.events import KubernetesEventSink
     from kilo.backend.kubernetes import BackendError, KubernetesBackend
     from kilo.dataplane.files import AgentFiles, KeyFileError
     from kilo.dataplane.host import LocalHost
@@ -315,7 +325,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             files=AgentFiles(a.private_key, a.cni_path),
             prober=UdpProber(a.probe_port),
         )
+        sink = None
+        if a.events_per_minute > 0:
+            sink = KubernetesEventSink(api=backend.api, per_minute=a.events_per_minute)
+            ports.event_sink = sink
         agent = Agent(cfg, ports)
+        if sink is not None:
+            sink.on_error = lambda: agent.metrics.error("events")
         backend.on_event = agent.take_event  # check-ins are taken in the watch's thread
         agent.start()
         serve(agent, a.listen)
@@ -333,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         agent.run()
     finally:
         agent.shutdown()
+        if sink is not None:
+            sink.close()
     log.info("stopped")
 
 
