@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -19,7 +19,7 @@ from kilo.keys import Key
 from kilo.leadership import leaders, members_by_segment, native_cluster
 from kilo.leases import Lease, lease_from_object
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
-from kilo.topology import new_topology
+from kilo.topology import Topology, new_topology
 from kilo.translate import node_from_object, object_name, peer_from_object, peer_object
 from kilo.wireguard import WgConf, WgPeer
 
@@ -196,8 +196,23 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
     return Output(stdout=_peer_output(name, p, opts.output), warnings=t.refusals)
 
 
-def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+def peer_topology(
+    state: ClusterState,
+    name: str,
+    opts: Options,
+    now: int,
+    location_ips: Sequence[Prefix] = (),
+) -> tuple[Topology, Peer]:
+    """The topology as the Peer ``name`` sees it, and that Peer (``UserError`` unless it is
+    ready). ``location_ips`` (``kgctl connect --allowed-ips``) are added to the allowed-location
+    IPs of the first ready node by name, as Kilo's ``connect`` does."""
     g, r = _ready_with(state, opts, now, "peer", name)
+    if location_ips:
+        first = next(iter(r.nodes.values()))
+        extra = tuple(location_ips)
+        r.nodes[first.name] = replace(
+            first, allowed_location_ips=first.allowed_location_ips + extra
+        )
     peer = r.peers[name]
     t = new_topology(
         r.nodes,
@@ -211,6 +226,11 @@ def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Ou
         peer.persistent_keepalive,
         _leaders(state, r.nodes, g, now),
     )
+    return t, peer
+
+
+def showconf_peer(state: ClusterState, name: str, opts: Options, now: int) -> Output:
+    t, peer = peer_topology(state, name, opts, now)
     if not opts.as_peer:
         return Output(stdout=t.peer_conf(name).render(), warnings=t.refusals)
     p = WgPeer(

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from kilo import __version__
 from kilo.mesh import (
@@ -143,7 +144,117 @@ def parser() -> argparse.ArgumentParser:
         k.add_argument("name")
         _add_globals(k, top=False)
         _add_showconf_flags(k)
+    _add_connect(sub)
     return root
+
+
+def _add_connect(sub: Any) -> None:
+    """``kgctl connect PEER``: Kilo's flags, plus --private-key's file and kg's --wireguard."""
+    from kilo.cli.kg import LOG_LEVELS, _bool
+    from kilo.connect import DEFAULT_ALLOWED_IP, DEFAULT_KEY_DIR
+
+    c = sub.add_parser("connect", help="Connect to the cluster as a WireGuard peer")
+    c.add_argument("name", metavar="PEER")
+    _add_globals(c, top=False)
+    c.add_argument(
+        "-a",
+        "--allowed-ip",
+        default=DEFAULT_ALLOWED_IP,
+        help="The peer's own address (CIDR), set on the interface and given to a new Peer.",
+    )
+    c.add_argument(
+        "--allowed-ips",
+        action="append",
+        default=[],
+        help="More cluster CIDRs to route (comma-separated, repeatable), e.g. the service "
+        "CIDR; added to the first ready node's location.",
+    )
+    c.add_argument(
+        "--private-key",
+        default=None,
+        help=f"The private key file (default {DEFAULT_KEY_DIR}/PEER.key; made 0600 if missing).",
+    )
+    c.add_argument(
+        "--clean-up",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="Remove the interface, the routes and a Peer it created on exit (default true).",
+    )
+    c.add_argument("--mtu", type=int, default=1420, help="The interface's MTU.")
+    c.add_argument("--resync-period", default="30s", help="How often to reconcile (e.g. 30s).")
+    c.add_argument("-i", "--interface", default="kilo0", help="The WireGuard interface.")
+    c.add_argument(
+        "--persistent-keepalive", type=int, default=10, help="A new Peer's keepalive (seconds)."
+    )
+    c.add_argument("--log-level", default="info", choices=list(LOG_LEVELS), help="Log level.")
+    c.add_argument(
+        "--wireguard",
+        default="auto",
+        choices=["auto", "kernel", "userspace"],
+        help="The kernel module if present (auto), or wireguard-go.",
+    )
+    c.add_argument(
+        "--wireguard-go",
+        default=None,
+        metavar="PATH",
+        help="wireguard-go (default: $KILO_BIN_WIREGUARD_GO, else on PATH).",
+    )
+
+
+def _connect(a: argparse.Namespace, opts: Options) -> int:
+    import logging
+
+    from kilo.cli.kg import LOG_LEVELS, _duration
+    from kilo.connect import ConnectError, Settings, check_name, default_key_path, run
+    from kilo.strict import parse_cidr
+
+    logging.basicConfig(
+        level=LOG_LEVELS[a.log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for quiet in ("pyroute2", "urllib3", "kubernetes"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    try:
+        check_name(a.name)
+        if a.from_file:
+            raise UserError("kgctl connect needs a live cluster, not --from-file")
+        try:
+            address = parse_cidr(a.allowed_ip)
+        except ValueError:
+            raise UserError(f'allowed-ip must be a valid CIDR; got "{a.allowed_ip}"') from None
+        try:
+            period = _duration(a.resync_period)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if not 0 < a.mtu <= 65535 or not 0 <= a.persistent_keepalive <= 65535 or period <= 0:
+            raise UserError("--mtu, --persistent-keepalive and --resync-period must be positive")
+        settings = Settings(
+            name=a.name,
+            options=opts,
+            address=address,
+            location_ips=tuple(opts.allowed_ips),
+            keepalive=a.persistent_keepalive,
+            interface=a.interface,
+            mtu=a.mtu,
+            resync_period=period,
+            clean_up=a.clean_up,
+        )
+        run(
+            settings,
+            a.private_key or default_key_path(a.name),
+            a.kubeconfig or _default_kubeconfig(),
+            a.lease_namespace,
+            a.wireguard,
+            a.wireguard_go,
+        )
+    except (ConnectError, UserError) as e:
+        print(f"kgctl connect: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _options(a: argparse.Namespace) -> Options:
@@ -159,7 +270,9 @@ def _options(a: argparse.Namespace) -> Options:
     opts = Options(
         granularity=Granularity(a.mesh_granularity), port=a.port, topology_label=a.topology_label
     )
-    if a.command == "showconf":
+    if a.command in ("showconf", "connect"):
+        if a.command == "connect":
+            a.output, a.as_peer = "wireguard", False
         if a.output not in OUTPUTS:
             raise UserError(
                 f"output format {a.output} unknown; posible values are: {', '.join(OUTPUTS)}"
@@ -229,6 +342,12 @@ def _render(dot_text: str, fmt: str) -> bytes:
 
 def run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
+    if a.command == "connect":
+        try:
+            return _connect(a, _options(a))
+        except UserError as e:
+            print(e, file=sys.stderr)
+            return 1
     try:
         opts = _options(a)
         state, now = _load(a, opts)
