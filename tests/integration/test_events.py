@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import pathlib
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from kilo_lab.controlplane import ControlPlane
 from kubernetes import client as k8s_client
 
@@ -33,14 +35,27 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
+RBAC = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+MADE: list[tuple[str, str]] = []  # (kind, name) of the Nodes and Peers these tests applied
+
+
 @pytest.fixture(scope="module")
-def agent_kubeconfig(control_plane: ControlPlane) -> pathlib.Path:
-    """A token of ServiceAccount kube-system/kilo, with the RBAC the manifests give it."""
-    control_plane.kubectl("apply", "-f", str(MANIFESTS / "kilo-kubeadm.yaml"))
-    return control_plane.token_kubeconfig("kube-system", "kilo")
+def agent_kubeconfig(control_plane: ControlPlane) -> Iterator[pathlib.Path]:
+    """A token of ServiceAccount kube-system/kilo, with the RBAC the manifests give it (only
+    the RBAC: the shared cluster gets no DaemonSet); the Nodes and Peers made here go after."""
+    docs = yaml.safe_load_all((MANIFESTS / "kilo-kubeadm.yaml").read_text())
+    rbac = [d for d in docs if isinstance(d, dict) and d.get("kind") in RBAC]
+    control_plane.kubectl(
+        "apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1", "items": rbac})
+    )
+    yield control_plane.token_kubeconfig("kube-system", "kilo")
+    while MADE:
+        kind, name = MADE.pop()
+        control_plane.kubectl("delete", kind.lower(), name, "--ignore-not-found", "--wait=false")
 
 
 def apply(cp: ControlPlane, obj: dict[str, Any]) -> None:
+    MADE.append((str(obj["kind"]), str(obj["metadata"]["name"])))
     cp.kubectl("apply", "-f", "-", input=json.dumps(obj))
 
 
