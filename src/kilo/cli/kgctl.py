@@ -117,8 +117,8 @@ def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="kgctl", description="Manage a Kilo network")
+def parser(prog: str = "kgctl") -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog=prog, description="Manage a Kilo network")
     root.add_argument("--version", action="version", version=__version__)
     _add_globals(root, top=True)
     sub = root.add_subparsers(dest="command", metavar="COMMAND")
@@ -145,7 +145,84 @@ def parser() -> argparse.ArgumentParser:
         _add_globals(k, top=False)
         _add_showconf_flags(k)
     _add_connect(sub)
+    _add_status(sub)
+    comp = sub.add_parser("completion", help="Print a shell completion script (bash, zsh, fish)")
+    comp.add_argument("shell", choices=["bash", "zsh", "fish"])
     return root
+
+
+def _add_status(sub: Any) -> None:
+    """``kgctl status``: nodes, leaders, tunnels and refused objects (beyond Kilo)."""
+    st = sub.add_parser("status", help="Show the mesh's nodes, leaders, peers and refused objects")
+    _add_globals(st, top=False)
+    st.add_argument(
+        "-o", "--output", default="table", choices=["table", "wide", "json", "yaml"],
+        help="table (default), wide (more columns), json or yaml.",
+    )  # fmt: skip
+    st.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="URL|FILE",
+        help="An agent's /metrics (e.g. http://NODE:1107/metrics, repeatable): adds each "
+        "tunnel's last handshake and bytes as that agent sees them.",
+    )
+    st.add_argument(
+        "--service-cidr",
+        action="append",
+        default=[],
+        help="The service CIDRs the agents guard (as kg's flag), for the refusals shown.",
+    )
+    st.add_argument(
+        "--peer-allowed-ranges",
+        default="",
+        help="The agents' --peer-allowed-ranges, for the refusals shown.",
+    )
+
+
+METRICS_LIMIT = 16 << 20
+
+
+def _metrics_text(source: str) -> str:
+    if source.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(source, timeout=5) as r:
+                return bytes(r.read(METRICS_LIMIT)).decode("utf-8", "replace")
+        except (OSError, ValueError) as e:
+            raise UserError(f"failed to read metrics from {source}: {e}") from None
+    try:
+        with open(source, "rb") as f:
+            return f.read(METRICS_LIMIT).decode("utf-8", "replace")
+    except OSError as e:
+        raise UserError(f"failed to read metrics from {source}: {e}") from None
+
+
+def _cidrs(values: Sequence[str], flag: str) -> list[Any]:
+    out = []
+    for raw in values:
+        for cidr in filter(None, raw.split(",")):
+            try:
+                out.append(parse_network(cidr))
+            except ValueError:
+                raise UserError(f'{flag} must contain only valid CIDRs; got "{cidr}"') from None
+    return out
+
+
+def _status(a: argparse.Namespace, state: ClusterState, opts: Options, now: int) -> Output:
+    from kilo import status
+    from kilo.authorise import PeerPolicy
+
+    tunnels: dict[str, status.Tunnel] = {}
+    for source in a.metrics:
+        tunnels.update(status.tunnels_from_metrics(_metrics_text(source)))
+    policy = PeerPolicy(tuple(_cidrs([a.peer_allowed_ranges], "--peer-allowed-ranges")))
+    rep, warnings = status.report(
+        state, opts, now, tunnels, _cidrs(a.service_cidr, "--service-cidr"), policy
+    )
+    text = status.render(rep, a.output, bool(a.metrics))
+    return Output(stdout=text, stderr="".join(f"warning: {w}\n" for w in warnings))
 
 
 def _add_connect(sub: Any) -> None:
@@ -340,8 +417,13 @@ def _render(dot_text: str, fmt: str) -> bytes:
     return r.stdout
 
 
-def run(argv: Sequence[str]) -> int:
-    a = parser().parse_args(argv)
+def run(argv: Sequence[str], prog: str = "kgctl") -> int:
+    a = parser(prog).parse_args(argv)
+    if a.command == "completion":
+        from kilo.cli.completion import script
+
+        sys.stdout.write(script(parser(), "kgctl", a.shell))
+        return 0
     if a.command == "connect":
         try:
             return _connect(a, _options(a))
@@ -354,7 +436,9 @@ def run(argv: Sequence[str]) -> int:
         for p in state.problems:
             print(f"warning: {p}", file=sys.stderr)
         out: Output
-        if a.command == "graph":
+        if a.command == "status":
+            out = _status(a, state, opts, now)
+        elif a.command == "graph":
             out = graph_text(state, opts, now)
             rendered = _render(out.stdout, a.format)
         elif a.kind == "node":
@@ -378,6 +462,11 @@ def run(argv: Sequence[str]) -> int:
 
 def main() -> None:
     sys.exit(run(sys.argv[1:]))
+
+
+def kubectl_plugin() -> None:
+    """``kubectl-kilo``: kubectl runs it for ``kubectl kilo ...``."""
+    sys.exit(run(sys.argv[1:], prog="kubectl kilo"))
 
 
 if __name__ == "__main__":
