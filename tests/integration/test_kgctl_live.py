@@ -77,6 +77,7 @@ def dump(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
         ("showconf", "peer", "kgctl-laptop"),
         ("showconf", "node", "kgctl-a", "--mesh-granularity", "full"),
         ("graph",),
+        ("status", "--mesh-granularity", "location"),
     ],
     ids=lambda a: "-".join(a),
 )
