@@ -141,10 +141,12 @@ class Output:
     warnings: list[Problem] = field(default_factory=list)  # printed as "warning: ..."
 
 
-def graph_text(state: ClusterState, opts: Options, now: int) -> Output:
+def mesh_topology(state: ClusterState, opts: Options, now: int) -> Topology:
+    """The mesh as kgctl's graph sees it (from the last ready node by name): its segments, their
+    leaders and WireGuard IPs are the same from every node's view."""
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
-    t = new_topology(
+    return new_topology(
         r.nodes,
         r.peers,
         g,
@@ -156,6 +158,10 @@ def graph_text(state: ClusterState, opts: Options, now: int) -> Output:
         r.nodes[r.last_ready].persistent_keepalive,
         _leaders(state, r.nodes, g, now),
     )
+
+
+def graph_text(state: ClusterState, opts: Options, now: int) -> Output:
+    t = mesh_topology(state, opts, now)
     return Output(stdout=graph.dot(t) + "\n", warnings=t.refusals)
 
 

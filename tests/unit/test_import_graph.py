@@ -26,6 +26,8 @@ CORE = {
     "wgstate",
     "claims",
     "prefixes",
+    "status",
+    "link",
 }
 #: What the core must not import: our adapters and loop, and anything with a clock or a socket.
 NOT_IN_CORE = (

@@ -146,6 +146,7 @@ def parser(prog: str = "kgctl") -> argparse.ArgumentParser:
         _add_showconf_flags(k)
     _add_connect(sub)
     _add_status(sub)
+    _add_link(sub)
     comp = sub.add_parser("completion", help="Print a shell completion script (bash, zsh, fish)")
     comp.add_argument("shell", choices=["bash", "zsh", "fish"])
     return root
@@ -178,6 +179,82 @@ def _add_status(sub: Any) -> None:
         default="",
         help="The agents' --peer-allowed-ranges, for the refusals shown.",
     )
+
+
+def _add_link(sub: Any) -> None:
+    """``kgctl link``: two clusters kept linked (beyond Kilo)."""
+    from kilo.cli.kg import LOG_LEVELS
+
+    k = sub.add_parser(
+        "link", help="Keep two clusters linked: each one's leaders as Peers in the other"
+    )
+    _add_globals(k, top=False)
+    k.add_argument("--name", required=True, help="This cluster's name (--kubeconfig's).")
+    k.add_argument("--to-kubeconfig", required=True, help="The other cluster's kubeconfig.")
+    k.add_argument("--to-name", required=True, help="The other cluster's name.")
+    k.add_argument(
+        "--allowed-ips",
+        action="append",
+        default=[],
+        help="More of this cluster's CIDRs (e.g. its service CIDR) for its Peers in the other.",
+    )
+    k.add_argument(
+        "--to-allowed-ips",
+        action="append",
+        default=[],
+        help="More of the other cluster's CIDRs for its Peers in this one.",
+    )
+    k.add_argument("--resync-period", default="10s", help="How often to pass (e.g. 10s).")
+    k.add_argument("--once", action="store_true", help="One pass each way, then exit.")
+    k.add_argument(
+        "--unlink", action="store_true", help="Delete the Peers this link made, then exit."
+    )
+    k.add_argument("--log-level", default="info", choices=list(LOG_LEVELS), help="Log level.")
+
+
+def _link(a: argparse.Namespace, opts: Options) -> int:
+    import logging
+    import signal
+    import threading
+
+    from kilo.backend.link import End, run, unlink
+    from kilo.cli.kg import LOG_LEVELS, _duration
+    from kilo.link import check_cluster_name
+
+    logging.basicConfig(
+        level=LOG_LEVELS[a.log_level],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for quiet in ("urllib3", "kubernetes"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    if a.from_file:
+        raise UserError("kgctl link needs live clusters, not --from-file")
+    try:
+        check_cluster_name(a.name)
+        check_cluster_name(a.to_name)
+        period = _duration(a.resync_period)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if a.name == a.to_name or period <= 0:
+        raise UserError("--name and --to-name must differ, and --resync-period be positive")
+    here = End(a.kubeconfig or _default_kubeconfig(), a.name,
+               _cidrs(a.allowed_ips, "--allowed-ips"), a.lease_namespace)  # fmt: skip
+    there = End(a.to_kubeconfig, a.to_name,
+                _cidrs(a.to_allowed_ips, "--to-allowed-ips"), a.lease_namespace)  # fmt: skip
+    try:
+        if a.unlink:
+            errors = unlink(here, there) + unlink(there, here)
+            for line in errors:
+                print(f"error: {line}", file=sys.stderr)
+            return 1 if errors else 0
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        return run(here, there, opts, period, time.time, stop, once=a.once)
+    finally:
+        here.close()
+        there.close()
 
 
 METRICS_LIMIT = 16 << 20
@@ -424,6 +501,12 @@ def run(argv: Sequence[str], prog: str = "kgctl") -> int:
 
         sys.stdout.write(script(parser(), "kgctl", a.shell))
         return 0
+    if a.command == "link":
+        try:
+            return _link(a, _options(a))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     if a.command == "connect":
         try:
             return _connect(a, _options(a))
