@@ -50,12 +50,16 @@ def exported_peers(
     now: int,
     source: str,
     extra_ips: Sequence[Prefix] = (),
+    carrier: str | None = None,
 ) -> tuple[dict[str, Obj], list[str]]:
     """The Peers the source cluster's segments make (one per leader, with the segment's allowed
-    IPs plus ``extra_ips``, e.g. the source's service CIDR on every one of them), by name, and
-    warnings for the segments that could not be exported."""
+    IPs), by name, and warnings for the segments that could not be exported. ``extra_ips``
+    (e.g. the source's service CIDR) go on one of them, the carrier: ``carrier`` (the Peer that
+    carries them now) while it is still exported, else the first by name. WireGuard routes a
+    prefix to one peer only; on every leader they would be refused as overlaps on all but one.
+    When the carrier's leader goes, the prefixes move to another with the next pass."""
     t = mesh_topology(state, opts, now)
-    out: dict[str, Obj] = {}
+    made: dict[str, tuple[WgPeer, Any]] = {}
     warnings: list[str] = []
     for s in t.segments:
         leader = s.hostnames[s.leader]
@@ -66,12 +70,34 @@ def exported_peers(
         if s.key is None or is_zero(s.key) or s.endpoint is None:
             warnings.append(f"node {leader!r} has no key or endpoint; not exported")
             continue
-        p = WgPeer(public_key=s.key, allowed_ips=list(s.allowed_ips) + list(extra_ips))
+        made[name] = (WgPeer(public_key=s.key, allowed_ips=list(s.allowed_ips)), s.endpoint)
+    if made and extra_ips:
+        chosen = carrier if carrier in made else sorted(made)[0]
+        made[chosen][0].allowed_ips += list(extra_ips)
+    out: dict[str, Obj] = {}
+    for name, (p, endpoint) in sorted(made.items()):
         p.deduplicate_ips()
-        obj = peer_object(name, p.public_key, p.allowed_ips, s.endpoint)
+        obj = peer_object(name, p.public_key, p.allowed_ips, endpoint)
         obj["metadata"]["labels"] = {LINK_LABEL: source}
         out[name] = obj
     return out, warnings
+
+
+def carrier_of(owned: Sequence[Mapping[str, Any]], extra_ips: Sequence[Prefix]) -> str | None:
+    """The owned Peer whose allowed IPs hold every one of ``extra_ips`` (the current carrier)."""
+    want = {str(p) for p in extra_ips}
+    if not want:
+        return None
+    for o in owned:
+        if not isinstance(o, Mapping):
+            continue
+        spec = o.get("spec")
+        ips = spec.get("allowedIPs") if isinstance(spec, Mapping) else None
+        if isinstance(ips, list) and want <= {str(x) for x in ips}:
+            name = _meta(o).get("name")
+            if isinstance(name, str):
+                return name
+    return None
 
 
 @dataclass

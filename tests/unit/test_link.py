@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from kilo.cli import kgctl
-from kilo.link import LINK_LABEL, changes, check_cluster_name, exported_peers, peer_name
+from kilo.link import (
+    LINK_LABEL,
+    carrier_of,
+    changes,
+    check_cluster_name,
+    exported_peers,
+    peer_name,
+)
 from kilo.mesh import Options, read_cluster
 from kilo.model import Granularity
 from kilo.strict import parse_network
@@ -37,12 +44,33 @@ def test_each_leader_becomes_the_peer_showconf_prints(capsys: pytest.CaptureFixt
     for name, obj in desired.items():
         assert obj["metadata"]["labels"] == {LINK_LABEL: "c1"}
         node = name.removeprefix("c1-")
+        extra = ["--allowed-ips", "10.96.0.0/12"] if name == "c1-aws-a" else []  # the carrier
         argv = ["--from-file", str(CLUSTERS / "three-locations.yaml"), "--now", str(now),
                 "--mesh-granularity", "location", "showconf", "node", node, "--as-peer",
-                "-o", "json", "--allowed-ips", "10.96.0.0/12"]  # fmt: skip
+                "-o", "json", *extra]  # fmt: skip
         assert kgctl.run(argv) == 0
         printed = json.loads(capsys.readouterr().out)
-        assert obj["spec"] == printed["spec"]  # the seed's loop would have applied the same
+        assert obj["spec"] == printed["spec"]  # what the seed's loop applies for that node
+
+
+def test_the_extra_prefixes_stay_on_their_carrier_until_it_goes() -> None:
+    nodes, peers = three_locations()
+    state = read_cluster(nodes, peers, "topology.kubernetes.io/region")
+    now = max(n.last_seen for n in state.nodes)
+    opts = Options(granularity=Granularity.LOCATION)
+    svc = [parse_network("10.96.0.0/12")]
+
+    def carriers(d: dict[str, dict[str, Any]]) -> list[str]:
+        return [n for n, o in d.items() if "10.96.0.0/12" in o["spec"]["allowedIPs"]]
+
+    first, _ = exported_peers(state, opts, now, "c1", svc)
+    assert carriers(first) == ["c1-aws-a"]
+    assert carrier_of(list(first.values()), svc) == "c1-aws-a"
+    kept, _ = exported_peers(state, opts, now, "c1", svc, carrier="c1-onprem-a")
+    assert carriers(kept) == ["c1-onprem-a"]
+    moved, _ = exported_peers(state, opts, now, "c1", svc, carrier="c1-gone")
+    assert carriers(moved) == ["c1-aws-a"]
+    assert carrier_of([{"spec": "x"}, "y", {"spec": {"allowedIPs": ["1.2.3.4/32"]}}], svc) is None  # type: ignore[list-item]
 
 
 def test_changes_create_update_delete_only_what_the_link_owns() -> None:

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from kilo.backend.apiserver import PEER_PATH, BackendError
 from kilo.backend.kubernetes import KubernetesBackend
-from kilo.link import LINK_LABEL, Changes, changes, exported_peers
+from kilo.link import LINK_LABEL, Changes, carrier_of, changes, exported_peers
 from kilo.mesh import ClusterState, Options, UserError, read_cluster
 from kilo.model import Prefix
 from kilo.topology import TopologyError
@@ -98,15 +98,17 @@ def sync(src: End, dst: End, opts: Options, now: int) -> tuple[Changes, list[str
     errors. A source that cannot be read or has no ready node changes nothing (a cluster that
     is briefly unreadable must not unlink)."""
     try:
+        owned = dst.owned(src.name)
+    except (BackendError, OSError) as e:
+        return Changes(), [], [f"{dst.name}: Peers not listed ({e})"]
+    try:
         state = src.state(opts.topology_label)
-        desired, warnings = exported_peers(state, opts, now, src.name, src.extra_ips)
+        carrier = carrier_of(owned, src.extra_ips)
+        desired, warnings = exported_peers(state, opts, now, src.name, src.extra_ips, carrier)
     except (BackendError, UserError, TopologyError, OSError) as e:
         why = f"{src.name}: not read ({e}); its Peers in {dst.name} stay as they are"
         return Changes(), [], [why]
-    try:
-        ch = changes(desired, dst.owned(src.name), src.name)
-    except (BackendError, OSError) as e:
-        return Changes(), warnings, [f"{dst.name}: Peers not listed ({e})"]
+    ch = changes(desired, owned, src.name)
     return ch, warnings, dst.write(ch)
 
 
