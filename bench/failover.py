@@ -43,9 +43,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
-import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -294,37 +292,6 @@ def pinging(lab: Lab, host: str, ips: list[str]) -> Iterator[list[Replies]]:
 # --- faults -----------------------------------------------------------------------------------
 
 
-def wireguard_go_of(lab: Lab, node: str, kg_pid: int) -> list[int]:
-    """The wireguard-go the lab's kg on ``node`` started (its child, in the node's namespace)."""
-    out = []
-    for pid in procs.pids(lab.ns(node)):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == kg_pid:
-            out.append(pid)
-    return out
-
-
-def kill_node_processes(lab: Lab, node: str) -> None:
-    """SIGKILL the kg the lab started on ``node`` and its wireguard-go, by PID."""
-    proc = lab.agents.get(node)
-    if proc is None or proc.poll() is not None:
-        raise LabError(f"kg is not running on {node}")
-    victims = [(proc.pid, procs.start_time(proc.pid))]
-    victims += [(p, procs.start_time(p)) for p in wireguard_go_of(lab, node, proc.pid)]
-    for pid, _ in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait(10)
-    for pid, started in victims:
-        deadline = time.monotonic() + 10
-        while procs.alive(pid, started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
 def block_rules(add: bool) -> str:
     if not add:
         return json.dumps(
@@ -404,7 +371,7 @@ def fault_run(lab: Lab, fault: str, i: int, blocked: list[str]) -> Run:
             raise LabError(f"{src} does not reach {dests} before the fault")
         t0 = time.time()
         if fault == "kill":
-            kill_node_processes(lab, old)
+            lab.kill_agent(old)
         elif fault == "block":
             nft(lab, old, block_rules(True))
             blocked.append(old)
@@ -415,7 +382,7 @@ def fault_run(lab: Lab, fault: str, i: int, blocked: list[str]) -> Run:
             nft(lab, old, block_rules(False))
             blocked.remove(old)
         else:  # delete
-            kill_node_processes(lab, old)
+            lab.kill_agent(old)
             lab.kubectl(CLUSTER, "delete", "node", old, "--wait=false")
         while time.time() - t0 < OBSERVE:
             now = time.time()

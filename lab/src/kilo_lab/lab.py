@@ -16,12 +16,13 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from kilo_lab import joining, netns, pods, state
+from kilo_lab import joining, netns, pods, procs, state
 from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.commands import Commands
 from kilo_lab.controlplane import ControlPlane
@@ -293,6 +294,23 @@ class Lab(Commands):
 
     def agent_running(self, node: str) -> bool:
         return self.daemons.agent_running(node)
+
+    def kill_agent(self, node: str) -> None:
+        """SIGKILL the kg the lab started on ``node`` and the wireguard-go it started (its
+        children in the node's namespace), by PID: a node that stops without a word."""
+        proc = self.agents.get(node)
+        if proc is None or proc.poll() is not None:
+            raise LabError(f"kg is not running on {node}")
+        victims = [(proc.pid, procs.start_time(proc.pid))]
+        victims += [(p, procs.start_time(p)) for p in procs.children(self.ns(node), proc.pid)]
+        for pid, _ in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(10)
+        for pid, started in victims:
+            deadline = time.monotonic() + 10
+            while procs.alive(pid, started) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     # ---- pods
 

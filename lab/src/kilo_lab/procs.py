@@ -120,6 +120,20 @@ def pids(netns_name: str) -> list[int]:
     return [int(p) for p in out.split() if p.isdigit()]
 
 
+def children(netns_name: str, parent: int) -> list[int]:
+    """The processes in ``netns_name`` whose parent is ``parent``."""
+    out = []
+    for pid in pids(netns_name):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            out.append(pid)
+    return out
+
+
 def stop_all_in(netns_name: str, timeout: float = 10.0) -> list[int]:
     """Stop every process still running inside ``netns_name`` (one the lab created)."""
     found = [(pid, start_time(pid)) for pid in pids(netns_name) if pid != os.getpid()]
