@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provides the third-party binaries the tests, the demo and CI need, and prints where they are.
 #
-#   hack/binaries.sh [NAME ...]     NAME: kube-apiserver etcd kubectl kube-proxy helm wireguard-go
+#   hack/binaries.sh [NAME ...]     NAME: kube-apiserver etcd kubectl kube-proxy
+#                                   kube-controller-manager helm wireguard-go
 #                                   (default: all); prints NAME=PATH lines on stdout
 #   hack/binaries.sh --env          prints `export KILO_BIN_<NAME>=PATH` lines for eval
 #
@@ -20,14 +21,14 @@ WG_VERSION=v0.0.0-20250521234502-f333402bd9cb   # golang.zx2c4.com/wireguard (Ma
 K8S_RECIPE=2
 HELM_RECIPE=2
 CACHE=${KILO_CACHE:-/var/cache/kilo-py}
-ALL=(kube-apiserver etcd kubectl kube-proxy helm wireguard-go)
+ALL=(kube-apiserver etcd kubectl kube-proxy kube-controller-manager helm wireguard-go)
 
 log() { printf '[binaries] %s\n' "$*" >&2; }
 die() { printf '[binaries] error: %s\n' "$*" >&2; exit 1; }
 
 version_of() {
   case "$1" in
-    kube-apiserver|kubectl|kube-proxy) echo "k8s-$K8S_VERSION-r$K8S_RECIPE" ;;
+    kube-apiserver|kubectl|kube-proxy|kube-controller-manager) echo "k8s-$K8S_VERSION-r$K8S_RECIPE" ;;
     etcd) echo "k8s-$K8S_VERSION" ;;
     helm) echo "helm-$HELM_VERSION-r$HELM_RECIPE" ;;
     wireguard-go) echo "wg-$WG_VERSION" ;;
@@ -95,7 +96,7 @@ build() {
   mkdir -p "$work" "$(dirname "$out")"
   export GOFLAGS=-mod=mod CGO_ENABLED=0
   case "$name" in
-    kube-apiserver|kubectl|kube-proxy|etcd)
+    kube-apiserver|kubectl|kube-proxy|kube-controller-manager|etcd)
       build_module_k8s "$work/k8s-$K8S_VERSION"
       local pkg
       case "$name" in

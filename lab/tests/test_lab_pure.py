@@ -60,19 +60,19 @@ def test_a_peer_hosts_config_is_its_interface_and_kgctls_peers() -> None:
     assert link_script(ph).startswith("ip address add 10.5.0.1/32 dev wg0 && ip link set wg0 up")
 
 
-def test_service_docs_without_and_with_endpoints() -> None:
+def test_service_docs_are_a_service_and_its_endpoints() -> None:
     docs = service_docs("web", ["10.2.1.2"], 80, target_port=8080, namespace="default")
-    assert [d["kind"] for d in docs] == ["Service", "EndpointSlice"]
+    assert [d["kind"] for d in docs] == ["Service", "Endpoints"]
     assert docs[0]["spec"]["ports"][0] == {
         "name": "http",
         "port": 80,
         "targetPort": 8080,
         "protocol": "TCP",
     }
-    assert docs[1]["metadata"]["labels"] == {"kubernetes.io/service-name": "web"}
-    assert docs[1]["endpoints"] == [{"addresses": ["10.2.1.2"], "conditions": {"ready": True}}]
-    kinds = [d["kind"] for d in service_docs("bm", ["10.5.0.2"], 8080, endpoints=True)]
-    assert kinds == ["Service", "Endpoints", "EndpointSlice"]
+    assert "selector" not in docs[0]["spec"]
+    assert docs[1]["subsets"] == [
+        {"addresses": [{"ip": "10.2.1.2"}], "ports": [{"name": "http", "port": 8080}]}
+    ]
 
 
 def test_summary_table() -> None:

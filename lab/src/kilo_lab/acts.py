@@ -171,10 +171,9 @@ def act2(s: Story) -> None:
     s.start_server(bare, bm.ip, BARE_METAL_PORT)
     out.note(
         "the cluster gets a Service without a selector and its Endpoints, as in the "
-        "talk, and the EndpointSlice that kube-controller-manager would mirror from "
-        "them (the lab runs none; kube-proxy reads EndpointSlices)"
+        "talk; kube-controller-manager mirrors them into the EndpointSlice kube-proxy reads"
     )
-    docs = service_docs(bare, [bm.ip], BARE_METAL_PORT, endpoints=True)
+    docs = service_docs(bare, [bm.ip], BARE_METAL_PORT)
     _apply_shown(s, yaml.safe_dump_all(docs, sort_keys=False))
     svc_ip = lab.kubectl(
         c1.name, "get", "service", bare, "-o", "jsonpath={.spec.clusterIP}", check=False

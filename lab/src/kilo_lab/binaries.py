@@ -12,7 +12,15 @@ import os
 import pathlib
 import subprocess
 
-KNOWN = ("kube-apiserver", "etcd", "kubectl", "kube-proxy", "helm", "wireguard-go")
+KNOWN = (
+    "kube-apiserver",
+    "etcd",
+    "kubectl",
+    "kube-proxy",
+    "kube-controller-manager",
+    "helm",
+    "wireguard-go",
+)
 
 
 class BinaryMissing(RuntimeError):

@@ -110,9 +110,9 @@ class Commands:
         backends: Sequence[tuple[str, int]],
         namespace: str = "default",
     ) -> str:
-        """A selector-less Service with an EndpointSlice listing ``backends`` (ip, port), as
-        the (absent) endpoint controllers would make it; returns its ClusterIP. kube-proxy
-        (``kubeProxy: true``) makes it reachable from nodes and pods."""
+        """A selector-less Service with Endpoints listing ``backends`` (ip, port), which the
+        lab's kube-controller-manager mirrors into an EndpointSlice; returns its ClusterIP.
+        kube-proxy (``kubeProxy: true``) makes it reachable from nodes and pods."""
         target = backends[0][1] if backends else port
         ips = [ip for ip, _ in backends]
         self.apply(cluster, service_docs(name, ips, port, target_port=target, namespace=namespace))

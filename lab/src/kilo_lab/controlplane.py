@@ -22,6 +22,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -68,6 +69,7 @@ class ControlPlane:
         port: int | None = None,
         memory_limit_mib: int = 512,
         apiserver_args: Sequence[str] = (),
+        controllers: Sequence[str] = (),
     ) -> None:
         self.bind_address = bind_address
         self.netns = netns
@@ -77,6 +79,9 @@ class ControlPlane:
         self.extra_sans = tuple(extra_sans)
         self.memory_limit_mib = memory_limit_mib
         self.apiserver_args = tuple(apiserver_args)
+        #: kube-controller-manager's --controllers (none: it is not started)
+        self.controllers = tuple(controllers)
+        self._controller_manager: subprocess.Popen[bytes] | None = None
         self._port = port
         self.dir: pathlib.Path | None = None
         self._etcd: subprocess.Popen[bytes] | None = None
@@ -105,7 +110,11 @@ class ControlPlane:
     @property
     def pids(self) -> dict[str, int]:
         """The PIDs of the running processes started by this control plane."""
-        running = {"etcd": self._etcd, "kube-apiserver": self._apiserver}
+        running = {
+            "etcd": self._etcd,
+            "kube-apiserver": self._apiserver,
+            "kube-controller-manager": self._controller_manager,
+        }
         return {name: p.pid for name, p in running.items() if p is not None and p.poll() is None}
 
     def __enter__(self) -> ControlPlane:
@@ -133,9 +142,13 @@ class ControlPlane:
         self._write_cert_kubeconfig(self.kubeconfig, "kpy-admin", ("system:masters",), admin)
         self._start_etcd()
         self.start_apiserver()
+        if self.controllers:
+            self._start_controller_manager()
 
     def close(self) -> None:
-        """Stop both processes and remove the directory; safe to call more than once."""
+        """Stop the processes and remove the directory; safe to call more than once."""
+        _stop(self._controller_manager)
+        self._controller_manager = None
         _stop(self._apiserver)
         self._apiserver = None
         _stop(self._etcd)
@@ -380,6 +393,32 @@ class ControlPlane:
             _stop(proc)
             raise
         return proc
+
+    def _start_controller_manager(self) -> None:
+        """kube-controller-manager with only ``self.controllers`` (e.g. the EndpointSlice
+        mirroring that turns a selector-less Service's Endpoints into the EndpointSlice
+        kube-proxy reads), as the admin, no leader election, no serving port."""
+        log = self._path("controller-manager.log")
+        self._controller_manager = self._spawn(
+            "kube-controller-manager",
+            "kpy-controller-manager",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(self.controllers)}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--concurrent-endpoint-syncs=2",
+                "--v=0",
+            ],
+            log,
+            self.memory_limit_mib // 2,
+        )
+        time.sleep(0.5)  # it serves nothing to probe: a process that lives on is up
+        if self._controller_manager.poll() is not None:
+            code = self._controller_manager.returncode
+            raise ControlPlaneError(
+                f"kube-controller-manager exited with {code}:\n{procs.tail(log)}"
+            )
 
     @staticmethod
     def _wait(

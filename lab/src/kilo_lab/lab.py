@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 TOOLS = ("ip", "ping", "unshare", "mount", "sh")
 
 
+#: What of kube-controller-manager the lab runs: Endpoints mirrored into EndpointSlices (the
+#: Service a user puts in front of a Peer's server). Pods have no kubelet to report them, so
+#: the EndpointSlice controller for selectors would have nothing to read.
+CONTROLLERS = ("endpointslicemirroring",)
+
+
 class Lab(Commands):
     """One lab: ``up()`` builds it, ``down()`` removes everything; a context manager too.
 
@@ -231,6 +237,7 @@ class Lab(Commands):
                 netns=self.ns(f"{c.name}-cp"),
                 service_cidr=str(c.service_cidr),
                 port=API_PORT,
+                controllers=CONTROLLERS,
             )
             self.control_planes[c.name] = cp
             try:

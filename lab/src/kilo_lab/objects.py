@@ -1,5 +1,5 @@
 """The Kubernetes objects the lab makes in place of the parts of a cluster it does not run: the
-Node a kubelet registers, and the Service + EndpointSlice the endpoint controllers would make
+Node a kubelet registers, and the Service + Endpoints a user writes for a server outside
 for a Service without a selector."""
 
 from __future__ import annotations
@@ -56,16 +56,15 @@ def service_docs(
     *,
     target_port: int | None = None,
     namespace: str | None = None,
-    endpoints: bool = False,
 ) -> list[dict[str, Any]]:
-    """A Service without a selector on ``port`` (to ``target_port`` of ``ips``), optionally its
-    v1 Endpoints (as a user would write them), and the EndpointSlice kube-proxy reads, which the
-    absent kube-controller-manager would mirror from them."""
+    """A Service without a selector on ``port`` (to ``target_port`` of ``ips``) and its v1
+    Endpoints, as a user writes them in front of a server outside the cluster; the lab's
+    kube-controller-manager mirrors them into the EndpointSlice kube-proxy reads."""
     target = target_port or port
     meta: dict[str, Any] = {"name": name}
     if namespace is not None:
         meta["namespace"] = namespace
-    docs: list[dict[str, Any]] = [
+    return [
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -73,37 +72,19 @@ def service_docs(
             "spec": {
                 "ports": [{"name": "http", "port": port, "targetPort": target, "protocol": "TCP"}]
             },
-        }
-    ]
-    if endpoints:
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Endpoints",
-                "metadata": dict(meta),
-                "subsets": [
-                    {
-                        "addresses": [{"ip": ip} for ip in ips],
-                        "ports": [{"name": "http", "port": target}],
-                    }
-                ],
-            }
-        )
-    docs.append(
+        },
         {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                **meta,
-                "name": f"{name}-1",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": target, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
-        }
-    )
-    return docs
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": dict(meta),
+            "subsets": [
+                {
+                    "addresses": [{"ip": ip} for ip in ips],
+                    "ports": [{"name": "http", "port": target}],
+                }
+            ],
+        },
+    ]
 
 
 def crd_manifest() -> pathlib.Path | None:

@@ -49,10 +49,10 @@ def need_root() -> None:
 
 
 def need_lab(*binaries: str) -> None:
-    """What a lab needs: root, the CNI plugins, etcd + kube-apiserver + kubectl and ``binaries``
-    (the agent's labs add wireguard-go, kube-proxy)."""
+    """What a lab needs: root, the CNI plugins, etcd, kube-apiserver, kube-controller-manager,
+    kubectl and ``binaries`` (the agent's labs add wireguard-go, kube-proxy)."""
     need_root()
-    need_binaries("etcd", "kube-apiserver", "kubectl", *binaries)
+    need_binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", *binaries)
     reason = pods.plugins_available()
     if reason:
         unavailable(reason)
