@@ -127,3 +127,35 @@ def test_in_a_network_namespace(netns_pair: tuple[str, str], require: Any) -> No
         assert other.returncode == 0 and other.stdout.strip() == "ok", other.stderr
         pids = cp.pids
     assert not any(alive(pid) for pid in pids.values())
+
+
+def test_the_controller_manager_mirrors_endpoints(require: Any) -> None:
+    """With ``controllers``, kube-controller-manager runs beside the API server: a selector-less
+    Service's Endpoints become its EndpointSlice; it goes on exit with the rest."""
+    require.binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+    import json
+    import time
+
+    docs = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
+         "subsets": [{"addresses": [{"ip": "10.2.1.2"}], "ports": [{"name": "http", "port": 80}]}]},
+    ]  # fmt: skip
+    with ControlPlane(controllers=("endpointslicemirroring",)) as cp:
+        pids = cp.pids
+        assert "kube-controller-manager" in pids
+        cp.kubectl("apply", "-f", "-", input=json.dumps({"kind": "List", "apiVersion": "v1",
+                                                         "items": docs}))  # fmt: skip
+        deadline = time.monotonic() + 30
+        slices: list[Any] = []
+        while not slices and time.monotonic() < deadline:
+            out = cp.kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=web",
+                             "-o", "json").stdout  # fmt: skip
+            slices = json.loads(out)["items"]
+            time.sleep(0.2)
+        assert slices and slices[0]["endpoints"][0]["addresses"] == ["10.2.1.2"]
+    for pid in pids.values():
+        assert (
+            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        )
