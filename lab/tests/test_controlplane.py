@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -133,9 +135,6 @@ def test_the_controller_manager_mirrors_endpoints(require: Any) -> None:
     """With ``controllers``, kube-controller-manager runs beside the API server: a selector-less
     Service's Endpoints become its EndpointSlice; it goes on exit with the rest."""
     require.binaries("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
-    import json
-    import time
-
     docs = [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
          "spec": {"ports": [{"name": "http", "port": 80}]}},
@@ -155,7 +154,4 @@ def test_the_controller_manager_mirrors_endpoints(require: Any) -> None:
             slices = json.loads(out)["items"]
             time.sleep(0.2)
         assert slices and slices[0]["endpoints"][0]["addresses"] == ["10.2.1.2"]
-    for pid in pids.values():
-        assert (
-            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
-        )
+    assert not any(alive(pid) for pid in pids.values())
