@@ -15,6 +15,7 @@ import gc
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,7 @@ from kilo.apply import apply_plan
 from kilo.cache import ObjectCache
 from kilo.events import Told
 from kilo.hostinfo import HostAddress, choose_ips
+from kilo.keys import Key
 from kilo.leadership import LeaseChange, Liveness
 from kilo.leases import RENEW_PERIOD_SECONDS, Lease, lease_from_object, lease_object
 from kilo.metrics import AgentMetrics
@@ -43,6 +45,7 @@ from kilo.ports import (
 )
 from kilo.problems import ProblemLog
 from kilo.publisher import Publisher
+from kilo.rotation import RotationSchedule
 from kilo.topology import Topology
 
 log = logging.getLogger("kilo.agent")
@@ -79,6 +82,7 @@ class AgentConfig:
     clean_up: bool = False
     clean_up_interface: bool = False
     lease_namespace: str = "kube-system"
+    key_rotation_period: float = 0.0  # seconds between key rotations; 0: only when asked
 
 
 @dataclass
@@ -133,6 +137,8 @@ class Agent:
         self._changed = True  # the cache changed in a way that matters since the last plan
         self.leases: dict[str, Lease] = {}  # by segment key (native liveness)
         self._next_lease = float("inf")  # monotonic: a Lease to renew or that expires
+        self.rotation = RotationSchedule(cfg.key_rotation_period, ports.clock.monotonic())
+        self.last_failures: list[str] = []  # the parts the last apply could not apply
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -154,6 +160,11 @@ class Agent:
         """A full reconcile now (the device was restarted underneath us, say)."""
         self._verify = True
         self._dirty.set()
+        self.ports.backend.events.put(None)  # wake the loop
+
+    def request_rotation(self) -> None:
+        """Rotate the WireGuard key as soon as the loop wakes (``kg`` calls it on SIGUSR1)."""
+        self.rotation.ask()
         self.ports.backend.events.put(None)  # wake the loop
 
     def discover_host(self) -> None:
@@ -180,7 +191,11 @@ class Agent:
         """Wait for an event or the next timer, then do what is due."""
         clock = self.ports.clock
         due = min(
-            self._next_resync, self.publisher.next_check_in(), self._next_expiry, self._next_lease
+            self._next_resync,
+            self.publisher.next_check_in(),
+            self._next_expiry,
+            self._next_lease,
+            self.rotation.due(),
         )
         arrived = clock.wait(self.ports.backend.events, due - clock.monotonic())
         if arrived:
@@ -191,6 +206,9 @@ class Agent:
         if self._stop.is_set():
             return
         now = clock.monotonic()
+        if self.rotation.is_due(now):
+            self.rotate_key()
+            now = clock.monotonic()
         resync = now >= self._next_resync
         if now >= self._next_lease:  # a renewal is due, or a Lease expired
             self._next_lease = float("inf")
@@ -374,12 +392,16 @@ class Agent:
             cni_conf=p.files.read_cni() if self.cfg.settings.cni else None,
         )
 
-    def reconcile(self, verify: bool = True) -> list[str]:
-        """Read, plan, apply, publish. Without ``verify``, a read that finds nothing the plan
-        depends on changed (a check-in that only moved ``last-seen``) costs no plan, and parts
-        of the plan equal to those last applied are not applied again: nothing is read from or
-        written to the kernel. With it (the resync), every part is applied, which repairs what
-        changed underneath (a route removed by hand)."""
+    def reconcile(
+        self, verify: bool = True, before_apply: Callable[[Plan], bool] | None = None
+    ) -> list[str]:
+        """Read, plan, apply, publish. ``before_apply`` (a key rotation's: publish the new key
+        first) is called with the plan just before it is applied; False: apply nothing.
+        Without ``verify``, a read that finds nothing the plan depends on changed (a check-in
+        that only moved ``last-seen``) costs no plan, and parts of the plan equal to those last
+        applied are not applied again: nothing is read from or written to the kernel. With it
+        (the resync), every part is applied, which repairs what changed underneath (a route
+        removed by hand)."""
         with self._lock:
             p = self.ports
             try:
@@ -425,6 +447,9 @@ class Agent:
                 self.last_reconcile_ok = True
                 self.last_changes = []
                 return []
+            if before_apply is not None and not before_apply(desired):
+                self.last_changes = []
+                return []
             previous = None if verify else self._applied
             applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
             for part in applied.parts:
@@ -432,6 +457,7 @@ class Agent:
             if desired.annotations is not None:
                 self.publisher.publish(desired.annotations)
             self._record(desired, applied.changes)
+            self.last_failures = applied.failures
             self._applied = desired if applied.ok and desired.status is Status.OK else None
             if not applied.ok:
                 self._failed("; ".join(applied.failures))
@@ -442,6 +468,66 @@ class Agent:
                     log.warning("%s; waiting", desired.reason)
                 self.last_reconcile_ok = True
             return applied.changes
+
+    # -- key rotation ----------------------------------------------------------------------
+    def rotate_key(self) -> bool:
+        """A new WireGuard key, in the order that loses least: write it to the key file (a
+        restart then uses it), publish its public key in the Node's annotation, then set it on
+        the device at once. The private key change expires the device's sessions, and peers
+        reach us again once they hold the new public key: the gap is the propagation time.
+        Publishing before applying keeps the device on a key the peers know until then.
+        A failure in any step rolls back to the old key (file, annotation, device), so the file
+        and the device never differ; True if the new key is in use."""
+        with self._lock:
+            self.rotation.done(self.ports.clock.monotonic())
+            old, new = self.private_key, Key.generate()
+            try:
+                self.ports.files.write_key(new)
+            except Exception as e:  # noqa: BLE001 - the old key stays, in the file and in use
+                return self._rotation_failed(f"cannot write the new key: {e}")
+            self.private_key = new
+            why = ["no plan reached the device (the cluster cannot be read, or no local node)"]
+
+            def publish_first(desired: Plan) -> bool:
+                why.clear()
+                if desired.status is not Status.OK or desired.annotations is None:
+                    why.append(f"the data plane is not planned ({desired.reason or 'no plan'})")
+                    return False
+                if not self.publisher.publish(desired.annotations):
+                    why.append("the new public key could not be published")
+                    return False
+                return True
+
+            self._changed = True  # the key is an input of the plan
+            self.reconcile(verify=False, before_apply=publish_first)
+            device = [f for f in self.last_failures if f.startswith("WireGuard configuration")]
+            if not why and not device:
+                log.info("rotated the WireGuard key: public key now %s", new.public())
+                self.metrics.key_rotations.inc()
+                return True
+            return self._roll_back(old, "; ".join(why + device))
+
+    def _roll_back(self, old: Key, why: str) -> bool:
+        """Back to the old key: in the file first, then published and on the device (a full
+        reconcile). If the old key cannot be written back, the new one (in the file) stays in
+        use and the loop keeps applying and publishing it, so a restart changes nothing."""
+        try:
+            self.ports.files.write_key(old)
+        except Exception as e:  # noqa: BLE001 - keep the key the file holds
+            log.error("key rotation: %s; the old key cannot be written back (%s): "
+                      "keeping the new key", why, e)  # fmt: skip
+            self.metrics.error("rotation")
+            self.request_reconcile()
+            return False
+        self.private_key = old
+        self._changed = True
+        self.reconcile(verify=True)
+        return self._rotation_failed(why)
+
+    def _rotation_failed(self, why: str) -> bool:
+        self.metrics.error("rotation")
+        log.error("key rotation failed: %s; keeping the old key", why)
+        return False
 
     def _set_expiry(self, at: float | None, now: float) -> None:
         """Wake when the next ready node would expire (as a monotonic deadline)."""

@@ -82,6 +82,11 @@ class AgentMetrics:
             "Changes of Nodes and Peers the agent was told of by its watches.",
             registry=r,
         )
+        self.key_rotations = Counter(
+            "kilo_key_rotations",
+            "WireGuard key rotations done (a failed one is counted in kilo_errors, rotation).",
+            registry=r,
+        )
         self.kernel_calls = Counter(
             "kilo_kernel_calls",
             "Parts of the data plane read from or applied to the kernel (device, link, "

@@ -104,6 +104,10 @@ class Files(Protocol):
     """The agent's files: its private key and the CNI configuration list."""
 
     def load_or_create_key(self) -> Key: ...
+    def write_key(self, key: Key) -> None:
+        """Replace the stored private key (atomically, mode 0600): a key rotation's first step."""
+        ...
+
     def read_cni(self) -> Obj | None:
         """The current conflist; None if missing or unreadable (then the default is written)."""
         ...

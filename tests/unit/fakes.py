@@ -289,9 +289,18 @@ class FakeFiles:
     key: Key = field(default_factory=Key.generate)
     cni: Obj | None = None
     cni_writes: int = 0
+    key_writes: list[Key] = field(default_factory=list)
+    fail_key_writes: int = 0  # the next this many key writes fail
 
     def load_or_create_key(self) -> Key:
         return self.key
+
+    def write_key(self, key: Key) -> None:
+        if self.fail_key_writes > 0:
+            self.fail_key_writes -= 1
+            raise Broken("the key file cannot be written")
+        self.key = key
+        self.key_writes.append(key)
 
     def read_cni(self) -> Obj | None:
         return copy.deepcopy(self.cni)

@@ -7,6 +7,7 @@ Where we differ on purpose:
   --private-key (new): where the WireGuard private key is kept (Kilo: fixed /var/lib/kilo/key).
   --wireguard (new): auto (kernel module if present, else wireguard-go), kernel or userspace.
   --mesh-granularity also accepts cross.
+  --key-rotation-period (new) and SIGUSR1: rotate the WireGuard key (Kilo never does).
   The firewall is one nftables table of our own (--nft-table) instead of iptables chains.
 """
 
@@ -16,6 +17,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from kilo import __version__
@@ -185,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
         help="Where the WireGuard private key is kept (mode 0600; made if missing).",
     )
     p.add_argument(
+        "--key-rotation-period",
+        default="0",
+        help="How often to rotate the WireGuard key (e.g. 24h, 30m; 0: never). "
+        "SIGUSR1 rotates it at once.",
+    )
+    p.add_argument(
         "--wireguard",
         default="auto",
         choices=["auto", "kernel", "userspace"],
@@ -296,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             clean_up=a.clean_up,
             clean_up_interface=a.clean_up_interface,
             lease_namespace=a.lease_namespace,
+            key_rotation_period=_duration(a.key_rotation_period),
         )
     except ValueError as e:
         print(f"kg: {e}", file=sys.stderr)
@@ -343,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("received signal %d; stopping", signum)
         agent.stop()
 
+    def on_rotate(signum: int, _frame: object) -> None:
+        log.info("received signal %d; rotating the WireGuard key", signum)
+        # from another thread: the handler may have interrupted the loop inside the queue
+        threading.Thread(target=agent.request_rotation, name="rotate", daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, on_rotate)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:

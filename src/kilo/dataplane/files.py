@@ -115,6 +115,10 @@ class AgentFiles:
     def load_or_create_key(self) -> Key:
         return load_or_create_key(self.key_path)
 
+    def write_key(self, key: Key) -> None:
+        write_atomically(self.key_path, f"{key}\n", 0o600)
+        log.info("wrote a new WireGuard private key to %s", self.key_path)
+
     def read_cni(self) -> dict[str, Any] | None:
         try:
             conf = json.loads(self.cni_path.read_text())
