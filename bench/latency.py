@@ -30,37 +30,18 @@ from typing import Any
 
 from _common import lab_name, lab_session, machine_note, percentile, say, table
 from kilo_lab.lab import Lab, LabError
+from kilo_lab.spec import two_clusters
 
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
-CLUSTER_1 = {
-    "name": "c1",
-    "podCIDR": "10.2.0.0/16",
-    "serviceCIDR": "10.3.0.0/16",
-    "subnet": "10.4.0.0/16",
-    "granularity": "location",
-    "locations": [
-        {"name": "aws", "cidr": "10.10.1.0/24", "nodes": [{"name": "aws-1", "public": True},
-                                                          "aws-2"]},
-        {"name": "gcp", "cidr": "10.10.2.0/24", "nodes": [{"name": "gcp-1", "public": True},
-                                                          "gcp-2"]},
-    ],
-}  # fmt: skip
-CLUSTER_2 = {
-    "name": "c2",
-    "podCIDR": "10.12.0.0/16",
-    "serviceCIDR": "10.13.0.0/16",
-    "subnet": "10.14.0.0/16",
-    "granularity": "location",
-    "locations": [
-        {"name": "onprem", "cidr": "10.20.1.0/24",
-         "nodes": [{"name": "onprem-1", "public": True}, "onprem-2"]},
-    ],
-}  # fmt: skip
+C1_LOCATIONS = [
+    {"name": "aws", "cidr": "10.10.1.0/24", "nodes": [{"name": "aws-1", "public": True}, "aws-2"]},
+    {"name": "gcp", "cidr": "10.10.2.0/24", "nodes": [{"name": "gcp-1", "public": True}, "gcp-2"]},
+]
 
 
 def spec(name: str) -> dict[str, Any]:
-    return {"name": name, "clusters": [CLUSTER_1, CLUSTER_2]}
+    return two_clusters(name, C1_LOCATIONS)
 
 
 def rtts(lab: Lab, host: str, ip: str, count: int) -> list[float]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kilo_lab.lab import Lab
+from kilo_lab.spec import two_clusters
 
 from tests.integration.test_agent_support import (
     Tracker,
@@ -30,34 +31,9 @@ NAME = lab_name("klink")
 
 
 def spec() -> dict[str, Any]:
-    return {
-        "name": NAME,
-        "clusters": [
-            {
-                "name": "c1",
-                "podCIDR": "10.2.0.0/16",
-                "serviceCIDR": "10.3.0.0/16",
-                "subnet": "10.4.0.0/16",
-                "granularity": "location",
-                "locations": [
-                    {"name": "aws", "cidr": "10.10.1.0/24",
-                     "nodes": [{"name": "aws-1", "public": True},
-                               {"name": "aws-2", "public": True}]},
-                ],
-            },
-            {
-                "name": "c2",
-                "podCIDR": "10.12.0.0/16",
-                "serviceCIDR": "10.13.0.0/16",
-                "subnet": "10.14.0.0/16",
-                "granularity": "location",
-                "locations": [
-                    {"name": "onprem", "cidr": "10.20.1.0/24",
-                     "nodes": [{"name": "onprem-1", "public": True}, "onprem-2"]},
-                ],
-            },
-        ],
-    }  # fmt: skip
+    nodes = [{"name": "aws-1", "public": True}, {"name": "aws-2", "public": True}]
+    aws = {"name": "aws", "cidr": "10.10.1.0/24", "nodes": nodes}
+    return two_clusters(NAME, [aws])
 
 
 @pytest.fixture(scope="module")

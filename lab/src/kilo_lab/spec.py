@@ -147,6 +147,22 @@ class LabSpec:
 # --- parsing ------------------------------------------------------------------------------
 
 
+def two_clusters(name: str, c1_locations: list[dict[str, Any]]) -> dict[str, Any]:
+    """A lab of two clusters with CIDRs of their own (the demo's): c1 with ``c1_locations``
+    (each ``{"name", "cidr", "nodes"}``), c2 with location onprem (onprem-1 public, onprem-2)."""
+    return {
+        "name": name,
+        "clusters": [
+            {"name": "c1", "podCIDR": "10.2.0.0/16", "serviceCIDR": "10.3.0.0/16",
+             "subnet": "10.4.0.0/16", "granularity": "location", "locations": c1_locations},
+            {"name": "c2", "podCIDR": "10.12.0.0/16", "serviceCIDR": "10.13.0.0/16",
+             "subnet": "10.14.0.0/16", "granularity": "location",
+             "locations": [{"name": "onprem", "cidr": "10.20.1.0/24",
+                            "nodes": [{"name": "onprem-1", "public": True}, "onprem-2"]}]},
+        ],
+    }  # fmt: skip
+
+
 def load(path: str | pathlib.Path) -> LabSpec:
     """Read and validate a lab description from a YAML file."""
     try:
