@@ -45,8 +45,10 @@ from kilo.ports import (
 )
 from kilo.problems import ProblemLog
 from kilo.publisher import Publisher
+from kilo.rekeyed import rekeyed
 from kilo.rotation import RotationSchedule
 from kilo.topology import Topology
+from kilo.wireguard import WgConf
 
 log = logging.getLogger("kilo.agent")
 
@@ -433,6 +435,7 @@ class Agent:
             self.metrics.reconciles.inc()
             self._verify = False
             desired = plan(cluster, self.facts(now, outages), self.cfg.settings)
+            before = self.plan.dataplane if self.plan is not None else None
             self.plan = desired
             self.problems.report(desired.problems)
             self._tell(desired, now)
@@ -454,6 +457,7 @@ class Agent:
             applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
             for part in applied.parts:
                 self.metrics.kernel_calls.labels(part=part).inc()
+            self._nudge(before.wireguard if before else None, desired, applied.failures)
             if desired.annotations is not None:
                 self.publisher.publish(desired.annotations)
             self._record(desired, applied.changes)
@@ -468,6 +472,19 @@ class Agent:
                     log.warning("%s; waiting", desired.reason)
                 self.last_reconcile_ok = True
             return applied.changes
+
+    def _nudge(self, before: WgConf | None, desired: Plan, failures: list[str]) -> None:
+        """A packet towards each peer whose key just changed: our device starts the handshake
+        with its new key at once, not when it retries (kilo.rekeyed)."""
+        dp = desired.dataplane
+        if dp is None or any(f.startswith("WireGuard configuration") for f in failures):
+            return
+        targets = rekeyed(before, dp.wireguard)
+        if targets:
+            try:
+                self.ports.host.nudge(targets)
+            except Exception as e:  # noqa: BLE001 - a courtesy: the peer retries by itself
+                log.debug("nudging %s: %s", targets, e)
 
     # -- key rotation ----------------------------------------------------------------------
     def rotate_key(self) -> bool:

@@ -26,7 +26,7 @@ from kilo.firewall import Ruleset
 from kilo.hostinfo import HostAddress
 from kilo.keys import Key
 from kilo.leadership import Health, ProbeTarget
-from kilo.model import Prefix
+from kilo.model import IPAddress, Prefix
 from kilo.routes import Route, Rule
 from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
@@ -98,6 +98,9 @@ class Host(Protocol):
     def addresses(self) -> list[HostAddress]: ...
     def underlay_mtu(self) -> int | None: ...
     def ensure_ipip(self, pod_cidr: Prefix | None) -> list[str]: ...
+    def nudge(self, addresses: Sequence[IPAddress]) -> None:
+        """One datagram to each address, so that WireGuard starts a handshake (kilo.rekeyed)."""
+        ...
 
 
 class Files(Protocol):

@@ -272,6 +272,7 @@ class FakeHost:
     address_list: list[HostAddress] = field(default_factory=list)
     mtu: int | None = 1500
     ipip: list[Prefix | None] = field(default_factory=list)
+    nudged: list[str] = field(default_factory=list)
 
     def addresses(self) -> list[HostAddress]:
         return list(self.address_list)
@@ -282,6 +283,9 @@ class FakeHost:
     def ensure_ipip(self, pod_cidr: Prefix | None) -> list[str]:
         self.ipip.append(pod_cidr)
         return []
+
+    def nudge(self, addresses: Sequence[Any]) -> None:
+        self.nudged += [str(a) for a in addresses]
 
 
 @dataclass

@@ -3,17 +3,20 @@ published and then set on the device; a failure in any step leaves the old key e
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
 
 from kilo.agent import Agent, Ports
 from kilo.keys import Key
+from kilo.rekeyed import rekeyed
 from kilo.rotation import RotationSchedule
 from kilo.translate import KEY
-from kilo.wireguard import WgConf
+from kilo.wireguard import WgConf, WgPeer
 
 from .fakes import Broken
+from .helpers import key_for
 from .test_agent_loop import Rig
 
 
@@ -182,3 +185,35 @@ def test_schedule() -> None:
     assert RotationSchedule(0.0, 5.0).due() == float("inf")
     with pytest.raises(ValueError):
         RotationSchedule(-1.0, 0.0)
+
+
+def wg(*peers: tuple[str, list[str]]) -> WgConf:
+    return WgConf(
+        peers=[
+            WgPeer(Key.parse(key_for(k)), [ipaddress.ip_interface(i) for i in ips])
+            for k, ips in peers
+        ]
+    )
+
+
+def test_rekeyed_peers_are_those_with_a_new_key_on_old_allowed_ips() -> None:
+    before = wg(("b1", ["10.4.0.2/32", "10.2.3.0/24"]), ("laptop", ["10.5.0.1/32"]))
+    after = wg(("b1-new", ["10.4.0.2/32", "10.2.3.0/24"]), ("laptop", ["10.5.0.1/32"]))
+    assert [str(a) for a in rekeyed(before, after)] == ["10.4.0.2"]
+    new_peer = wg(*[(p, ["10.9.0.0/24"]) for p in ("c1",)])
+    assert rekeyed(before, new_peer) == []  # a new peer, not a key change
+    assert rekeyed(None, after) == []
+    pods_only = wg(("b1-new", ["10.2.3.0/24"]))
+    assert [str(a) for a in rekeyed(before, pods_only)] == ["10.2.3.1"]
+
+
+def test_the_peer_that_takes_a_rotated_key_nudges_it() -> None:
+    r, _ = settled(resync_period=1000.0)
+    b1 = r.backend.node_objs["b1"]
+    b1["metadata"]["annotations"][KEY] = key_for("b1-rotated")
+    r.backend.put_node(b1)
+    r.step()
+    assert r.peer_keys() == {key_for("b1-rotated")}
+    assert len(r.host.nudged) == 1  # one datagram into the tunnel towards b1
+    r.agent.reconcile()
+    assert len(r.host.nudged) == 1  # not again while the key stays

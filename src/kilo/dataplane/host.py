@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 
 from kilo.dataplane import ipip
 from kilo.hostinfo import HostAddress
-from kilo.model import Prefix
+from kilo.model import IPAddress, Prefix
+
+log = logging.getLogger("kilo.agent")
 
 MAIN_TABLE = 254
 
@@ -48,3 +52,15 @@ class LocalHost:
 
     def ensure_ipip(self, pod_cidr: Prefix | None) -> list[str]:
         return ipip.ensure(pod_cidr)
+
+    def nudge(self, addresses: Sequence[IPAddress]) -> None:
+        """An empty UDP datagram to the discard port of each address (nothing needs to answer:
+        sending it is what makes WireGuard start the handshake)."""
+        for a in addresses:
+            family = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)
+                try:
+                    s.sendto(b"", (str(a), 9))
+                except OSError as e:  # no route yet, say: the peer's own packets will do
+                    log.debug("nudging %s: %s", a, e)
