@@ -18,9 +18,10 @@ stopped 3 s after the propagation: ``lost`` are the requests without a reply (Wi
 what it cannot send while it handshakes, so most of the gap is delayed, not lost); ``gap`` is
 the longest time between two consecutive replies, minus the interval (0 if none is late).
 Two directions: pinged from the peer's side (g2-p0 -> a2-p0: g1's new peer entry starts the
-handshake on its first request) and from the rotated side (a2-p0 -> g2-p0: a1 starts it; its
-first initiation reaches g1 before g1 knows the key, and WireGuard retries only after 5 s
-unless g1 sends first).
+handshake on its first request) and from the rotated side (a2-p0 -> g2-p0: a1's first
+initiation reaches g1 before g1 knows the key and WireGuard retries only after 5 s; g1's agent
+sends one datagram towards a1 when it takes the new key (kilo.rekeyed), which starts the
+handshake at once).
 
 Target: no loss beyond the propagation time (the gap at most the propagation). Kilo has no key
 rotation, so there is no Kilo figure.

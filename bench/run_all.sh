@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 failed=()
-for b in plan peer_latency node_join failover throughput latency agent_idle scale; do
+for b in plan peer_latency node_join failover throughput latency rotation agent_idle scale; do
   printf '\n=== bench/%s.py ===\n' "$b"
   start=$SECONDS
   if ! "$PY" "bench/$b.py"; then

@@ -1,7 +1,7 @@
 """Key rotation on real agents: kg on a1 (aws's leader) is sent SIGUSR1; its Node annotation
 ``kilo.squat.ai/key`` changes, g1 (gcp's leader) holds the new public key, the old one is gone
 from every device, and pods ping across again. The time from the signal to g1's device holding
-the new key (the propagation) and the pings lost at about 100/s in each direction are printed
+the new key (the propagation) and the pings lost at about 100/s from the rotated side are printed
 (``pytest -s``); bench/rotation.py measures them over several rotations.
 """
 
@@ -63,10 +63,9 @@ def test_a_rotated_key_reaches_the_mesh(lab: Lab) -> None:
     a, g = PODS
     old = node_key(lab, ROTATED)
     assert old in wg_keys(lab, PEER)
-    floods = {
-        f"{g} -> {a}": Flood(lab, g, lab.pods[a].address),
-        f"{a} -> {g}": Flood(lab, a, lab.pods[g].address),
-    }
+    # from the rotated side only: g1 answers and never sends first, so only g1's nudge
+    # (kilo.rekeyed) starts the handshake before WireGuard's 5 s retry
+    floods = {f"{a} -> {g}": Flood(lab, a, lab.pods[g].address)}
     try:
         time.sleep(2)
         t0 = time.monotonic()
@@ -92,6 +91,7 @@ def test_a_rotated_key_reaches_the_mesh(lab: Lab) -> None:
     )
     for k, r in results.items():
         print(f"[{NAME}] {k}: {r.lost} of {r.sent} lost at {r.rate:.0f}/s ({r.gaps()})")
+        assert r.lost <= r.rate, f"{k}: more than a second of pings lost ({r.gaps()})"
     assert log_lines(lab, ROTATED, "rotated the WireGuard key")
     key_file = lab.daemons.paths.node_dir(ROTATED) / "key"  # kg's --private-key in the lab
     assert str(Key.parse(key_file.read_text().strip()).public()) == new
