@@ -235,6 +235,24 @@ def parser() -> argparse.ArgumentParser:
         help="At most this many Kubernetes Events a minute about problems with Nodes and Peers "
         "(a Warning on the object, deduplicated; 0: none).",
     )
+    p.add_argument(
+        "--http-timeout",
+        default="10s",
+        help="The time a client of --listen has to send its request, and for each read and "
+        "write; a slower one is disconnected.",
+    )
+    p.add_argument(
+        "--http-max-connections",
+        type=int,
+        default=16,
+        help="At most this many connections to --listen are served at once; more get a 503.",
+    )
+    p.add_argument(
+        "--graph-cpu-limit",
+        default="10s",
+        help="The CPU time one /graph?format=svg|png render may take (one at a time, cached "
+        "by topology); beyond it /graph answers 503.",
+    )
     p.add_argument("--version", action="version", version=__version__)
     return p
 
@@ -268,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kilo.agent import Agent, AgentConfig, Ports
     from kilo.leadership import Liveness
     from kilo.plan import Settings
+    from kilo.server import Limits
 
     try:
         if a.backend != "kubernetes":
@@ -306,6 +325,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             lease_namespace=a.lease_namespace,
             key_rotation_period=_duration(a.key_rotation_period),
         )
+        limits = Limits(
+            timeout=_duration(a.http_timeout),
+            max_connections=a.http_max_connections,
+            graph_cpu_seconds=max(1, round(_duration(a.graph_cpu_limit))),
+        )
+        if limits.timeout <= 0 or limits.max_connections < 1:
+            raise ValueError("--http-timeout and --http-max-connections must be positive")
     except ValueError as e:
         print(f"kg: {e}", file=sys.stderr)
         sys.exit(2)
@@ -343,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sink.on_error = lambda: agent.metrics.error("events")
         backend.on_event = agent.take_event  # check-ins are taken in the watch's thread
         agent.start()
-        serve(agent, a.listen)
+        serve(agent, a.listen, limits)
     except (BackendError, KeyFileError, OSError, RuntimeError, ValueError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)

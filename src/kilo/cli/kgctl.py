@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +27,7 @@ from kilo.mesh import (
     showconf_peer,
 )
 from kilo.model import DEFAULT_PORT, REGION_LABEL, Granularity
+from kilo.render import DotMissing, run_dot
 from kilo.strict import parse_network
 
 GRANULARITIES = [g.value for g in Granularity]
@@ -482,16 +481,16 @@ def _load(a: argparse.Namespace, opts: Options) -> tuple[ClusterState, int]:
 def _render(dot_text: str, fmt: str) -> bytes:
     if fmt == "dot":
         return dot_text.encode()
-    exe = shutil.which("dot")
-    if exe is None:
+    try:
+        r = run_dot(dot_text, fmt)  # no limits: the user asked for it on their own machine
+    except DotMissing:
         raise UserError(
             f"--format {fmt} needs Graphviz's 'dot' program, which is not installed "
             "(apt-get install graphviz); --format dot prints the graph as text"
-        )
-    r = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode(), capture_output=True, check=False)
-    if r.returncode != 0:
-        raise UserError(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
-    return r.stdout
+        ) from None
+    if not r.ok:
+        raise UserError(r.error)
+    return r.body
 
 
 def run(argv: Sequence[str], prog: str = "kgctl") -> int:
