@@ -38,7 +38,7 @@ PY=${PYTHON:-python3}
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
 REPOSITORY=ghcr.io/kilo-py/kilo     # also manifests/helm/kilo/values.yaml (a test checks it)
 REF=$REPOSITORY:$VERSION
-PACKAGES=python3,iproute2,nftables,wireguard-tools,containernetworking-plugins
+PACKAGES=python3,iproute2,nftables,wireguard-tools,mount,containernetworking-plugins
 CNI_PLUGINS=(bridge host-local loopback portmap)
 PIP_PIN=pip==24.0
 BUILD_PINS=(setuptools==75.3.0 wheel==0.44.0)

@@ -2,7 +2,8 @@
 and ``kube-proxy``.
 
 kg is started as ``python3 -m kilo.cli.kg`` (``$KPY_LAB_KG`` overrides that prefix, e.g. with a
-``kg`` console script) with the flags a DaemonSet would give it, and with the pinned
+``kg`` console script; ``$KPY_LAB_IMAGE_ROOT`` runs the container image's, see
+``kilo_lab.imageroot``) with the flags a DaemonSet would give it, and with the pinned
 wireguard-go passed explicitly: ``KILO_BIN_WIREGUARD_GO`` in its environment.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from kilo.cni import pod_cidr_of
 
-from kilo_lab import pods, procs
+from kilo_lab import imageroot, pods, procs
 from kilo_lab.binaries import BinaryMissing, env_var, locate
 from kilo_lab.errors import LabError
 from kilo_lab.layout import METRICS_PORT, Paths
@@ -100,6 +101,9 @@ class Daemons:
         loc = next(loc for loc in c.locations if loc.name == n.location)
         prefix = os.environ.get(KG_ARGV_ENV)
         base = prefix.split() if prefix else [sys.executable, "-m", "kilo.cli.kg"]
+        root = imageroot.image_root()  # $KPY_LAB_IMAGE_ROOT: the image's kg (kilo_lab.imageroot)
+        if root is not None:
+            base = imageroot.kg_argv(root)
         return [
             *base,
             f"--hostname={node}",
