@@ -369,7 +369,7 @@ def _peer(spec: Mapping[str, Any], r: _Reader) -> Peer | None:
         if d.get("ip"):
             endpoint = Endpoint(port=ep["port"], ip=parse_ip(d["ip"]))
         if d.get("dns"):
-            endpoint = Endpoint(port=ep["port"], dns=d["dns"])
+            endpoint = _dns_endpoint(ep["port"], d["dns"])
     psk = None
     if spec.get("presharedKey"):
         try:
@@ -388,6 +388,15 @@ def _peer(spec: Mapping[str, Any], r: _Reader) -> Peer | None:
         persistent_keepalive=keepalive,
         preshared_key=psk,
     )
+
+
+def _dns_endpoint(port: int, dns: str) -> Endpoint:
+    """A Peer's ``dns`` endpoint; a "name" that reads as an IP address is that IP (as Kilo
+    reads it, so ``--as-peer`` prints it under ``ip``)."""
+    try:
+        return Endpoint(port=port, ip=parse_ip(dns))
+    except ValueError:
+        return Endpoint(port=port, dns=dns)
 
 
 def _spec_value(spec: Mapping[str, Any], field: str) -> Any:
@@ -443,8 +452,8 @@ def peer_object(
         spec["endpoint"] = {"dnsOrIP": dns_or_ip, "port": endpoint.port}
     if persistent_keepalive > 0:
         spec["persistentKeepalive"] = persistent_keepalive
-    if not is_zero(preshared_key):
-        spec["presharedKey"] = _key_text(preshared_key)
+    if preshared_key is not None:  # given, even all zeros (Kilo prints that too)
+        spec["presharedKey"] = str(preshared_key)
     spec["publicKey"] = _key_text(public_key)
     return {
         "apiVersion": PEER_API_VERSION,
