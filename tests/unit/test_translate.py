@@ -10,6 +10,7 @@ from kilo.translate import (
     node_annotations,
     node_from_object,
     peer_from_object,
+    peer_object,
     peer_validation_error,
 )
 from tests.unit.helpers import key_for, node_obj, peer_obj
@@ -133,6 +134,27 @@ def test_valid_peer() -> None:
         and p.persistent_keepalive == 25
         and p.preshared_key
     )
+
+
+def test_peer_read_and_printed_as_kilo_does() -> None:
+    """A ``dns`` that is an IP is that IP; an all-zero presharedKey is printed, not dropped."""
+    zero = "A" * 43 + "="
+    p, problems = peer_from_object(
+        peer_obj(
+            "p",
+            ["10.5.0.1/32"],
+            endpoint={"dnsOrIP": {"dns": "9.9.9.9"}, "port": 51820},
+            presharedKey=zero,
+        )
+    )
+    assert p is not None and not problems and p.endpoint is not None
+    assert p.endpoint.dns is None and str(p.endpoint.ip) == "9.9.9.9"
+    spec = peer_object("p", p.public_key, list(p.allowed_ips), p.endpoint, 0, p.preshared_key)[
+        "spec"
+    ]
+    assert spec["endpoint"] == {"dnsOrIP": {"ip": "9.9.9.9"}, "port": 51820}
+    assert spec["presharedKey"] == zero
+    assert "presharedKey" not in peer_object("p", p.public_key, [], None)["spec"]
 
 
 def test_node_annotations_round_trip() -> None:
