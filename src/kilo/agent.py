@@ -48,6 +48,7 @@ from kilo.publisher import Publisher
 from kilo.rekeyed import rekeyed
 from kilo.rotation import RotationSchedule
 from kilo.topology import Topology
+from kilo.wgstate import PeerState
 from kilo.wireguard import WgConf
 
 log = logging.getLogger("kilo.agent")
@@ -141,6 +142,7 @@ class Agent:
         self._next_lease = float("inf")  # monotonic: a Lease to renew or that expires
         self.rotation = RotationSchedule(cfg.key_rotation_period, ports.clock.monotonic())
         self.last_failures: list[str] = []  # the parts the last apply could not apply
+        self._device_peers: tuple[PeerState, ...] | None = None  # as the last facts read them
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -380,8 +382,9 @@ class Agent:
         try:
             self.metrics.kernel_calls.labels(part="WireGuard peers").inc()
             handshakes = tuple(p.device.peers())
+            self._device_peers = handshakes
         except Exception:  # noqa: BLE001 - no device yet: nothing discovered
-            handshakes = ()
+            handshakes, self._device_peers = (), None
         return LocalFacts(
             private_key=self.private_key,
             now=now,
@@ -581,10 +584,10 @@ class Agent:
             self._peer_metrics(desired.topology)
 
     def _peer_metrics(self, t: Topology) -> None:
-        try:
-            self.metrics.kernel_calls.labels(part="WireGuard peers").inc()
-            states = self.ports.device.peers()
-        except Exception:  # noqa: BLE001 - no device: no per-peer figures
+        """Per-peer figures from the device as this reconcile read it (for the plan's facts):
+        one read of the device per reconcile, not two."""
+        states = self._device_peers
+        if states is None:  # no device: no per-peer figures
             return
         names: dict[bytes, str] = {}
         for s in t.segments:

@@ -9,7 +9,7 @@ the other, so the two queries together find every overlap without comparing all 
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -88,7 +88,7 @@ class PrefixIndex:
         self._by_len: dict[tuple[int, int], dict[int, list[int]]] = {}  # (v, plen) -> net -> ids
         self._lengths: list[tuple[int, int]] = []
         self._sorted: dict[int, list[tuple[int, int]]] = {}  # version -> [(first address, id)]
-        self._dirty = False
+        self._queried = False  # sorted since the first query
         self.rank: list[int] = []
         self.live: list[bool] = []
 
@@ -102,8 +102,11 @@ class PrefixIndex:
             bucket = self._by_len[(v, plen)] = {}
             self._lengths = sorted(self._by_len)
         bucket.setdefault(net, []).append(i)
-        self._sorted.setdefault(v, []).append((net, i))
-        self._dirty = True
+        entries = self._sorted.setdefault(v, [])
+        if self._queried:  # queried and added in turn (Peer after Peer): kept sorted as it goes
+            insort(entries, (net, i))
+        else:  # built in bulk: sorted once, at the first query
+            entries.append((net, i))
         return i
 
     def containing(self, v: int, addr: int, plen: int) -> Iterator[int]:
@@ -117,10 +120,10 @@ class PrefixIndex:
     def within(self, v: int, lo: int, hi: int) -> Iterator[int]:
         """Entries whose network starts in [lo, hi] (for a prefix: lies inside it or, starting
         at ``lo``, contains it)."""
-        if self._dirty:
+        if not self._queried:
             for entries in self._sorted.values():
                 entries.sort()
-            self._dirty = False
+            self._queried = True
         entries = self._sorted.get(v, [])
         a = bisect_left(entries, (lo, -1))
         b = bisect_right(entries, (hi, len(self.rank)))

@@ -8,7 +8,7 @@ Two liveness modes (``Liveness``):
 - ``native``: ours. A node announces it (annotation ``kilo.squat.ai/liveness: lease``) and is
   ready without check-ins. Each location of more than one ready node has a Lease naming its
   leader; leadership sticks to the holder. The location's other nodes probe the holder over
-  the private network; the holder probes the other locations' leaders through the tunnel. A
+  the private network; the holder probes a few other locations' leaders through the tunnel. A
   holder silent for ``FAIL_AFTER_SECONDS`` is replaced by its successor (Kilo's choice among the
   rest), each further successor waiting ``STAGGER_SECONDS`` more; a holder that can reach no
   other location through the tunnel (after it could) hands the Lease to its successor. The
@@ -22,6 +22,7 @@ follows Kilo's rule and keeps checking in, so mixed clusters agree on every lead
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,11 @@ STAGGER_SECONDS = 1.0
 #: Of two leaders probing each other through the tunnel, the one with the greater name waits
 #: this long before probing a new peer (see ``ProbeTarget.hold_off``).
 HOLD_OFF_SECONDS = 0.5
+#: How many other locations' leaders a leader probes through the tunnel: enough that "none
+#: answers" means its own WireGuard path is cut, few enough that the probes do not grow with
+#: the number of locations (at 50 locations, every leader probing every other one sends and
+#: answers about 250 probes a second).
+TUNNEL_PROBES = 4
 
 
 class Liveness(str, enum.Enum):
@@ -191,7 +197,8 @@ def probe_targets(
     me: str, members: Sequence[Node], leader: str, topology: Topology | None
 ) -> tuple[ProbeTarget, ...]:
     """Followers probe their leader; the leader probes its successor and, through the tunnel,
-    every other location's leader."""
+    up to ``TUNNEL_PROBES`` other locations' leaders (the first by a hash of both names, so
+    the probes spread evenly over the leaders)."""
     if len(members) < 2:
         return ()
     by_name = {n.name: n for n in members}
@@ -206,12 +213,19 @@ def probe_targets(
         if address:
             out.append(ProbeTarget("successor", order[0], address))
     if topology is not None:
-        for s in topology.segments:
-            if s.location == topology.location or s.wireguard_ip is None:
-                continue
-            name = s.hostnames[s.leader]
-            out.append(ProbeTarget("tunnel", name, str(s.wireguard_ip), hold_off=me > name))
+        others = [
+            (s.hostnames[s.leader], str(s.wireguard_ip))
+            for s in topology.segments
+            if s.location != topology.location and s.wireguard_ip is not None
+        ]
+        others.sort(key=lambda o: _rendezvous(me, o[0]))
+        for name, address in sorted(others[:TUNNEL_PROBES]):
+            out.append(ProbeTarget("tunnel", name, address, hold_off=me > name))
     return tuple(out)
+
+
+def _rendezvous(me: str, other: str) -> bytes:
+    return hashlib.blake2b(f"{me}\0{other}".encode(), digest_size=8).digest()
 
 
 def _private_address(n: Node | None) -> str | None:

@@ -11,6 +11,7 @@ from kilo.leadership import (
     FAIL_AFTER_SECONDS,
     HOLD_OFF_SECONDS,
     STAGGER_SECONDS,
+    TUNNEL_PROBES,
     Action,
     Health,
     Liveness,
@@ -301,3 +302,27 @@ HOSTILE: list[Any] = [
 def test_hostile_leases_are_problems_never_exceptions(obj: Any) -> None:
     got, problems = lease_from_object(obj)
     assert got is None and problems
+
+
+def test_a_leader_probes_a_bounded_number_of_other_leaders_spread_over_all() -> None:
+    """Through the tunnel, each leader probes at most TUNNEL_PROBES other locations' leaders,
+    the same ones at every plan, and every leader is probed by someone: the probes do not grow
+    with the number of locations."""
+    many = [
+        node_obj(f"{loc}1", loc, internal_ip=f"10.{n}.0.1/24", pod_cidr=f"10.2.{n}.0/24",
+                 last_seen=NOW - 3600, liveness="lease")
+        for n, loc in enumerate(f"l{i:02d}" for i in range(12))
+    ] + [
+        node_obj(f"{loc}2", loc, internal_ip=f"10.{n}.0.2/24", pod_cidr=f"10.3.{n}.0/24",
+                 last_seen=NOW - 3600, liveness="lease")
+        for n, loc in enumerate(f"l{i:02d}" for i in range(12))
+    ]  # fmt: skip
+    v = view(many)
+    probed: set[str] = set()
+    for i in range(12):
+        me = f"l{i:02d}1"
+        tunnels = [t for t in plan_of(me, v, Liveness.NATIVE).probes if t.role == "tunnel"]
+        assert len(tunnels) == TUNNEL_PROBES and me not in {t.name for t in tunnels}
+        assert tunnels == [t for t in plan_of(me, v, Liveness.NATIVE).probes if t.role == "tunnel"]
+        probed |= {t.name for t in tunnels}
+    assert len(probed) >= 10  # spread, not every leader probing the same few

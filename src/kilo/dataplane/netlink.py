@@ -80,7 +80,12 @@ def _net(p: Prefix | None) -> str | None:
 
 
 def _canon(r: Route) -> Route:
-    return r._replace(dst=ipaddress.ip_interface(str(r.dst.network)))
+    """The route with its destination's host bits cleared (as the kernel keeps it); nearly
+    every planned route has none, and is returned as it is."""
+    net = r.dst.network
+    if r.dst.ip == net.network_address:
+        return r
+    return r._replace(dst=ipaddress.ip_interface(net.with_prefixlen))
 
 
 def _want_rule(r: Rule) -> _Rule:

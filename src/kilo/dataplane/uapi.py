@@ -11,12 +11,14 @@ session and handshake survive), which is what lets the device adapter change onl
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
 from kilo import syntax
 from kilo.keys import Key
 from kilo.model import UdpAddress, format_udp
+from kilo.strict import Prefix
 from kilo.wgstate import DeviceState, DeviceUpdate, PeerState, PeerUpdate
 
 DEFAULT_SOCKET_DIR = "/var/run/wireguard"
@@ -35,6 +37,14 @@ def parse_endpoint(text: str) -> UdpAddress:
     host, _, port = text.rpartition(":")
     host = host.strip("[]").split("%", 1)[0]
     return ipaddress.ip_address(host), int(port)
+
+
+@functools.lru_cache(maxsize=16384)
+def _allowed_ip(value: str) -> Prefix:
+    """An allowed IP as the device lists it; the same few thousand come back at every read
+    (a device of 1,000 peers: parsing them anew was most of the read), and the values are
+    immutable, so they are parsed once."""
+    return ipaddress.ip_interface(value)
 
 
 def _key(value: str) -> Key:
@@ -107,7 +117,7 @@ def parse_get(text: str) -> DeviceState:
         elif key == "persistent_keepalive_interval":
             peer.persistent_keepalive = int(value)
         elif key == "allowed_ip":
-            peer.allowed_ips.append(ipaddress.ip_interface(value))
+            peer.allowed_ips.append(_allowed_ip(value))
         elif key == "last_handshake_time_sec":
             hs_sec = int(value)
             peer.last_handshake = float(hs_sec)
@@ -157,9 +167,11 @@ class UapiClient:
             self._request(encode_set(update))
 
     def alive(self) -> bool:
-        """Whether a device answers on the socket."""
+        """Whether a device answers on the socket: an empty ``set`` (changes nothing, answers
+        ``errno=0``), not a ``get``, which would make the device print, and us read, every peer
+        (at 1,000 peers, twice a second: most of an idle agent's and its device's CPU)."""
         try:
-            self._request("get=1\n\n")
+            self._request("set=1\n\n")
             return True
         except (UapiError, ValueError):
             return False
