@@ -11,6 +11,7 @@ through fakes (tests/unit/test_agent_loop.py).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import queue
@@ -28,7 +29,17 @@ from kilo.leadership import LeaseChange, Liveness
 from kilo.leases import RENEW_PERIOD_SECONDS, Lease, lease_from_object, lease_object
 from kilo.metrics import AgentMetrics
 from kilo.model import REGION_LABEL, Prefix
-from kilo.plan import LocalFacts, Outage, Plan, Settings, Status, next_expiry, plan, ready_nodes
+from kilo.plan import (
+    LocalFacts,
+    Outage,
+    Plan,
+    Settings,
+    Status,
+    facts_key,
+    next_expiry,
+    plan,
+    ready_nodes,
+)
 from kilo.ports import (
     Clock,
     ClusterBackend,
@@ -70,9 +81,28 @@ def settle_heap(full: bool = True) -> None:
     if full:
         gc.unfreeze()
         gc.collect()
+        _trim()
     else:
         gc.collect(1)
     gc.freeze()
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc: the memory stays with the allocator
+        return None
+
+
+_MALLOC_TRIM = _load_trim()
+
+
+def _trim() -> None:
+    """Give the C allocator's free pages back to the system (glibc's ``malloc_trim``): what a
+    listing or a plan freed otherwise stays in the process's resident memory."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True)
@@ -143,6 +173,7 @@ class Agent:
         self.rotation = RotationSchedule(cfg.key_rotation_period, ports.clock.monotonic())
         self.last_failures: list[str] = []  # the parts the last apply could not apply
         self._device_peers: tuple[PeerState, ...] | None = None  # as the last facts read them
+        self._facts_key: tuple[Any, ...] | None = None  # the facts of the last plan (facts_key)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -431,13 +462,19 @@ class Agent:
             self._set_expiry(next_expiry(cluster.nodes, now, outages), now)
             unchanged = not self._changed and ready == self._ready
             self._ready = ready
-            if unchanged and not verify and self._applied is not None and self.last_reconcile_ok:
+            settled = unchanged and self._applied is not None and self.last_reconcile_ok
+            if settled and not verify:
                 self.last_changes = []
                 return []
+            facts = self.facts(now, outages)
+            key = facts_key(cluster, facts, ready)
+            if settled and before_apply is None and key == self._facts_key:
+                return self._verify_applied()
             self._changed = False
             self.metrics.reconciles.inc()
             self._verify = False
-            desired = plan(cluster, self.facts(now, outages), self.cfg.settings)
+            self._facts_key = key
+            desired = plan(cluster, facts, self.cfg.settings)
             before = self.plan.dataplane if self.plan is not None else None
             self.plan = desired
             self.problems.report(desired.problems)
@@ -475,6 +512,24 @@ class Agent:
                     log.warning("%s; waiting", desired.reason)
                 self.last_reconcile_ok = True
             return applied.changes
+
+    def _verify_applied(self) -> list[str]:
+        """The resync of a cluster in which nothing changed: the plan would be the one applied
+        last, so it is not made again; the kernel is read and repaired against that plan."""
+        applied_plan = self._applied
+        assert applied_plan is not None
+        p = self.ports
+        self.metrics.reconciles.inc()
+        self._verify = False
+        applied = apply_plan(applied_plan, p.device, p.routes, p.firewall, p.host, p.files)
+        for part in applied.parts:
+            self.metrics.kernel_calls.labels(part=part).inc()
+        self._record(applied_plan, applied.changes)
+        self.last_failures = applied.failures
+        if not applied.ok:
+            self._applied = None
+            self._failed("; ".join(applied.failures))
+        return applied.changes
 
     def _nudge(self, before: WgConf | None, desired: Plan, failures: list[str]) -> None:
         """A packet towards each peer whose key just changed: our device starts the handshake

@@ -311,6 +311,15 @@ class ProbeTracker:
 MAX_STAGGER_STEPS = 8
 
 
+def health_turns(h: Health) -> tuple[bool, int, bool]:
+    """What of ``h`` the failover decisions depend on: the thresholds passed (every successor's
+    turn, uncapped), not the seconds themselves."""
+    turns = 0
+    if h.holder_silent >= FAIL_AFTER_SECONDS:
+        turns = 1 + int((h.holder_silent - FAIL_AFTER_SECONDS) // STAGGER_SECONDS)
+    return h.tunnel_dead, turns, h.successor_silent >= FAIL_AFTER_SECONDS
+
+
 def _steps(silence: float) -> int:
     if silence < FAIL_AFTER_SECONDS:
         return 0

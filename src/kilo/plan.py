@@ -25,6 +25,7 @@ from kilo.leadership import (
     Liveness,
     ProbeTarget,
     decide,
+    health_turns,
     leaders,
     members_by_segment,
     native_cluster,
@@ -339,6 +340,23 @@ def _own_discoveries(ready: dict[str, Node], me: str, granularity: Granularity) 
         else replace(n, discovered_endpoints=None)
         for k, n in ready.items()
     }
+
+
+def facts_key(cluster: ClusterView, facts: LocalFacts, ready: frozenset[str]) -> tuple[Any, ...]:
+    """What of ``facts`` the plan of an unchanged cluster with the same ready nodes depends on,
+    time aside: equal keys (and no timer due) give the same plan. The agent's resync uses it to
+    verify the kernel against the plan it applied last, without planning again."""
+    nodes = {name: n for name, n in cluster.nodes.items() if name in ready}
+    discovered = discover_nat_endpoints(nodes, cluster.peers, facts.handshakes, facts.now)
+    return (
+        facts.private_key,
+        facts.private_ip,
+        facts.public_ip,
+        facts.underlay_mtu,
+        health_turns(facts.health),
+        facts.cni_conf,
+        discovered,
+    )
 
 
 def discover_nat_endpoints(

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from kilo_lab.controlplane import ControlPlane
 
+from kilo.backend import kubernetes as kubernetes_backend
 from kilo.backend.kubernetes import (
     CRDMissing,
     Event,
@@ -92,6 +93,23 @@ def test_list_objects_matches_kubectl(control_plane: ControlPlane) -> None:
     items = json.loads(control_plane.kubectl("get", "nodes,peers", "-o", "json").stdout)["items"]
     assert nodes + peers == items
     assert {o["kind"] for o in nodes} == {"Node"} and {o["kind"] for o in peers} == {"Peer"}
+
+
+def test_lists_in_pages_as_one_snapshot(
+    control_plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listed a page at a time (the agent's peak memory is a page), the objects and the
+    resourceVersion are those of one listing."""
+    for _ in range(5):
+        control_plane.kubectl("apply", "-f", "-", input=node_yaml(unique("page")))
+    whole, _ = list_objects(control_plane.kubeconfig)
+    monkeypatch.setattr(kubernetes_backend, "LIST_PAGE", 2)
+    backend = KubernetesBackend(control_plane.kubeconfig)
+    try:
+        paged, rv = backend.list_kind("Node")
+    finally:
+        backend.api.close()
+    assert len(whole) > 2 * 2 and paged == whole and rv.isdigit()
 
 
 def test_list_leases_reads_only_the_leader_leases(control_plane: ControlPlane) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kilo import agent as agent_module
 from kilo.agent import Agent, AgentConfig, Ports
 from kilo.events import REPEAT_SECONDS
 from kilo.hostinfo import HostAddress
@@ -295,6 +296,26 @@ def test_drift_is_repaired_at_the_resync() -> None:
     r.routes.routes = want[1:]  # a route removed by hand
     r.step()  # the resync
     assert r.routes.routes == want
+
+
+def test_a_resync_of_an_unchanged_cluster_verifies_without_planning_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing changed since the last plan: the resync reads and repairs the kernel against
+    the plan applied last, and plans nothing; a change after it is planned as before."""
+    r = Rig(resync_period=10.0)
+    r.step()
+    plans: list[object] = []
+    real = agent_module.plan
+    monkeypatch.setattr(agent_module, "plan", lambda *a: plans.append(a) or real(*a))
+    want = r.routes.routes
+    r.routes.routes = want[1:]  # a route removed by hand
+    applied = r.device.applied
+    r.step()  # the resync
+    assert r.routes.routes == want and r.device.applied == applied + 1 and plans == []
+    r.backend.put_node(node_obj("b2", "b", internal_ip="10.3.0.2/24", pod_cidr="10.2.4.0/24"))
+    r.step()
+    assert len(plans) == 1
 
 
 def test_a_node_that_stops_checking_in_expires_on_a_timer() -> None:

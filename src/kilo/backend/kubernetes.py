@@ -84,6 +84,10 @@ class Event:
         return str(self.object.get("metadata", {}).get("name", ""))
 
 
+#: Objects per page when listing (client-go's reflector lists in pages too).
+LIST_PAGE = 250
+
+
 def lease_path(namespace: str) -> str:
     return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases"
 
@@ -153,17 +157,27 @@ class KubernetesBackend:
         """All objects of ``kind`` and the list's resourceVersion; each as ``kubectl`` prints it
         (``keep`` None), or reduced to what the agent reads (``keep=lean``)."""
         path, api_version = self.kinds[kind]
-        query = {"labelSelector": self.selectors[kind]} if kind in self.selectors else None
-        body = self.http.json("GET", path, query=query)
         shape = keep or _with_type
-        items = body.get("items")
-        out = (
-            [shape(item, kind, api_version) for item in items if isinstance(item, dict)]
-            if isinstance(items, list)
-            else []
-        )
-        meta = body.get("metadata")
-        return out, str(meta.get("resourceVersion", "") if isinstance(meta, dict) else "")
+        out: list[Obj] = []
+        token = ""
+        while True:  # in pages, one consistent snapshot: a page's raw objects are dropped as
+            # soon as they are reduced, so the agent's peak memory is a page, not the cluster
+            query = {"limit": str(LIST_PAGE)}
+            if kind in self.selectors:
+                query["labelSelector"] = self.selectors[kind]
+            if token:
+                query["continue"] = token
+            body = self.http.json("GET", path, query=query)
+            items = body.get("items")
+            if isinstance(items, list):
+                out += [shape(item, kind, api_version) for item in items if isinstance(item, dict)]
+            del items
+            raw_meta = body.get("metadata")
+            meta: Obj = raw_meta if isinstance(raw_meta, dict) else {}
+            del body
+            token = str(meta.get("continue") or "")
+            if not token:
+                return out, str(meta.get("resourceVersion", ""))
 
     def list_objects(self) -> tuple[list[Obj], list[Obj]]:
         """The cluster's Node and Peer objects, as ``kubectl get nodes,peers -o json`` items."""
