@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-PKGS=(iproute2 nftables iptables wireguard-tools containernetworking-plugins graphviz iputils-ping curl procps util-linux iperf3
+PKGS=(iproute2 nftables iptables conntrack wireguard-tools containernetworking-plugins graphviz iputils-ping curl procps util-linux iperf3
       mmdebstrap)   # mmdebstrap: the container image's root filesystem (hack/image.sh)
 missing=()
 for p in "${PKGS[@]}"; do

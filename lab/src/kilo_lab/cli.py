@@ -135,8 +135,16 @@ def _print_summary(lab: Lab) -> None:
     for pname, p in st["pods"].items():
         print(f"  pod {pname}: {p['ip']}")
     for pname, p in st["peers"].items():
-        print(f"peer {pname}: {p['public_ip']}")
+        print(f"peer {pname}: {_peer_where(p)}")
+    for nname, n in st.get("nats", {}).items():
+        print(f"NAT {nname}: outside {n['public_ip']}")
     sys.stdout.flush()
+
+
+def _peer_where(p: dict[str, Any]) -> str:
+    if p.get("nat"):
+        return f"{p['inside_ip']} behind NAT {p['nat']} ({p['public_ip']})"
+    return str(p["public_ip"])
 
 
 def _stop_holder(name: str) -> None:
@@ -182,6 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             kg = st["processes"].get(f"kg/{nname}")
             agent = "kg " + ("running" if kg and kg["alive"] else "stopped") if kg else "no kg"
             pub = f" public {n['public_ip']}" if n.get("public_ip") else ""
+            pub += f" behind NAT {n['nat']}" if n.get("nat") else ""
             print(
                 f"  node {nname} ({n['cluster']}/{n['location']}): lan {n['lan_ip']}{pub} "
                 f"pods {n['pod_cidr']}, {agent}"
@@ -189,7 +198,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for pname, p in st["pods"].items():
             print(f"  pod {pname} on {p['node']}: {p['ip']}")
         for pname, p in st["peers"].items():
-            print(f"  peer {pname}: {p['public_ip']}")
+            print(f"  peer {pname}: {_peer_where(p)}")
+        for nname, n in st.get("nats", {}).items():
+            print(f"  NAT {nname}: outside {n['public_ip']}")
         missing = [n for n, ok in st["namespaces"].items() if not ok]
         if missing:
             print(f"  missing namespaces: {', '.join(missing)}")

@@ -39,6 +39,7 @@ def add_node(
     if name in set(spec.hosts()) | {x.name for x in spec.clusters}:
         raise LabError(f"name {name!r} is taken")
     used_public = {n.public_ip for n in spec.nodes} | {p.public_ip for p in spec.peers}
+    used_public |= {n.public_ip for n in spec.nats}
     public_ip = None
     if public:
         public_ip = next((ip for ip in spec.internet[0].hosts() if ip not in used_public), None)

@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from kilo_lab import joining, netns, pods, procs, state
+from kilo_lab import joining, nat, netns, pods, procs, state
 from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.commands import Commands
 from kilo_lab.controlplane import ControlPlane
 from kilo_lab.daemons import Daemons
 from kilo_lab.errors import LabError
-from kilo_lab.layout import API_PORT, Paths, expected_namespaces, state_dir
+from kilo_lab.layout import API_PORT, Paths, expected_namespaces, nat_host, state_dir
 from kilo_lab.network import Network
 from kilo_lab.objects import crd_manifest, node_object
 from kilo_lab.pods import Pod
@@ -128,7 +128,7 @@ class Lab(Commands):
 
     def up(self) -> None:
         """Build everything; on any failure (or interruption) tear down what was made."""
-        preflight(self.agent)
+        preflight(self.agent, nat=bool(self.spec.nats))
         if (self.dir / "state.json").exists():
             raise LabError(
                 f"lab {self.name!r} is already up (state in {self.dir}); "
@@ -206,8 +206,15 @@ class Lab(Commands):
         for n in self.spec.nodes:
             self._record_node(n)
         for p in self.spec.peers:
+            entry = {"netns": self.ns(p.name), "public_ip": str(p.public_ip)}
+            if p.nat is not None:
+                entry |= {"nat": p.nat, "inside_ip": str(p.inside_ip)}
+            self.store.add("peers", p.name, entry)
+        for router in self.spec.nats:
             self.store.add(
-                "peers", p.name, {"netns": self.ns(p.name), "public_ip": str(p.public_ip)}
+                "nats",
+                router.name,
+                {"netns": self.ns(nat_host(router.name)), "public_ip": str(router.public_ip)},
             )
 
     def _record_node(self, n: NodeSpec) -> None:
@@ -224,6 +231,7 @@ class Lab(Commands):
                 "lan_ip": str(n.lan_ip),
                 "mgmt_ip": str(n.mgmt_ip),
                 "public_ip": str(n.public_ip) if n.public_ip else None,
+                "nat": n.nat,
                 "pod_cidr": str(n.pod_cidr),
                 "dir": str(d),
             },
@@ -395,6 +403,19 @@ class Lab(Commands):
         """A node leaves the running lab (see ``joining.remove_node``)."""
         joining.remove_node(self, name, delete_object)
 
+    # ---- NATs
+
+    def nat_flows(self, name: str) -> list[nat.Flow]:
+        """The UDP flows NAT ``name`` translates now (inside source -> outside address:port)."""
+        self.spec.nat(name)
+        return nat.mappings(self.ns(nat_host(name)))
+
+    def nat_forget(self, name: str) -> None:
+        """NAT ``name`` forgets its mappings (conntrack flushed): the next packet of each flow
+        leaves through a new source port."""
+        self.spec.nat(name)
+        nat.forget(self.ns(nat_host(name)))
+
     def status(self) -> dict[str, Any]:
         st = state.status(self.name, self.dir.parent)
         if st is None:
@@ -405,11 +426,11 @@ class Lab(Commands):
 # --- preflight and helpers ----------------------------------------------------------------
 
 
-def preflight(agent: bool = True) -> None:
-    """Raise LabError naming what is missing to run a lab here."""
+def preflight(agent: bool = True, nat: bool = False) -> None:
+    """Raise LabError naming what is missing to run a lab here (``nat``: NAT routers too)."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces)")
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+    missing = [t for t in (*TOOLS, *(("nft",) if nat else ())) if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)}")
     reason = pods.plugins_available()

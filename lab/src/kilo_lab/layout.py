@@ -11,7 +11,10 @@ Layout of one lab named L (every name starts with ``kpy-``):
 - ``kpy-L-<node>``: ``kpy-lan`` (LAN address), ``kpy-mgmt`` (only to reach the API server),
   ``kpy-inet`` (public address, for ``public: true`` nodes). ``kg`` runs here.
 - ``kpy-L-<node>-p<i>``: pods, made by the real CNI plugins from the node's conflist.
-- ``kpy-L-<peer>``: only ``kpy-inet``.
+- ``kpy-L-<peer>``: only ``kpy-inet``; behind a NAT only ``kpy-lan``, on the NAT's inside
+  network (bridge ``kpy-n<i>``), default route via the router.
+- ``kpy-L-nat-<nat>``: a NAT router: ``kpy-inet`` (outside), ``kpy-in`` (its inside network),
+  ``kpy-l<k>-<j>`` on each LAN whose nodes sit behind it; nftables masquerade out of ``kpy-inet``.
 
 State lives in ``/run/kpy-lab/L/`` (``$KPY_LAB_STATE`` overrides the root): ``state.json``,
 kubeconfigs, and per node its key, conflist, host-local leases and logs.
@@ -31,6 +34,7 @@ STATE_ROOT = pathlib.Path(os.environ.get("KPY_LAB_STATE", "/run/kpy-lab"))
 API_PORT = 6443
 METRICS_PORT = 1107
 IF_LAN, IF_MGMT, IF_INET = "kpy-lan", "kpy-mgmt", "kpy-inet"
+IF_NAT_INSIDE = "kpy-in"  # a NAT router's leg on its own inside network
 BRIDGE_INET = "kpy-inet"
 CONFLIST_NAME = "10-kilo.conflist"
 KG_WG_SOCKET_ROOT = SOCKET_ROOT  # where kg's wireguard-go sockets live (the product's)
@@ -53,12 +57,23 @@ def lan_bridge(cluster_index: int, location_index: int) -> str:
     return f"kpy-l{cluster_index}-{location_index}"
 
 
+def nat_bridge(nat_index: int) -> str:
+    """The bridge of NAT i's own inside network (its peers)."""
+    return f"kpy-n{nat_index}"
+
+
+def nat_host(nat: str) -> str:
+    """The host name of NAT ``nat``'s router (its namespace is ``kpy-L-nat-<nat>``)."""
+    return f"nat-{nat}"
+
+
 def expected_namespaces(spec: LabSpec) -> list[str]:
     """Every namespace name a lab of this spec may create (pods beyond the spec are found by
     ``pod_namespace_pattern``)."""
     names = [ns_name(spec.name, "sw"), ns_name(spec.name, "admin")]
     names += [ns_name(spec.name, f"{c.name}-cp") for c in spec.clusters]
     names += [ns_name(spec.name, h) for h in spec.hosts()]
+    names += [ns_name(spec.name, nat_host(n.name)) for n in spec.nats]
     names += [ns_name(spec.name, f"{n.name}-p{i}") for n in spec.nodes for i in range(n.pods)]
     return names
 

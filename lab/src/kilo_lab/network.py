@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import ipaddress
 
-from kilo_lab import netns, procs
+from kilo_lab import nat, netns, procs
 from kilo_lab.layout import (
     BRIDGE_INET,
     IF_INET,
     IF_LAN,
     IF_MGMT,
+    IF_NAT_INSIDE,
     kg_socket_dir,
     lan_bridge,
     mgmt_bridge,
+    nat_bridge,
+    nat_host,
     ns_name,
 )
-from kilo_lab.spec import ClusterSpec, LabSpec, NodeSpec
+from kilo_lab.spec import ClusterSpec, LabSpec, NatSpec, NodeSpec, router_ip
 from kilo_lab.state import Store
 
 
@@ -61,6 +64,8 @@ class Network:
             netns.add_bridge(sw, mgmt_bridge(c.index))
             for j, _loc in enumerate(c.locations):
                 netns.add_bridge(sw, lan_bridge(c.index, j))
+        for router in spec.nats:
+            netns.add_bridge(sw, nat_bridge(router.index))
         admin = self.new_ns("admin")
         for c in spec.clusters:
             plen = c.mgmt_cidr.prefixlen
@@ -70,23 +75,48 @@ class Network:
             for j, loc in enumerate(c.locations):
                 for n in loc.nodes:
                     self.add_node(spec, c, n, j)
+        for router in spec.nats:
+            self.add_nat(spec, router)
         for p in spec.peers:
             pns = self.new_ns(p.name)
+            if p.nat is not None:
+                gw = spec.nat(p.nat)
+                cidr = f"{p.inside_ip}/{gw.cidr.prefixlen}"
+                self.attach(pns, IF_LAN, nat_bridge(gw.index), cidr)
+                netns.add_route(pns, "default", IF_LAN, via=str(gw.inside_ip))
+                continue
             self.attach(pns, IF_INET, BRIDGE_INET, f"{p.public_ip}/{_plen(spec, p.public_ip)}")
             netns.add_route(pns, "default", IF_INET)
 
+    def add_nat(self, spec: LabSpec, n: NatSpec) -> str:
+        """A NAT router: outside on the internet, inside on its own network and on the LANs
+        of its nodes' locations; forwarding on, masquerading out of the outside leg."""
+        ns = self.new_ns(nat_host(n.name), forwarding=True)
+        self.attach(ns, IF_INET, BRIDGE_INET, f"{n.public_ip}/{_plen(spec, n.public_ip)}")
+        netns.add_route(ns, "default", IF_INET)
+        self.attach(ns, IF_NAT_INSIDE, nat_bridge(n.index), f"{n.inside_ip}/{n.cidr.prefixlen}")
+        for c, j, loc in spec.nat_lans(n.name):
+            lan = lan_bridge(c.index, j)
+            self.attach(ns, lan, lan, f"{router_ip(loc.cidr)}/{loc.cidr.prefixlen}")
+        nat.install(ns)
+        return ns
+
     def add_node(self, spec: LabSpec, c: ClusterSpec, n: NodeSpec, location_index: int) -> str:
         """A node's namespace (forwarding on) on its LAN, management and (public nodes) the
-        internet, with a default route on-link through the internet or the LAN."""
+        internet, with a default route on-link through the internet or the LAN (behind a NAT:
+        via the NAT router on the LAN)."""
         ns = self.new_ns(n.name, forwarding=True)
         loc = c.locations[location_index]
         self.attach(
             ns, IF_LAN, lan_bridge(c.index, location_index), f"{n.lan_ip}/{loc.cidr.prefixlen}"
         )
         self.attach(ns, IF_MGMT, mgmt_bridge(c.index), f"{n.mgmt_ip}/{c.mgmt_cidr.prefixlen}")
+        gateway = spec.nat_gateway(n)
         if n.public_ip is not None:
             self.attach(ns, IF_INET, BRIDGE_INET, f"{n.public_ip}/{_plen(spec, n.public_ip)}")
             netns.add_route(ns, "default", IF_INET)
+        elif gateway is not None:
+            netns.add_route(ns, "default", IF_LAN, via=str(gateway))
         else:
             netns.add_route(ns, "default", IF_LAN)
         socket_dir = kg_socket_dir(ns)

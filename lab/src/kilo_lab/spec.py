@@ -19,6 +19,15 @@ A YAML (or dict) like::
               - {name: a2}
     peers:
       - {name: laptop}                 # a namespace with only an internet address
+      - {name: cafe-laptop, nat: cafe} # behind a NAT: on the NAT's inside network
+    nats:                              # optional settings of the NATs nodes and peers name
+      - {name: cafe, publicIP: 198.51.100.200, cidr: 10.250.0.0/24}
+
+A node or peer with ``nat: NAME`` sits behind NAT NAME: a router namespace with an outside
+address on the internet, legs on the LANs of its nodes' locations (at each LAN's last host
+address) and on an inside network of its own (for its peers), masquerading what leaves
+through the outside leg. NAT i's inside network defaults to 10.250.i.0/24 (the router at .1,
+its peers from .2), its outside address to the next free one of the first internet subnet.
 
 is turned by ``load``/``parse`` into frozen dataclasses in which every address is decided
 (``LabSpec.resolve``): management, LAN, public, pod CIDRs. Defaults: cluster k (0-based) uses
@@ -65,6 +74,7 @@ class NodeSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     agent: bool = True  # run kg on this node
+    nat: str | None = None  # behind this NAT: default route via its router on the LAN
 
     @property
     def public(self) -> bool:
@@ -110,7 +120,31 @@ class ClusterSpec:
 @dataclass(frozen=True)
 class PeerSpec:
     name: str
+    public_ip: IPv4Addr  # behind a NAT: the NAT's outside address (what the internet sees)
+    nat: str | None = None  # behind this NAT: on its inside network, at ``inside_ip``
+    inside_ip: IPv4Addr | None = None
+
+
+@dataclass(frozen=True)
+class NatSpec:
+    """A NAT router: outside on the internet at ``public_ip``, inside on ``cidr`` (its own
+    network, for peers behind it; the router at its first address) and on the LANs of the
+    locations whose nodes sit behind it (at each LAN's ``router_ip``)."""
+
+    name: str
+    index: int
     public_ip: IPv4Addr
+    cidr: IPv4Net
+
+    @property
+    def inside_ip(self) -> IPv4Addr:
+        """The router's address on its own inside network."""
+        return self.cidr.network_address + 1
+
+
+def router_ip(lan: IPv4Net) -> IPv4Addr:
+    """A NAT router's address on a LAN it serves: the LAN's last host address."""
+    return lan.broadcast_address - 1
 
 
 @dataclass(frozen=True)
@@ -121,6 +155,7 @@ class LabSpec:
     peers: tuple[PeerSpec, ...] = ()
     agent: bool = True  # run kg on the nodes (False: a static lab, no mesh)
     kube_proxy: bool = False
+    nats: tuple[NatSpec, ...] = ()
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -137,6 +172,28 @@ class LabSpec:
             if n.name == name:
                 return n
         raise KeyError(f"no node {name!r} in lab {self.name!r}")
+
+    def nat(self, name: str) -> NatSpec:
+        for n in self.nats:
+            if n.name == name:
+                return n
+        raise KeyError(f"no NAT {name!r} in lab {self.name!r}")
+
+    def nat_lans(self, name: str) -> list[tuple[ClusterSpec, int, LocationSpec]]:
+        """(cluster, location index, location) of every LAN with a node behind NAT ``name``."""
+        return [
+            (c, j, loc)
+            for c in self.clusters
+            for j, loc in enumerate(c.locations)
+            if any(n.nat == name for n in loc.nodes)
+        ]
+
+    def nat_gateway(self, node: NodeSpec) -> IPv4Addr | None:
+        """The router address a node behind a NAT routes through (None: not behind one)."""
+        if node.nat is None:
+            return None
+        loc = next(loc for loc in self.cluster(node.cluster).locations if loc.name == node.location)
+        return router_ip(loc.cidr)
 
     def hosts(self) -> Iterator[str]:
         """Every host name: nodes, then peers."""
@@ -187,7 +244,9 @@ def parse(data: Any) -> LabSpec:
     """Validate a lab description (the YAML's data) and decide every address."""
     if not isinstance(data, Mapping):
         raise SpecError("a lab description is a mapping with name, clusters, peers")
-    fields.only_keys(data, "lab", {"name", "internet", "clusters", "peers", "agent", "kubeProxy"})
+    fields.only_keys(
+        data, "lab", {"name", "internet", "clusters", "peers", "agent", "kubeProxy", "nats"}
+    )
     name = fields.as_name(data.get("name"), "lab name")
     if len(name) > 12:
         raise SpecError(f"lab name {name!r}: at most 12 characters")
@@ -202,8 +261,13 @@ def parse(data: Any) -> LabSpec:
         raise SpecError("clusters: at least one cluster")
     public_pool = internet[0].hosts()  # shared by the clusters: .1, .2, ... in order
     clusters = tuple(_cluster(c, k, public_pool) for k, c in enumerate(clusters_raw))
-    pub_used = [n.public_ip for c in clusters for n in c.nodes if n.public_ip is not None]
-    peers = _peers(fields.as_list(data.get("peers", []), "peers"), internet, set(pub_used))
+    pub_used = {n.public_ip for c in clusters for n in c.nodes if n.public_ip is not None}
+    peers_raw = fields.as_list(data.get("peers", []), "peers")
+    named = [n.nat for c in clusters for n in c.nodes if n.nat is not None]
+    named += [str(p["nat"]) for p in peers_raw if isinstance(p, Mapping) and "nat" in p]
+    nats = _nats(fields.as_list(data.get("nats", []), "nats"), named, public_pool, pub_used)
+    pub_used |= {n.public_ip for n in nats}
+    peers = _peers(peers_raw, internet, pub_used, {n.name: n for n in nats})
     spec = LabSpec(
         name=name,
         internet=internet,
@@ -211,6 +275,7 @@ def parse(data: Any) -> LabSpec:
         peers=peers,
         agent=bool(data.get("agent", True)),
         kube_proxy=bool(data.get("kubeProxy", False)),
+        nats=nats,
     )
     _validate(spec)
     return spec
@@ -277,7 +342,17 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
             fields.only_keys(
                 nraw,
                 f"{lwhere}: nodes[{i}]",
-                {"name", "public", "publicIP", "ip", "pods", "labels", "annotations", "agent"},
+                {
+                    "name",
+                    "public",
+                    "publicIP",
+                    "ip",
+                    "pods",
+                    "labels",
+                    "annotations",
+                    "agent",
+                    "nat",
+                },
             )
             nname = fields.as_name(nraw.get("name"), f"{lwhere}: nodes[{i}].name")
             nwhere = f"node {nname}"
@@ -293,6 +368,11 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
                 public_ip = fields.as_addr(nraw["publicIP"], f"{nwhere}: publicIP")
             elif nraw.get("public", False):
                 public_ip = fields.take(public_pool, f"{nwhere}: no public address left")
+            nat = None
+            if "nat" in nraw:
+                nat = fields.as_name(nraw["nat"], f"{nwhere}: nat")
+                if public_ip is not None:
+                    raise SpecError(f"{nwhere}: behind NAT {nat}, it has no public address")
             mgmt_ip = fields.take(mgmt_hosts, f"{where}: management network {mgmt} is full")
             pod_cidr = fields.take(pod_cidrs, f"{where}: podCIDR {pod} has no /{prefix} left")
             pods = int(nraw.get("pods", 1))
@@ -316,6 +396,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
                     labels=labels,
                     annotations=fields.as_strmap(nraw.get("annotations"), nwhere),
                     agent=bool(nraw.get("agent", True)),
+                    nat=nat,
                 )
             )
             index += 1
@@ -338,18 +419,76 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
     )
 
 
+def _nats(
+    raw: list[Any], named: list[str], public_pool: Iterator[IPv4Addr], used: set[IPv4Addr]
+) -> tuple[NatSpec, ...]:
+    """The NATs: those described under ``nats`` in order, then those only named by a node or
+    peer (``nat: NAME``), in order of first mention, with default settings."""
+    described: list[Mapping[str, Any]] = []
+    for i, nraw in enumerate(raw):
+        if isinstance(nraw, str):
+            nraw = {"name": nraw}
+        if not isinstance(nraw, Mapping):
+            raise SpecError(f"nats[{i}]: a mapping or a name")
+        fields.only_keys(nraw, f"nats[{i}]", {"name", "publicIP", "cidr"})
+        described.append(nraw)
+    names = [fields.as_name(d.get("name"), f"nats[{i}].name") for i, d in enumerate(described)]
+    if len(set(names)) != len(names):
+        raise SpecError(f"nats: a NAT is described twice ({', '.join(names)})")
+    for n in named:
+        if n not in names:
+            names.append(n)
+            described.append({"name": n})
+    taken = {fields.as_addr(d["publicIP"], "nats: publicIP") for d in described if "publicIP" in d}
+    nats: list[NatSpec] = []
+    for i, (name, d) in enumerate(zip(names, described, strict=True)):
+        where = f"NAT {name}"
+        if name not in named:
+            raise SpecError(f"{where}: no node or peer is behind it")
+        if "publicIP" in d:
+            ip = fields.as_addr(d["publicIP"], f"{where}: publicIP")
+        else:
+            ip = fields.take(public_pool, f"{where}: no public address left")
+            while ip in used or ip in taken:
+                ip = fields.take(public_pool, f"{where}: no public address left")
+        used.add(ip)
+        cidr = fields.as_net(d.get("cidr", f"10.250.{i}.0/24"), f"{where}: cidr")
+        if cidr.num_addresses < 4:
+            raise SpecError(f"{where}: cidr {cidr} is too small")
+        nats.append(NatSpec(name=name, index=i, public_ip=ip, cidr=cidr))
+    return tuple(nats)
+
+
 def _peers(
-    raw: list[Any], internet: Sequence[IPv4Net], used: set[IPv4Addr]
+    raw: list[Any],
+    internet: Sequence[IPv4Net],
+    used: set[IPv4Addr],
+    nats: Mapping[str, NatSpec],
 ) -> tuple[PeerSpec, ...]:
     pool = (internet[1] if len(internet) > 1 else internet[0]).hosts()
+    inside_pools = {name: _inside_pool(n) for name, n in nats.items()}
     peers: list[PeerSpec] = []
     for i, praw in enumerate(raw):
         if isinstance(praw, str):
             praw = {"name": praw}
         if not isinstance(praw, Mapping):
             raise SpecError(f"peers[{i}]: a mapping or a name")
-        fields.only_keys(praw, f"peers[{i}]", {"name", "publicIP"})
+        fields.only_keys(praw, f"peers[{i}]", {"name", "publicIP", "nat", "ip"})
         name = fields.as_name(praw.get("name"), f"peers[{i}].name")
+        if "nat" in praw:
+            nat = nats[fields.as_name(praw["nat"], f"peer {name}: nat")]
+            if "publicIP" in praw:
+                raise SpecError(f"peer {name}: behind NAT {nat.name}, it has no public address")
+            if "ip" in praw:
+                inside = fields.as_addr(praw["ip"], f"peer {name}: ip")
+            else:
+                inside = fields.take(inside_pools[nat.name], f"NAT {nat.name}: cidr is full")
+            if inside not in nat.cidr or inside in (nat.inside_ip, nat.cidr.broadcast_address):
+                raise SpecError(f"peer {name}: ip {inside} is not a free host of {nat.cidr}")
+            peers.append(PeerSpec(name, nat.public_ip, nat=nat.name, inside_ip=inside))
+            continue
+        if "ip" in praw:
+            raise SpecError(f"peer {name}: ip is for peers behind a NAT (publicIP otherwise)")
         if "publicIP" in praw:
             ip = fields.as_addr(praw["publicIP"], f"peer {name}: publicIP")
         else:
@@ -359,6 +498,12 @@ def _peers(
         used.add(ip)
         peers.append(PeerSpec(name=name, public_ip=ip))
     return tuple(peers)
+
+
+def _inside_pool(nat: NatSpec) -> Iterator[IPv4Addr]:
+    hosts = nat.cidr.hosts()
+    next(hosts)  # the router
+    return hosts
 
 
 def _validate(spec: LabSpec) -> None:
@@ -371,10 +516,10 @@ def _validate(spec: LabSpec) -> None:
                 f"name {n!r} is used twice (or reserved: sw, admin); "
                 "cluster, node and peer names must be unique in a lab"
             )
-        if re.search(r"-(cp|p\d+)$", n):
+        if re.search(r"-(cp|p\d+)$", n) or n.startswith("nat-"):
             raise SpecError(
-                f"name {n!r}: names ending in -cp or -p<number> are kept for "
-                "control planes and pods"
+                f"name {n!r}: names ending in -cp or -p<number> or starting with nat- are "
+                "kept for control planes, pods and NAT routers"
             )
         seen.add(n)
     nets: list[tuple[str, IPv4Net]] = [(f"internet {n}", n) for n in spec.internet]
@@ -386,6 +531,7 @@ def _validate(spec: LabSpec) -> None:
             (f"{c.name} subnet", c.subnet),
         ]
         nets += [(f"{c.name}/{loc.name} cidr", loc.cidr) for loc in c.locations]
+    nets += [(f"NAT {n.name} cidr", n.cidr) for n in spec.nats]
     for i, (wa, a) in enumerate(nets):
         if a.overlaps(FORBIDDEN):
             raise SpecError(f"{wa} {a}: 192.0.2.0/24 is kept out of the lab")
@@ -393,7 +539,8 @@ def _validate(spec: LabSpec) -> None:
             if a.overlaps(b):
                 raise SpecError(f"{wa} {a} overlaps {wb} {b}")
     public = [(n.name, n.public_ip) for n in spec.nodes if n.public_ip is not None]
-    public += [(p.name, p.public_ip) for p in spec.peers]
+    public += [(p.name, p.public_ip) for p in spec.peers if p.nat is None]
+    public += [(f"NAT {n.name}", n.public_ip) for n in spec.nats]
     owners: dict[IPv4Addr, str] = {}
     for who, ip in public:
         assert ip is not None
@@ -410,3 +557,22 @@ def _validate(spec: LabSpec) -> None:
                     f"{node.name}: LAN address {node.lan_ip} is also {lans[node.lan_ip]}'s"
                 )
             lans[node.lan_ip] = node.name
+        for loc in c.locations:
+            behind = {n.nat for n in loc.nodes if n.nat is not None}
+            if len(behind) > 1:
+                raise SpecError(
+                    f"{c.name}/{loc.name}: its nodes are behind NATs {', '.join(sorted(behind))}"
+                    " (a LAN has at most one NAT router)"
+                )
+            if behind:
+                gw = router_ip(loc.cidr)
+                if gw in lans:
+                    raise SpecError(
+                        f"{lans[gw]}: LAN address {gw} is the NAT router's on {loc.cidr}"
+                    )
+    inside: dict[IPv4Addr, str] = {}
+    for p in spec.peers:
+        if p.inside_ip is not None:
+            if p.inside_ip in inside:
+                raise SpecError(f"{p.name}: ip {p.inside_ip} is also {inside[p.inside_ip]}'s")
+            inside[p.inside_ip] = p.name

@@ -49,6 +49,7 @@ class Store:
             "clusters": {},
             "nodes": {},
             "peers": {},
+            "nats": {},
             "pods": {},
         }
         self.save()
@@ -85,7 +86,7 @@ class Store:
             self.save()
 
     def add(self, section: str, key: str, value: Any) -> None:
-        """``data[section][key] = value`` (section: clusters, nodes, peers, pods)."""
+        """``data[section][key] = value`` (section: clusters, nodes, peers, nats, pods)."""
         self.data[section][key] = value
         self.save()
 
@@ -136,6 +137,7 @@ def status(name: str, root: pathlib.Path | None = None) -> dict[str, Any] | None
         "clusters": state.get("clusters", {}),
         "nodes": state.get("nodes", {}),
         "peers": state.get("peers", {}),
+        "nats": state.get("nats", {}),
         "pods": {
             k: {"node": v["node"], "ip": v["ip"], "netns": v["netns"]}
             for k, v in state.get("pods", {}).items()
