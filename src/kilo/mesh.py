@@ -19,7 +19,7 @@ from kilo.keys import Key
 from kilo.leadership import leaders, members_by_segment, native_cluster
 from kilo.leases import Lease, lease_from_object
 from kilo.model import DEFAULT_SUBNET, REGION_LABEL, Granularity, Node, Peer, Prefix, Problem
-from kilo.topology import Topology, new_topology
+from kilo.topology import Topology, TopologyError, new_topology
 from kilo.translate import node_from_object, object_name, peer_from_object, peer_object
 from kilo.wireguard import WgConf, WgPeer
 
@@ -141,12 +141,20 @@ class Output:
     warnings: list[Problem] = field(default_factory=list)  # printed as "warning: ..."
 
 
+def _topology(*args: Any) -> Topology:
+    """``new_topology``, its failure (e.g. no WireGuard IP left) an error as Kilo words it."""
+    try:
+        return new_topology(*args)
+    except TopologyError as e:
+        raise UserError(f"failed to create topology: {e}") from None
+
+
 def mesh_topology(state: ClusterState, opts: Options, now: int) -> Topology:
     """The mesh as kgctl's graph sees it (from the last ready node by name): its segments, their
     leaders and WireGuard IPs are the same from every node's view."""
     g = determine_granularity(opts.granularity, state.nodes)
     r = _ready(state, now)
-    return new_topology(
+    return _topology(
         r.nodes,
         r.peers,
         g,
@@ -178,7 +186,7 @@ def _ready_with(
 
 def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Output:
     g, r = _ready_with(state, opts, now, "node", name)
-    t = new_topology(
+    t = _topology(
         r.nodes,
         r.peers,
         g,
@@ -220,7 +228,7 @@ def peer_topology(
             first, allowed_location_ips=first.allowed_location_ips + extra
         )
     peer = r.peers[name]
-    t = new_topology(
+    t = _topology(
         r.nodes,
         r.peers,
         g,

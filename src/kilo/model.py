@@ -71,6 +71,9 @@ class Endpoint:
     port: int
     ip: IPAddress | None = None
     dns: str | None = None
+    #: a DNS endpoint as the annotation spelt it, when that is not ``dns:port`` (``[name]:port``,
+    #: ``name:051820``): printed as given, as Kilo prints it; no part of its identity
+    text: str | None = field(default=None, compare=False)
 
     def ready(self) -> bool:
         return (self.ip is not None and self.port > 0) or bool(self.dns)
@@ -83,7 +86,7 @@ class Endpoint:
     def __str__(self) -> str:
         """DNS first, as Kilo prints endpoints."""
         if self.dns:
-            return f"{self.dns}:{self.port}"
+            return self.text or f"{self.dns}:{self.port}"
         return "" if self.ip is None else format_udp((self.ip, self.port))
 
 
@@ -95,7 +98,8 @@ def format_udp(addr: UdpAddress) -> str:
 
 def parse_endpoint(text: str) -> Endpoint:
     """Kilo's ``ParseEndpoint`` (raises ValueError): ``IP:port``, ``[IPv6]:port`` or
-    ``dns-name:port``, read strictly (``kilo.strict``)."""
+    ``dns-name:port`` (also ``[dns-name]:port``, as Go's ``SplitHostPort`` takes it), read
+    strictly (``kilo.strict``); a DNS endpoint keeps its spelling."""
     host, sep, port_s = text.rpartition(":")
     if not sep:
         raise ValueError("not HOST:PORT")
@@ -108,9 +112,10 @@ def parse_endpoint(text: str) -> Endpoint:
     try:
         return Endpoint(port=port, ip=parse_ip(host))
     except ValueError:
-        if bracketed or not is_dns1123_subdomain(host):
+        if not is_dns1123_subdomain(host):
             raise ValueError(f"{host!r} is neither an IP address nor a DNS name") from None
-        return Endpoint(port=port, dns=host)
+        plain = f"{host}:{port}"
+        return Endpoint(port=port, dns=host, text=None if text == plain else text)
 
 
 def endpoint_str(e: Endpoint | None) -> str:

@@ -87,37 +87,51 @@ def parse_ip(text: str) -> IPAddress:
     return ip
 
 
-def parse_cidr(text: str) -> Prefix:
-    """``ADDRESS/LENGTH`` keeping its host bits (Kilo's ``normalizeIP``): the length in decimal
-    (no netmask notation), the address as ``parse_ip`` takes it."""
-    fast = fast_v4_cidr(text)
-    if fast is not None:
-        return ipaddress.IPv4Interface(fast)
+def _cidr(text: str) -> tuple[IPAddress, int, int | None]:
+    """(address, prefix length, the 128-bit value of an IPv4-mapped IPv6 address or None) of
+    ``ADDRESS/LENGTH`` as Go's ``net.ParseCIDR`` takes it: the length in decimal (no netmask
+    notation) up to the address's own width, 128 for an IPv4-mapped IPv6 address."""
     addr, sep, plen_s = text.partition("/")
     if not sep:
         raise ValueError(f"{text!r} is not a CIDR (no prefix length)")
     if not _PREFIX_LENGTH.match(plen_s):
         raise ValueError(f"{text!r} is not a CIDR (the prefix length must be a decimal number)")
     plen = int(plen_s)
-    mapped = ":" in addr and "." in addr
     ip = parse_ip(addr)
-    if ip.version == 4 and mapped:  # an IPv4-mapped IPv6 prefix: Go keeps the last 32 bits
-        if not 96 <= plen <= 128:
-            raise ValueError(f"{text!r}: an IPv4-mapped prefix needs a length of 96 to 128")
-        plen -= 96
-    if plen > ip.max_prefixlen:
-        raise ValueError(f"{text!r}: prefix length {plen} is over {ip.max_prefixlen}")
+    mapped = int(ipaddress.IPv6Address(addr)) if ip.version == 4 and ":" in addr else None
+    width = 128 if mapped is not None else ip.max_prefixlen
+    if plen > width:
+        raise ValueError(f"{text!r}: prefix length {plen} is over {width}")
+    return ip, plen, mapped
+
+
+def parse_cidr(text: str) -> Prefix:
+    """``ADDRESS/LENGTH`` keeping its host bits (Kilo's ``normalizeIP``): the length in decimal
+    (no netmask notation), the address as ``parse_ip`` takes it. An IPv4-mapped IPv6 address is
+    the IPv4 address, its length the last 32 bits of the 128-bit mask, as Go prints it
+    (``::ffff:10.0.0.1/120`` is ``10.0.0.1/24``, and ``/96`` or less is ``/0``)."""
+    fast = fast_v4_cidr(text)
+    if fast is not None:
+        return ipaddress.IPv4Interface(fast)
+    ip, plen, mapped = _cidr(text)
+    if mapped is not None:
+        plen = max(plen - 96, 0)
     if ip.version == 4:
         return ipaddress.IPv4Interface((int(ip), plen))
     return ipaddress.IPv6Interface((int(ip), plen))
 
 
 def parse_network(text: str) -> Prefix:
-    """A CIDR with its host bits cleared, as Go's ``net.ParseCIDR`` returns the network."""
+    """A CIDR with its host bits cleared, as Go's ``net.ParseCIDR`` returns the network: an
+    IPv4-mapped address masked to 96 bits or more is still one (an IPv4 network), to fewer it
+    is an IPv6 network."""
     fast = fast_v4_cidr(text)
     if fast is not None:
-        ip, plen = fast
-        return ipaddress.IPv4Interface((ip >> (32 - plen) << (32 - plen), plen))
+        v4, v4_plen = fast
+        return ipaddress.IPv4Interface((v4 >> (32 - v4_plen) << (32 - v4_plen), v4_plen))
+    _, plen, mapped = _cidr(text)
+    if mapped is not None and plen < 96:
+        return ipaddress.IPv6Interface((mapped >> (128 - plen) << (128 - plen), plen))
     p = parse_cidr(text)
     net = p.network
     if p.version == 4:
@@ -139,10 +153,12 @@ def parse_int(text: str, lo: int, hi: int, what: str = "a number") -> int:
 
 
 def parse_port(text: str) -> int:
-    """A UDP port as Kilo reads one (``strconv.ParseUint``, then 1-65535)."""
-    if not _GO_UINT.match(text) or len(text) > 10:
-        raise ValueError(f"port {text!r} is not a decimal number")
-    port = int(text)
+    """A UDP port as Kilo reads one (``strconv.ParseUint``: ASCII digits, leading zeros
+    allowed; then 1-65535)."""
+    digits = text.lstrip("0") or "0"
+    if not _GO_UINT.match(text) or len(digits) > 10:
+        raise ValueError(f"port {text!r} is not a decimal number up to 65535")
+    port = int(digits)
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range 1-65535")
     return port

@@ -307,9 +307,7 @@ def new_topology(
     for i, s in enumerate(t.segments):
         wg_ip = alloc.next()
         if wg_ip is None:
-            raise TopologyError(
-                f"failed to allocate an IP address from {subnet}; ran out of IP addresses"
-            )
+            raise TopologyError("failed to allocate an IP address; ran out of IP addresses")
         s.wireguard_ip = wg_ip
         s.allowed_ips.append(host_prefix(wg_ip))
         claims.add_allowed_ip(i, s.allowed_ips[-1])

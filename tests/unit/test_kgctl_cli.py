@@ -168,3 +168,21 @@ def test_native_cluster_leaders_are_the_lease_holders(
     assert kgctl(capsys, *args, "a2")[1:] == ("", 'Node "a2" is not a leader node\n')
     rc, out, _ = kgctl(capsys, *args, "a1")
     assert rc == 0 and "[Peer]" in out
+
+
+def test_subnet_too_small_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three segments in a /31: Kilo's error message, exit 1, no traceback."""
+    items = [
+        node_obj(
+            n, n, f"203.0.113.{i}:51820", pod_cidr=f"10.2.{i}.0/24", wireguard_ip="10.4.0.0/31"
+        )
+        for i, n in enumerate("abc", 1)
+    ]
+    p = tmp_path / "small.yaml"
+    p.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    for cmd in (["graph"], ["showconf", "node", "a"], ["showconf", "node", "a", "--as-peer"]):
+        rc, out, err = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", *cmd)
+        assert (rc, out) == (1, "")
+        assert err.splitlines()[-1] == (
+            "failed to create topology: failed to allocate an IP address; ran out of IP addresses"
+        )

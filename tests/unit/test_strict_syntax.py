@@ -38,8 +38,23 @@ def test_addresses_go_refuses_are_refused(text: str) -> None:
 def test_ipv4_mapped_addresses_read_as_ipv4() -> None:
     assert strict.parse_ip("::ffff:10.1.2.3") == ipaddress.IPv4Address("10.1.2.3")
     assert str(strict.parse_cidr("::ffff:10.1.2.3/120")) == "10.1.2.3/24"
+    assert str(strict.parse_cidr("::ffff:a01:203/120")) == "10.1.2.3/24"  # hex spelling too
+    assert str(strict.parse_network("::ffff:10.1.2.3/120")) == "10.1.2.0/24"
+    # Go's mask stays 128 bits wide: of a /96 or shorter nothing is left for the IPv4 address
+    # (Kilo's normalizeIP gives 10.1.2.3/0), and the network ParseCIDR returns is IPv6
+    assert str(strict.parse_cidr("::ffff:10.1.2.3/64")) == "10.1.2.3/0"
+    assert str(strict.parse_network("::ffff:10.1.2.3/64")) == "::/64"
+    assert str(strict.parse_network("::ffff:10.1.2.3/88")) == "::ff00:0:0/88"
     with pytest.raises(ValueError):
-        strict.parse_cidr("::ffff:10.1.2.3/64")
+        strict.parse_cidr("::ffff:10.1.2.3/129")
+
+
+def test_ports_read_as_go_parseuint() -> None:
+    assert strict.parse_port("051820") == 51820
+    assert strict.parse_port("0000000000000051820") == 51820
+    for bad in ("+51820", " 51820", "5_1820", "\u0665\u0661", "0", "65536", "99999999999"):
+        with pytest.raises(ValueError):
+            strict.parse_port(bad)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from kilo.model import Granularity
+from kilo.model import Endpoint, Granularity
 from kilo.translate import (
     node_annotations,
     node_from_object,
@@ -81,6 +81,17 @@ def test_endpoint_forms() -> None:
         and n.endpoint.dns == "node.example.com"
         and str(n.endpoint) == "node.example.com:51820"
     )
+
+
+@pytest.mark.parametrize("text", ["[node.example.com]:51820", "node.example.com:051820"])
+def test_dns_endpoint_printed_as_spelt(text: str) -> None:
+    """Go's SplitHostPort takes a bracketed name and ParseUint leading zeros; Kilo keeps the
+    annotation's text for a DNS endpoint, and so do we (it is the same endpoint)."""
+    n, problems = node_from_object(node_obj("n", endpoint=text))
+    assert not problems and n is not None and n.endpoint is not None
+    assert str(n.endpoint) == text
+    assert (n.endpoint.dns, n.endpoint.port) == ("node.example.com", 51820)
+    assert n.endpoint == Endpoint(port=51820, dns="node.example.com")
 
 
 def test_internal_ip_keeps_host_bits() -> None:
