@@ -55,11 +55,12 @@ TIMEOUT = 20
 
 
 def kgctl(exe: str, argv: Sequence[str], kubeconfig: Path) -> golden.Result | None:
-    """The command's result; None if it did not finish within ``TIMEOUT`` seconds."""
+    """The command's result; None if it did not finish within ``TIMEOUT`` seconds. ``exe`` is
+    split as a shell would (``python3 -m kilo.cli.kgctl`` runs ours from a checkout)."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"HOME": "/root"}
     try:
         p = subprocess.run(
-            [exe, *argv, "--kubeconfig", str(kubeconfig)],
+            [*shlex.split(exe), *argv, "--kubeconfig", str(kubeconfig)],
             capture_output=True,
             text=True,
             env=env,
@@ -111,16 +112,20 @@ def one(cp: ControlPlane, api: Api, args: argparse.Namespace, seed: int) -> tupl
     return len(results), mismatches
 
 
-def seeds(text: str) -> range:
-    lo, _, hi = text.partition(":")
-    return range(int(lo), int(hi)) if hi else range(int(lo), int(lo) + 1)
+def seeds(text: str) -> list[int]:
+    """``A:B`` (B excluded), ``A``, or a comma-separated list of those."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        out += range(int(lo), int(hi)) if hi else [int(lo)]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kilo_diff.run", description=__doc__.split("\n")[0])
     ap.add_argument("--kgctl", required=True, help="the kgctl whose outputs become golden")
     ap.add_argument("--crd", required=True, help="the Peer CRD to install")
-    ap.add_argument("--seeds", type=seeds, default=range(0, 10), help="A:B (B excluded) or A")
+    ap.add_argument("--seeds", type=seeds, default="0:10", help="A:B (B excluded), A, or A,B:C")
     ap.add_argument("--out", required=True, help="the directory (clusters/, expected/)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--against", default="", help="a second kgctl to compare on the spot")

@@ -4,9 +4,10 @@ hand-edited or hostile one may hold (each drawn value a string, as annotations a
 Left out on purpose (README "Where we differ from Kilo"): node keepalives that Go's ``ParseInt``
 reads as a number outside 0-65535, including those beyond int64 (it returns the clamped value
 with its error, which Kilo ignores; Kilo then wraps the duration and prints 2^64-1 where ours
-reads 0 and warns), the granularity ``cross`` (ours knows it, Kilo does not), discovered endpoints
-without a port (Kilo prints port 0), Peers with a negative port (Kilo's kgctl hangs) and Peers
-claiming a node's address (ours drops such a claim, kgctl included).
+reads 0 and warns), the granularity ``cross`` (ours knows it, Kilo does not), discovered
+endpoints without a port (Kilo prints port 0) or null under a key in use (Kilo drops that
+endpoint), Peers with a negative port (Kilo's kgctl hangs) and Peers claiming a node's address
+(ours drops such a claim, kgctl included). ``generate`` says the rest (a subnet one short).
 """
 
 from __future__ import annotations
@@ -191,6 +192,10 @@ def granularity(rng: Rng) -> str | None:
     return rng.choice(["location"] * 5 + ["full"] * 3 + [None, "", "Location", "full "])
 
 
+#: A well-formed public key no generated node or peer has.
+NOBODY = base64.b64encode(bytes([1] * 32)).decode()
+
+
 def discovered_json(rng: Rng, entries: dict[str, tuple[str, int]]) -> str:
     """A ``discovered-endpoints`` annotation for the entries (key -> (IP, port)), in one of the
     shapes Go's ``encoding/json`` reads into ``map[string]*net.UDPAddr`` (or refuses)."""
@@ -209,7 +214,9 @@ def discovered_json(rng: Rng, entries: dict[str, tuple[str, int]]) -> str:
         else:
             out[k] = {"IP": ip, "Port": p, "Zone": ""}
     if shape == "null" and out:
-        out[next(iter(out))] = None
+        # a null entry under a key of nobody in the cluster: under a real key Kilo takes it as
+        # "no endpoint" and prints that node or peer without one (ours ignores the entry)
+        out[NOBODY] = None
     text = json.dumps(out, separators=(",", ":"))
     if shape == "bad":
         return text[:-1] if rng.random() < 0.5 else "null"
