@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kilo.apply import apply_plan
+from kilo.apply import Applied, apply_plan
 from kilo.cache import ObjectCache
 from kilo.events import Told
 from kilo.hostinfo import HostAddress, choose_ips
@@ -494,9 +494,7 @@ class Agent:
                 self.last_changes = []
                 return []
             previous = None if verify else self._applied
-            applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
-            for part in applied.parts:
-                self.metrics.kernel_calls.labels(part=part).inc()
+            applied = self._apply(desired, previous)
             self._nudge(before.wireguard if before else None, desired, applied.failures)
             if desired.annotations is not None:
                 self.publisher.publish(desired.annotations)
@@ -513,17 +511,22 @@ class Agent:
                 self.last_reconcile_ok = True
             return applied.changes
 
+    def _apply(self, desired: Plan, previous: Plan | None) -> Applied:
+        """``apply_plan`` through the ports, each part applied counted as a kernel call."""
+        p = self.ports
+        applied = apply_plan(desired, p.device, p.routes, p.firewall, p.host, p.files, previous)
+        for part in applied.parts:
+            self.metrics.kernel_calls.labels(part=part).inc()
+        return applied
+
     def _verify_applied(self) -> list[str]:
         """The resync of a cluster in which nothing changed: the plan would be the one applied
         last, so it is not made again; the kernel is read and repaired against that plan."""
         applied_plan = self._applied
         assert applied_plan is not None
-        p = self.ports
         self.metrics.reconciles.inc()
         self._verify = False
-        applied = apply_plan(applied_plan, p.device, p.routes, p.firewall, p.host, p.files)
-        for part in applied.parts:
-            self.metrics.kernel_calls.labels(part=part).inc()
+        applied = self._apply(applied_plan, None)
         self._record(applied_plan, applied.changes)
         self.last_failures = applied.failures
         if not applied.ok:
