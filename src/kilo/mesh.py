@@ -137,7 +137,7 @@ def _ready(state: ClusterState, now: int) -> _Ready:
 @dataclass
 class Output:
     stdout: str = ""
-    stderr: str = ""
+    stderr: str = ""  # whole lines, each starting with "warning: "
     warnings: list[Problem] = field(default_factory=list)  # printed as "warning: ..."
 
 
@@ -199,7 +199,9 @@ def showconf_node(state: ClusterState, name: str, opts: Options, now: int) -> Ou
         _leaders(state, r.nodes, g, now),
     )
     if not any(p.public_key == r.nodes[name].key for p in t.peer_conf("").peers):
-        return Output(stderr=f"Node {_goq(name)} is not a leader node\n", warnings=t.refusals)
+        return Output(
+            stderr=f"warning: Node {_goq(name)} is not a leader node\n", warnings=t.refusals
+        )
     if not opts.as_peer:
         return Output(stdout=t.conf().render(), warnings=t.refusals)
     p = t.as_peer()

@@ -39,7 +39,7 @@ def test_showconf_node(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_not_a_leader_message_exit_zero(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = kgctl(capsys, "showconf", "node", "c", "--from-file", str(dump))
-    assert (rc, out, err) == (0, "", 'Node "c" is not a leader node\n')
+    assert (rc, out, err) == (0, "", 'warning: Node "c" is not a leader node\n')
 
 
 def test_unknown_node_and_peer(dump: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,13 +159,13 @@ def test_native_cluster_leaders_are_the_lease_holders(
     args = ("--from-file", str(p), "--now", str(NOW), "showconf", "node")
     rc, out, err = kgctl(capsys, *args, "a2")
     assert rc == 0 and "[Peer]" in out, err
-    assert kgctl(capsys, *args, "a1")[1:] == ("", 'Node "a1" is not a leader node\n')
+    assert kgctl(capsys, *args, "a1")[1:] == ("", 'warning: Node "a1" is not a leader node\n')
     rc, out, _ = kgctl(capsys, "--from-file", str(p), "--now", str(NOW), "graph")
     assert rc == 0
     # the Lease expired: Kilo's rule again, leaving out the holder of the expired Lease
     later = str(NOW + 3600)
     args = ("--from-file", str(p), "--now", later, "showconf", "node")
-    assert kgctl(capsys, *args, "a2")[1:] == ("", 'Node "a2" is not a leader node\n')
+    assert kgctl(capsys, *args, "a2")[1:] == ("", 'warning: Node "a2" is not a leader node\n')
     rc, out, _ = kgctl(capsys, *args, "a1")
     assert rc == 0 and "[Peer]" in out
 
@@ -184,5 +184,35 @@ def test_subnet_too_small_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
         rc, out, err = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", *cmd)
         assert (rc, out) == (1, "")
         assert err.splitlines()[-1] == (
-            "failed to create topology: failed to allocate an IP address; ran out of IP addresses"
+            "error: failed to create topology: failed to allocate an IP address; ran out of IP addresses"
         )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["showconf", "node", "nobody"],
+        ["showconf", "peer", "nobody"],
+        ["showconf", "node", "a", "--port", "70000"],
+        ["showconf", "node", "a", "--as-peer", "--allowed-ips", "not-a-cidr"],
+        ["showconf", "node", "c"],
+        ["showconf"],
+        ["showconf", "node", "a", "--bogus"],
+        ["graph", "--port", "x"],
+        ["connect", "laptop"],
+        ["link", "--to-kubeconfig", "/nonexistent"],
+    ],
+)
+def test_every_stderr_line_is_a_warning_or_an_error(
+    dump: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    try:
+        rc = run(["--from-file", str(dump), *args])
+    except SystemExit as e:  # argparse's usage errors
+        rc = int(e.code or 0)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines and all(line.startswith(("warning: ", "error: ")) for line in lines), err
+    assert (rc == 0) == (not any(line.startswith("error: ") for line in lines)), (rc, err)
+    if rc:
+        assert rc == 1 and lines[-1].startswith("error: ") and out == ""

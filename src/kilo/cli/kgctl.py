@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from kilo import __version__
 from kilo.mesh import (
@@ -116,8 +116,15 @@ def _add_showconf_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one ``error:`` line and exit code 1, as Kilo's kgctl exits."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser(prog: str = "kgctl") -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog=prog, description="Manage a Kilo network")
+    root = _Parser(prog=prog, description="Manage a Kilo network")
     root.add_argument("--version", action="version", version=__version__)
     _add_globals(root, top=True)
     sub = root.add_subparsers(dest="command", metavar="COMMAND")
@@ -405,7 +412,7 @@ def _connect(a: argparse.Namespace, opts: Options) -> int:
             a.wireguard_go,
         )
     except (ConnectError, UserError) as e:
-        print(f"kgctl connect: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -510,7 +517,7 @@ def run(argv: Sequence[str], prog: str = "kgctl") -> int:
         try:
             return _connect(a, _options(a))
         except UserError as e:
-            print(e, file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             return 1
     try:
         opts = _options(a)
@@ -528,7 +535,7 @@ def run(argv: Sequence[str], prog: str = "kgctl") -> int:
         else:
             out = showconf_peer(state, a.name, opts, now)
     except UserError as e:
-        print(e, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 1
     for w in out.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -542,13 +549,25 @@ def run(argv: Sequence[str], prog: str = "kgctl") -> int:
     return 0
 
 
+def _main(argv: Sequence[str], prog: str) -> NoReturn:
+    """``run``, and whatever escapes it (a bug, never the input) one ``error:`` line too."""
+    try:
+        rc = run(argv, prog)
+    except KeyboardInterrupt:
+        rc = 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence of the command line
+        print(f"error: {prog}: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        rc = 1
+    sys.exit(rc)
+
+
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    _main(sys.argv[1:], "kgctl")
 
 
 def kubectl_plugin() -> None:
     """``kubectl-kilo``: kubectl runs it for ``kubectl kilo ...``."""
-    sys.exit(run(sys.argv[1:], prog="kubectl kilo"))
+    _main(sys.argv[1:], "kubectl kilo")
 
 
 if __name__ == "__main__":
