@@ -981,7 +981,8 @@ def test_the_baseline_is_healthy(baseline: Baseline) -> None:
     for cmd, r in baseline.runs.items():
         check_run(cmd, r, f)
         f.check(r.rc == 0, " ".join(cmd), f"exit {r.rc}: {r.err}")
-    assert baseline.runs[("showconf", "node", "a2")].err == 'warning: Node "a2" is not a leader node\n'
+    not_leader = 'warning: Node "a2" is not a leader node\n'
+    assert baseline.runs[("showconf", "node", "a2")].err == not_leader
     for n, p in baseline.plans.items():
         f.check(p.status is Status.OK and p.leader, n, f"{p.status}: {p.reason}")
         f.check(not p.problems, n, f"problems {p.problems}")

@@ -184,7 +184,8 @@ def test_subnet_too_small_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixt
         rc, out, err = kgctl(capsys, "--from-file", str(p), "--mesh-granularity", "full", *cmd)
         assert (rc, out) == (1, "")
         assert err.splitlines()[-1] == (
-            "error: failed to create topology: failed to allocate an IP address; ran out of IP addresses"
+            "error: failed to create topology: "
+            "failed to allocate an IP address; ran out of IP addresses"
         )
 
 
