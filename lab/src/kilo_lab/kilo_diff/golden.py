@@ -178,7 +178,7 @@ def mismatch(expected: Result, got: Result) -> str | None:
         return f"an error on a success:\n{got.err[-2000:]}"
     # Kilo's few success diagnostics ('Node "x" is not a leader node') are ours as warnings,
     # in the same order; our other warnings (refused values) come between them.
-    mine = iter(line.removeprefix(WARNING) for line in got.err.splitlines())
-    if not all(line in mine for line in expected.err.splitlines()):
+    ours = iter(line.removeprefix(WARNING) for line in got.err.splitlines())
+    if not all(line in ours for line in expected.err.splitlines()):
         return f"stderr differs:\n{_diff(expected.err, got.err)}"
     return None
