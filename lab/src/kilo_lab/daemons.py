@@ -122,8 +122,11 @@ class Daemons:
             *c.agent_args,
         ]
 
-    def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-        """Start kg on ``node`` (logging to its kg.log, appended)."""
+    def start_agent(
+        self, node: str, extra_args: Sequence[str] = (), argv: Sequence[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start kg on ``node`` (logging to its kg.log, appended); ``argv`` instead of ours
+        runs another agent in its place (e.g. Kilo's, see ``kilo_lab.kilo_agent``)."""
         if self.agent_running(node):
             raise LabError(f"kg already runs on {node}")
         try:
@@ -131,7 +134,7 @@ class Daemons:
         except BinaryMissing as e:
             raise LabError(f"kg on {node} needs wireguard-go: {e}") from e
         proc = procs.start(
-            [*self.agent_argv(node), *extra_args],
+            list(argv) if argv is not None else [*self.agent_argv(node), *extra_args],
             netns_name=self.ns(node),
             log_file=self.paths.agent_log(node),
             env={WIREGUARD_GO_ENV: wireguard_go, "PYTHONUNBUFFERED": "1"},

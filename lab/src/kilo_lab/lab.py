@@ -294,9 +294,11 @@ class Lab(Commands):
 
     # ---- kg
 
-    def start_agent(self, node: str, extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-        """Start kg on ``node`` (logging to its kg.log, appended)."""
-        return self.daemons.start_agent(node, extra_args)
+    def start_agent(
+        self, node: str, extra_args: Sequence[str] = (), argv: Sequence[str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start kg on ``node`` (logging to its kg.log, appended); ``argv``: another agent."""
+        return self.daemons.start_agent(node, extra_args, argv)
 
     def stop_agent(self, node: str, timeout: float = 15.0) -> int | None:
         """SIGTERM kg on ``node`` and wait for it (SIGKILL after ``timeout``); its exit code
