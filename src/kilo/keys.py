@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
+from functools import lru_cache
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
+from kilo.x25519 import public_key
 
 KEY_LEN = 32
 
@@ -49,9 +45,11 @@ class Key(bytes):
 
     @classmethod
     def generate(cls) -> Key:
-        """A new private key."""
-        k = X25519PrivateKey.generate()
-        return cls(k.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+        """A new private key: 32 random bytes, clamped as ``wg genkey`` and OpenSSL do."""
+        raw = bytearray(secrets.token_bytes(KEY_LEN))
+        raw[0] &= 248
+        raw[31] = (raw[31] & 127) | 64
+        return cls(bytes(raw))
 
     @classmethod
     def zero(cls) -> Key:
@@ -59,8 +57,7 @@ class Key(bytes):
 
     def public(self) -> Key:
         """The public key of this private key."""
-        pub = X25519PrivateKey.from_private_bytes(bytes(self)).public_key()
-        return Key(pub.public_bytes(Encoding.Raw, PublicFormat.Raw))
+        return _public(bytes(self))
 
     def is_zero(self) -> bool:
         return not any(self)
@@ -79,3 +76,10 @@ class Key(bytes):
 def is_zero(key: bytes | None) -> bool:
     """No key, or the all-zero key (WireGuard's "none")."""
     return key is None or not any(key)
+
+
+@lru_cache(maxsize=8)
+def _public(private: bytes) -> Key:
+    """X25519 (``kilo.x25519``: OpenSSL's, without loading ``cryptography``); the plan asks
+    for the node's public key at every reconcile, so the last few answers are kept."""
+    return Key(public_key(private))
