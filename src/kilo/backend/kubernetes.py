@@ -41,6 +41,7 @@ from kilo.backend.apiserver import (
     reason,
     retry_after,
 )
+from kilo.backend.checkins import CheckIns, with_check_in
 from kilo.backend.objects import lean
 from kilo.leases import LEASE_LABEL
 from kilo.model import Node
@@ -150,6 +151,7 @@ class KubernetesBackend:
         # wall-clock [start, end] of the spells in which the watches could not reach the API
         # server (end None: still away); the cache is not current then
         self._outages: list[list[float | None]] = []
+        self._check_ins = CheckIns()  # Kilo's check-ins recognised without decoding them
 
     # one-shot reads
 
@@ -300,6 +302,8 @@ class KubernetesBackend:
             old = self._cache[kind]
             self._cache[kind] = fresh
             self._rv[kind] = rv
+            if kind == "Node":
+                self._check_ins.clear()
         for name, obj in fresh.items():
             if name not in old:
                 self._emit(Event(kind, "ADDED", obj))
@@ -371,18 +375,45 @@ class KubernetesBackend:
             for line in _lines(resp):
                 if self._stop.is_set():
                     return
-                self._handle(kind, json.loads(line))
+                self._line(kind, line)
         finally:
             self._streams.pop(kind, None)
             resp.close()  # never hand a half-read stream back to the pool
             resp.release_conn()
 
-    def _handle(self, kind: str, event: object) -> None:
-        """One decoded watch event: the cache updated and the change emitted. Anything of no
-        known shape is skipped (logged), never raised."""
+    def _line(self, kind: str, line: bytes) -> None:
+        """One line of the watch stream: a check-in taken undecoded, or the event decoded."""
+        if kind == "Node" and self._check_in(line):
+            return
+        obj = self._handle(kind, json.loads(line))
+        if kind == "Node" and obj is not None:
+            self._check_ins.learn(line, obj)
+
+    def _check_in(self, line: bytes) -> bool:
+        """Take ``line`` if it is a check-in ``CheckIns`` recognises (no JSON decoded): the
+        node's object as it was with the new resourceVersion and ``last-seen``."""
+        hit = self._check_ins.match(line)
+        if hit is None:
+            return False
+        name, before, rv, seen = hit
+        with self._lock:
+            old = self._cache["Node"].get(name)
+            if old is None or _rv(old) != before:
+                return False
+            obj = with_check_in(old, rv, seen)
+            self._cache["Node"][name] = obj
+            self._rv["Node"] = rv
+        self._check_ins.matched(name, rv)
+        self._emit(Event("Node", "MODIFIED", obj, old))
+        return True
+
+    def _handle(self, kind: str, event: object) -> Obj | None:
+        """One decoded watch event: the cache updated and the change emitted; the object kept
+        for an ADDED or MODIFIED event. Anything of no known shape is skipped (logged), never
+        raised."""
         if not isinstance(event, dict):
             log.warning("watch of %ss: skipped an event that is not an object", kind)
-            return
+            return None
         etype, raw = event.get("type"), event.get("object")
         if etype == "ERROR":
             status: Obj = raw if isinstance(raw, dict) else {}
@@ -395,10 +426,10 @@ class KubernetesBackend:
         name, rv = _name(obj), _rv(obj)
         if etype == "BOOKMARK":
             self._rv[kind] = rv or self._rv[kind]
-            return
+            return None
         if etype not in ("ADDED", "MODIFIED", "DELETED") or not name:
             log.warning("watch of %ss: skipped a %r event of object %r", kind, etype, name)
-            return
+            return None
         with self._lock:
             old = self._cache[kind].get(name)
             if etype == "DELETED":
@@ -406,20 +437,46 @@ class KubernetesBackend:
             else:
                 self._cache[kind][name] = obj
             self._rv[kind] = rv or self._rv[kind]
+            if kind == "Node":
+                self._check_ins.forget(name)
         self._emit(Event(kind, str(etype), obj, old))
+        return obj if etype != "DELETED" else None
 
 
-def _lines(resp: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+#: Bytes asked of the stream at once: whatever has arrived, up to this (one read, not one per
+#: HTTP chunk through urllib3's generator).
+READ_SIZE = 1 << 16
+#: The longest watch event taken (etcd stores objects of at most 1.5 MiB); a longer line ends
+#: the watch with an error, and the watch is made again.
+MAX_LINE = 16 << 20
+
+
+def _lines(resp: urllib3.BaseHTTPResponse, max_line: int = MAX_LINE) -> Iterator[bytes]:
     """The newline-separated JSON documents of a watch stream, as they arrive."""
-    buf = b""
-    for chunk in resp.stream(amt=None, decode_content=True):
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
+    return split_lines(iter(lambda: resp.read1(READ_SIZE), b""), max_line)
+
+
+def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE) -> Iterator[bytes]:
+    """The non-blank lines of a stream of byte chunks (a last line without its newline too);
+    ``BackendError`` once a line grows beyond ``max_line`` bytes."""
+    tail = b""
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            tail += chunk
+            if len(tail) > max_line:
+                raise BackendError(f"a watch event of more than {max_line} bytes")
+            continue
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            if len(line) > max_line:
+                raise BackendError(f"a watch event of more than {max_line} bytes")
             if line.strip():
                 yield line
-    if buf.strip():
-        yield buf
+        if len(tail) > max_line:
+            raise BackendError(f"a watch event of more than {max_line} bytes")
+    if tail.strip():
+        yield tail
 
 
 def list_objects(kubeconfig: str | Path | None = None) -> tuple[list[Obj], list[Obj]]:
