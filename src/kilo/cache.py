@@ -76,7 +76,7 @@ def _unreadable(kind: str, name: str, err: Exception) -> Problem:
     return Problem(kind, name, "object", "", f"could not be read: {type(err).__name__}: {err}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     version: str
     value: Node | Peer | None
