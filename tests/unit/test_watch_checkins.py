@@ -5,7 +5,6 @@ is decoded, and nothing raises. Also the stream's line splitting."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,8 +14,9 @@ from hypothesis import strategies as st
 from kilo.backend import kubernetes
 from kilo.backend.apiserver import BackendError
 from kilo.backend.checkins import CheckIns, with_check_in
-from kilo.backend.kubernetes import Event, KubernetesBackend, split_lines
+from kilo.backend.kubernetes import split_lines
 from kilo.backend.objects import lean
+from tests.unit.test_backend_events import backend
 
 SEEN = "kilo.squat.ai/last-seen"
 
@@ -55,15 +55,6 @@ def node(rv: int, seen: int, stamp: str = "2026-12-07T08:00:00Z", **extra: Any) 
 
 def line(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
-
-
-def backend() -> tuple[KubernetesBackend, list[Event]]:
-    api = SimpleNamespace(
-        configuration=SimpleNamespace(host="https://127.0.0.1:1"),
-        rest_client=SimpleNamespace(pool_manager=None),
-    )
-    got: list[Event] = []
-    return KubernetesBackend(api=api, on_event=got.append), got  # type: ignore[arg-type]
 
 
 def decoded(raw: bytes) -> dict[str, Any]:

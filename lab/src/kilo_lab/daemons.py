@@ -96,9 +96,7 @@ class Daemons:
     def agent_argv(self, node: str) -> list[str]:
         """How kg is run on ``node`` (inside its namespace)."""
         spec = self._spec()
-        n = spec.node(node)
-        c = spec.cluster(n.cluster)
-        loc = next(loc for loc in c.locations if loc.name == n.location)
+        c = spec.cluster(spec.node(node).cluster)
         prefix = os.environ.get(KG_ARGV_ENV)
         base = prefix.split() if prefix else [sys.executable, "-m", "kilo.cli.kg"]
         root = imageroot.image_root()  # $KPY_LAB_IMAGE_ROOT: the image's kg (kilo_lab.imageroot)
@@ -106,9 +104,23 @@ class Daemons:
             base = imageroot.kg_argv(root)
         return [
             *base,
+            *self.kilo_flags(node),
+            f"--private-key={self.paths.node_dir(node) / 'key'}",
+            "--wireguard=userspace",
+            *liveness_args(c.liveness),
+            *c.agent_args,
+        ]
+
+    def kilo_flags(self, node: str) -> list[str]:
+        """The flags of Kilo's kg that a DaemonSet gives on ``node``: ours and Kilo's agent
+        (``kilo_lab.kilo_agent``) both take them."""
+        spec = self._spec()
+        n = spec.node(node)
+        c = spec.cluster(n.cluster)
+        loc = next(loc for loc in c.locations if loc.name == n.location)
+        return [
             f"--hostname={node}",
             f"--kubeconfig={self.paths.kubeconfig(c.name)}",
-            f"--private-key={self.paths.node_dir(node) / 'key'}",
             f"--cni-path={self.paths.conflist(node)}",
             "--interface=kilo0",
             "--encapsulate=never",
@@ -117,9 +129,6 @@ class Daemons:
             f"--internal-cidr={loc.cidr}",
             f"--service-cidr={c.service_cidr}",
             f"--listen={n.mgmt_ip}:{METRICS_PORT}",
-            "--wireguard=userspace",
-            *liveness_args(c.liveness),
-            *c.agent_args,
         ]
 
     def start_agent(

@@ -19,7 +19,7 @@ import os
 
 from kilo_lab.errors import LabError
 from kilo_lab.lab import Lab
-from kilo_lab.layout import METRICS_PORT, kg_socket_dir
+from kilo_lab.layout import kg_socket_dir
 
 KILO_KG_ENV = "KPY_KILO_KG"  # path of Kilo 0.7's kg binary
 
@@ -38,12 +38,9 @@ def binary() -> str | None:
 
 def argv(lab: Lab, node: str, kg: str, extra: list[str] | None = None) -> list[str]:
     """How Kilo's ``kg`` runs on ``node`` with the flags our kg gets there (compat liveness)."""
-    spec = lab.spec
-    n = spec.node(node)
-    c = spec.cluster(n.cluster)
+    c = lab.spec.cluster(lab.spec.node(node).cluster)
     if c.liveness != "compat":
         raise LabError(f"Kilo's kg needs Kilo's liveness (last-seen); {c.name} is {c.liveness}")
-    loc = next(loc for loc in c.locations if loc.name == n.location)
     sockets = kg_socket_dir(lab.ns(node))
     if sockets is None:
         raise LabError(f"{node}: no namespace {lab.ns(node)}")
@@ -52,17 +49,8 @@ def argv(lab: Lab, node: str, kg: str, extra: list[str] | None = None) -> list[s
         "unshare", "--mount", "--", "sh", "-c", _SCRIPT, "sh",
         sockets, str(lab.node_dir(node)),
         kg,
-        f"--hostname={node}",
-        f"--kubeconfig={lab.kubeconfig(c.name)}",
-        f"--cni-path={lab.conflist_path(node)}",
-        "--interface=kilo0",
+        *lab.daemons.kilo_flags(node),
         "--create-interface=false",
-        "--encapsulate=never",
-        f"--mesh-granularity={c.granularity}",
-        f"--subnet={c.subnet}",
-        f"--internal-cidr={loc.cidr}",
-        f"--service-cidr={c.service_cidr}",
-        f"--listen={n.mgmt_ip}:{METRICS_PORT}",
         "--clean-up=false",
         *(extra or []),
     ]  # fmt: skip
