@@ -38,7 +38,7 @@ from scale import node_object, node_status, random_public_key
 from kilo.backend import kubernetes
 from kilo.backend.kubernetes import KubernetesBackend
 from kilo.cache import ObjectCache
-from kilo.plan import ready_nodes
+from kilo.plan import node_ready
 
 TARGET_MS = 0.1
 ANN = "kilo.squat.ai/"
@@ -87,11 +87,15 @@ def run_phase(
         if event.kind != "Node":
             return
         count[0] += 1
-        name = cache.update(event.kind, event.type, event.object)
+        name = None
+        if event.check_in is not None and not before:
+            name = cache.check_in(event.object, event.old, event.check_in)
+        if name is None:
+            name = cache.update(event.kind, event.type, event.object)
         if not cache.changed and name is not None:
             n = cache.node(name)
             if n is not None:
-                ready_nodes({name: n}, time.time(), [])
+                node_ready(n, time.time(), [])
 
     backend = KubernetesBackend(cp.kubeconfig, on_event=take)
     lines = kubernetes._lines

@@ -37,6 +37,7 @@ from kilo.plan import (
     Status,
     facts_key,
     next_expiry,
+    node_ready,
     plan,
     ready_nodes,
 )
@@ -288,6 +289,14 @@ class Agent:
                     self._changed = relevant = True
                     continue
                 self.metrics.events.inc()
+                seen = getattr(e, "check_in", None)
+                if isinstance(seen, str) and getattr(e, "kind", None) == "Node":
+                    name = self.cache.check_in(e.object, e.old, seen)
+                    if name is not None:  # nothing changed but the time: is it ready now?
+                        n = self.cache.node(name)
+                        ready = n is not None and node_ready(n, now, outages)
+                        relevant |= ready != (name in self._ready)
+                        continue
                 kind, etype, obj = (getattr(e, a, None) for a in ("kind", "type", "object"))
                 if kind == "Lease" and isinstance(obj, dict) and etype in ("ADDED", "MODIFIED"):
                     if self._lease_seen(obj):
@@ -312,8 +321,9 @@ class Agent:
                     self._changed = relevant = True
                 elif name is not None:
                     n = self.cache.node(name)
-                    ready = n is not None and bool(ready_nodes({name: n}, now, outages))
-                    relevant |= ready != (name in self._ready)
+                    relevant |= (n is not None and node_ready(n, now, outages)) != (
+                        name in self._ready
+                    )
             return relevant
 
     def shutdown(self) -> None:

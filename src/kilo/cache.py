@@ -128,14 +128,36 @@ class ObjectCache:
         if kind == "Node" and old is not None and isinstance(old.value, Node) and old.raw:
             seen = _moved_check_in(old.raw, obj)
             if seen is not None and all(p.field != _LAST_SEEN_FIELD for p in old.problems):
-                value = replace(old.value, last_seen=seen)
-                table[name] = _Entry(version, value, old.problems, obj)
+                table[name] = _Entry(version, old.value.with_last_seen(seen), old.problems, obj)
                 self.changed = False
                 return name
         _, entry, relevant = self._node(obj) if kind == "Node" else self._peer(obj)
         table[name] = entry
         self.changed = relevant
         return name if kind == "Node" and not relevant else None
+
+    def check_in(self, obj: Obj, old: Obj | None, seen: str) -> str | None:
+        """A Node event the backend proved to be ``old`` with a new resourceVersion and the
+        ``last-seen`` value ``seen``, nothing else (``Event.check_in``): the node's name if it
+        is taken as such (the cache read ``old`` itself, cleanly), else None, and the event
+        must go through ``update``. Never changes anything the plan depends on."""
+        name, version = _meta(obj)
+        entry = self._nodes.get(name)
+        if (
+            entry is None
+            or old is None
+            or entry.raw is not old
+            or not isinstance(entry.value, Node)
+            or any(p.field == _LAST_SEEN_FIELD for p in entry.problems)
+        ):
+            return None
+        try:
+            when = read_last_seen(seen)  # exactly translate's reading of it
+        except ValueError:
+            return None  # a problem to report: the full translation says which
+        self._nodes[name] = _Entry(version, entry.value.with_last_seen(when), entry.problems, obj)
+        self.changed = False
+        return name
 
     def _node(self, obj: Obj) -> tuple[str, _Entry, bool]:
         name, version = _meta(obj)

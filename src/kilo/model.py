@@ -151,6 +151,15 @@ class Node:
             self.lease_liveness or now - self.last_seen < 2 * CHECK_IN_PERIOD_SECONDS
         )
 
+    def with_last_seen(self, last_seen: int) -> Node:
+        """This node, checked in at ``last_seen``: what ``dataclasses.replace`` gives, without
+        running ``__init__`` again, and with the answers already kept (none depends on the
+        time). A check-in (33 a second at 1,000 nodes in Kilo's liveness) costs this."""
+        new = object.__new__(Node)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["last_seen"] = last_seen
+        return new
+
     @functools.cached_property
     def complete(self) -> bool:
         """Readiness without the time: endpoint, key and pod CIDR known (kept: a node

@@ -304,12 +304,13 @@ def ready_nodes(
             for k, n in nodes.items()
             if n.complete and (n.lease_liveness or n.last_seen > limit)
         }
-    ready = {}
-    for k, n in nodes.items():
-        credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
-        if n.ready(int(now - credit)):
-            ready[k] = n
-    return ready
+    return {k: n for k, n in nodes.items() if node_ready(n, now, outages)}
+
+
+def node_ready(n: Node, now: float, outages: Sequence[Outage] = ()) -> bool:
+    """Whether ``n`` is among ``ready_nodes``: one node's readiness, as a check-in needs it."""
+    credit = unreachable_seconds(float(n.last_seen), now, outages) if outages else 0.0
+    return n.ready(int(now - credit))
 
 
 def next_expiry(

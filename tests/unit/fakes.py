@@ -66,6 +66,8 @@ class FakeEvent:
     kind: str
     type: str
     object: Obj
+    old: Obj | None = None
+    check_in: str | None = None  # a check-in the backend proved (``Event.check_in``)
 
 
 class FakeBackend:

@@ -358,6 +358,26 @@ def test_a_check_in_taken_in_the_watch_thread_does_not_wake_the_loop() -> None:
     assert r.sample("kilo_reconciles_total") == (plans or 0) + 1
 
 
+def test_a_check_in_the_backend_proved_is_taken_without_translation_or_wake_up() -> None:
+    r = Rig(nodes=cluster(b1_last_seen=NOW - 500), resync_period=1000.0)
+    r.step()
+    seen, old = str(int(r.clock.time()) - 10), r.agent.cache._nodes["b1"].raw
+    assert old is not None and r.peer_keys() == set()
+    stale = copy.deepcopy(old)
+    stale["metadata"]["resourceVersion"] = "900"
+    stale["metadata"]["annotations"][LAST_SEEN] = str(NOW - 400)  # still too old: not ready
+    r.agent.take_event(FakeEvent("Node", "MODIFIED", stale, old, str(NOW - 400)))
+    assert r.backend.events.empty() and r.agent.cache._nodes["b1"].raw is stale
+    fresh = copy.deepcopy(stale)
+    fresh["metadata"]["resourceVersion"] = "901"
+    fresh["metadata"]["annotations"][LAST_SEEN] = seen
+    r.agent.take_event(FakeEvent("Node", "MODIFIED", fresh, stale, seen))  # now it is ready
+    assert not r.backend.events.empty()
+    r.step()
+    assert r.peer_keys() == {key_for("b1")}
+    assert r.agent.cache.node("b1").last_seen == int(seen)  # type: ignore[union-attr]
+
+
 def test_a_check_in_that_makes_a_node_ready_wakes_the_loop() -> None:
     r = Rig(nodes=cluster(b1_last_seen=NOW - 500), resync_period=1000.0)
     r.step()

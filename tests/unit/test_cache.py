@@ -212,3 +212,50 @@ def test_an_unreadable_object_is_a_problem() -> None:
     c.update("Peer", "ADDED", peer)
     assert c.changed
     assert "p1" not in c.view().peers or c.view().problems
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=ODD_TIMES, second=ODD_TIMES, keepalive=st.sampled_from([None, "10", "x"]))
+def test_a_check_in_the_backend_proved_reads_as_a_full_translation(
+    first: str, second: str, keepalive: str | None
+) -> None:
+    """``check_in``: the backend says ``two`` is ``one`` with a new resourceVersion and
+    ``last-seen`` (``Event.check_in``); taken or handed back to ``update``, the cache ends as
+    the full translation of ``two``, and taking it never counts as a change."""
+    c = ObjectCache(REGION_LABEL)
+    base = node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24")
+    if keepalive is not None:
+        base["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = keepalive
+    one = bumped(base, "1", **{LAST_SEEN: first})
+    two = bumped(base, "2", **{LAST_SEEN: second})
+    c.update("Node", "ADDED", one)
+    name = c.check_in(two, one, second)
+    if name is None:
+        c.update("Node", "MODIFIED", two)
+    else:
+        assert name == "b1" and not c.changed and fresh(one)[0] is not None
+    assert cached(c, "b1") == fresh(two)
+
+
+def test_a_check_in_of_another_object_than_the_cached_one_is_not_taken() -> None:
+    c = ObjectCache(REGION_LABEL)
+    one = bumped(node_obj("b1", "b", pod_cidr="10.2.3.0/24"), "1", **{LAST_SEEN: str(NOW)})
+    c.update("Node", "ADDED", one)
+    two = bumped(one, "2", **{LAST_SEEN: str(NOW + 30)})
+    assert c.check_in(two, copy.deepcopy(one), str(NOW + 30)) is None  # not the cache's own
+    assert c.check_in(two, None, str(NOW + 30)) is None
+    other = bumped(one, "2")
+    other["metadata"]["name"] = "b9"
+    assert c.check_in(other, one, str(NOW)) is None  # not cached
+    assert cached(c, "b1") == fresh(one)
+    assert c.check_in(two, one, str(NOW + 30)) == "b1" and cached(c, "b1") == fresh(two)
+
+
+def test_with_last_seen_is_replace() -> None:
+    obj = node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24")
+    n, _ = node_from_object(obj, REGION_LABEL)
+    assert n is not None
+    assert n.complete is not None and n.own_ips  # answers kept before the copy
+    moved = n.with_last_seen(NOW + 77)
+    assert moved == replace(n, last_seen=NOW + 77) and n.last_seen != NOW + 77
+    assert moved.complete == n.complete and moved.own_ips == n.own_ips

@@ -4,6 +4,7 @@ is decoded, and nothing raises. Also the stream's line splitting."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -82,6 +83,8 @@ def test_check_ins_after_the_first_are_not_decoded(monkeypatch: pytest.MonkeyPat
     assert counting.calls == 2  # the first is decoded and learnt (one probe), the others not
     assert [e.object for e in got] == [decoded(raw) for raw in lines]
     assert got[-1].old == decoded(lines[-2]) and got[-1].type == "MODIFIED"
+    assert [e.check_in for e in got] == [None] + [str(1000 + 30 * i) for i in range(1, 6)]
+    assert all(e.old is p.object for p, e in itertools.pairwise(got))  # the cache's own
     assert b.nodes() == [decoded(lines[-1])] and b._rv["Node"] == "15"
 
 

@@ -43,6 +43,7 @@ from kilo.backend.apiserver import (
 )
 from kilo.backend.checkins import CheckIns, with_check_in
 from kilo.backend.objects import lean
+from kilo.backend.stream import body_reads
 from kilo.leases import LEASE_LABEL
 from kilo.model import Node
 from kilo.translate import OWNED_ANNOTATIONS, node_annotations
@@ -73,12 +74,15 @@ class _Gone(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """A change: ``type`` is ADDED, MODIFIED or DELETED; ``old`` is the previous object."""
+    """A change: ``type`` is ADDED, MODIFIED or DELETED; ``old`` is the previous object.
+    ``check_in``: the event is a check-in recognised undecoded (``kilo.backend.checkins``):
+    ``object`` is ``old`` with a new resourceVersion and this ``last-seen`` value, nothing else."""
 
     kind: str
     type: str
     object: Obj
     old: Obj | None = None
+    check_in: str | None = None
 
     @property
     def name(self) -> str:
@@ -288,7 +292,8 @@ class KubernetesBackend:
         self.stop()
 
     def _emit(self, event: Event) -> None:
-        log.debug("%s %s %s", event.type, event.kind, event.name)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %s", event.type, event.kind, event.name)
         if self.on_event is not None:
             self.on_event(event)
         else:
@@ -404,7 +409,7 @@ class KubernetesBackend:
             self._cache["Node"][name] = obj
             self._rv["Node"] = rv
         self._check_ins.matched(name, rv)
-        self._emit(Event("Node", "MODIFIED", obj, old))
+        self._emit(Event("Node", "MODIFIED", obj, old, seen))
         return True
 
     def _handle(self, kind: str, event: object) -> Obj | None:
@@ -443,9 +448,6 @@ class KubernetesBackend:
         return obj if etype != "DELETED" else None
 
 
-#: Bytes asked of the stream at once: whatever has arrived, up to this (one read, not one per
-#: HTTP chunk through urllib3's generator).
-READ_SIZE = 1 << 16
 #: The longest watch event taken (etcd stores objects of at most 1.5 MiB); a longer line ends
 #: the watch with an error, and the watch is made again.
 MAX_LINE = 16 << 20
@@ -453,7 +455,7 @@ MAX_LINE = 16 << 20
 
 def _lines(resp: urllib3.BaseHTTPResponse, max_line: int = MAX_LINE) -> Iterator[bytes]:
     """The newline-separated JSON documents of a watch stream, as they arrive."""
-    return split_lines(iter(lambda: resp.read1(READ_SIZE), b""), max_line)
+    return split_lines(body_reads(resp), max_line)
 
 
 def split_lines(chunks: Iterator[bytes], max_line: int = MAX_LINE) -> Iterator[bytes]:
