@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 
 import urllib3
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
+from kubernetes.config import incluster_config
+from kubernetes.config.config_exception import ConfigException
 
 CRD_NAME = "peers.kilo.squat.ai"
 CRD_MANIFEST = "manifests/crds.yaml"
@@ -50,16 +51,25 @@ class CRDMissing(BackendError):
 def api_client(kubeconfig: str | Path | None = None) -> k8s_client.ApiClient:
     """A client from ``kubeconfig``; without one, in-cluster config, else $KUBECONFIG or
     ~/.kube/config, as kubectl does."""
-    new_client: Callable[..., k8s_client.ApiClient] = k8s_config.new_client_from_config
     if kubeconfig:
-        return new_client(config_file=str(kubeconfig))
+        return new_client_from_config(config_file=str(kubeconfig))
     cfg = k8s_client.Configuration()
-    load_incluster: Callable[..., None] = k8s_config.load_incluster_config
+    load_incluster: Callable[..., None] = incluster_config.load_incluster_config
     try:
         load_incluster(client_configuration=cfg)
-    except k8s_config.ConfigException:
-        return new_client()
+    except ConfigException:
+        return new_client_from_config()
     return k8s_client.ApiClient(cfg)
+
+
+def new_client_from_config(**kwargs: Any) -> k8s_client.ApiClient:
+    """The client's ``new_client_from_config``, its kubeconfig loader imported only when a
+    kubeconfig is read: it imports requests and oauthlib (for OIDC), which in-cluster config
+    does not need."""
+    from kubernetes.config import kube_config
+
+    new_client: Callable[..., k8s_client.ApiClient] = kube_config.new_client_from_config
+    return new_client(**kwargs)
 
 
 class ApiHttp:

@@ -7,7 +7,7 @@ import logging
 import socket
 from collections.abc import Sequence
 
-from pyroute2 import IPRoute
+from pyroute2.iproute import IPRoute
 
 from kilo.dataplane import ipip
 from kilo.hostinfo import HostAddress

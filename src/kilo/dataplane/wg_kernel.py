@@ -41,7 +41,7 @@ class KernelDevice(Device):
                     ipr.link("del", index=idx[0])
 
     def _wg(self) -> Any:
-        from pyroute2 import WireGuard
+        from pyroute2.netlink.generic.wireguard import WireGuard
 
         return WireGuard(netns=self.netns) if self.netns else WireGuard()
 
