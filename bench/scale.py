@@ -33,7 +33,8 @@ seconds; nothing but check-ins happens in the window):
 
   CPU s/min    utime+stime of the agent and its descendants (wireguard-go, helpers; from
                /proc/<pid>/stat, live descendants plus the reaped ones' cutime+cstime), per
-               minute of the window; also the agent alone and wireguard-go alone
+               minute of the window; also the agent alone, wireguard-go alone, the agent's main
+               thread and its busiest other thread (/proc/<pid>/task/*/stat)
   RSS MB       the agent's VmRSS at the end of the window (MB = 10^6 bytes) and its VmHWM
   reconciles   kilo_reconciles_total from the agent's /metrics, per minute
   kernel calls kilo_kernel_calls_total{part=...} summed over parts, per minute (ours only)
@@ -477,13 +478,26 @@ class CpuSample:
     agent: int  # the agent's own utime+stime
     total: int  # the agent and all its descendants, reaped ones included
     wg: int  # wireguard-go
+    threads: dict[int, int]  # the agent's threads (task id -> utime+stime)
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended
+        out[int(task)] = int(fields[11]) + int(fields[12])
+    return out
 
 
 def cpu_sample(pid: int) -> CpuSample:
     desc = descendants(pid)
     total = cpu_ticks(pid, children=True) + sum(cpu_ticks(d, children=True) for d in desc)
     wg = sum(cpu_ticks(d, children=True) for d in desc if comm(d) == "wireguard-go")
-    return CpuSample(time.monotonic(), cpu_ticks(pid), total, wg)
+    return CpuSample(time.monotonic(), cpu_ticks(pid), total, wg, thread_ticks(pid))
 
 
 # --- the agent's metrics -----------------------------------------------------------------------
@@ -633,6 +647,8 @@ class Result:
     cpu_total: float = 0.0  # s per minute
     cpu_agent: float = 0.0
     cpu_wg: float = 0.0
+    cpu_main: float = 0.0  # the agent's main thread (its loop)
+    cpu_busiest: float = 0.0  # its busiest other thread (in compat mode: the Node watch)
     rss_mb: float = 0.0
     hwm_mb: float = 0.0
     reconciles: float | None = None  # per minute
@@ -766,6 +782,9 @@ def measure(
     r.cpu_total = (c1.total - c0.total) / TICK * per_min
     r.cpu_agent = (c1.agent - c0.agent) / TICK * per_min
     r.cpu_wg = (c1.wg - c0.wg) / TICK * per_min
+    spent = {t: b - c0.threads.get(t, 0) for t, b in c1.threads.items()}
+    r.cpu_main = spent.pop(pid, 0) / TICK * per_min
+    r.cpu_busiest = max(spent.values(), default=0) / TICK * per_min
     r.rss_mb = status_kib(pid, "VmRSS") * 1024 / 1e6
     r.hwm_mb = status_kib(pid, "VmHWM") * 1024 / 1e6
     r.check_ins = (s1 - s0) / dt
@@ -853,6 +872,8 @@ def report(
         row("CPU s/min (agent + children)", lambda r: r.cpu_total, f"<= {TARGET_CPU}"),
         row("  agent alone", lambda r: r.cpu_agent, "-"),
         row("  wireguard-go", lambda r: r.cpu_wg, "-"),
+        row("  agent's main thread", lambda r: r.cpu_main, "-"),
+        row("  its busiest other thread", lambda r: r.cpu_busiest, "-"),
         row("RSS MB (agent)", lambda r: r.rss_mb, f"<= {TARGET_RSS:.0f}", "{:.1f}"),
         row("  peak RSS MB (VmHWM)", lambda r: r.hwm_mb, "-", "{:.1f}"),
         row("reconciles/min", lambda r: r.reconciles, "-", "{:.1f}"),

@@ -64,7 +64,7 @@ def _ticks(tid: int | None) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
-def _lines_before(resp: Any, max_line: int = 0) -> Iterator[bytes]:
+def _lines_before(resp: Any, max_line: int = 0, **_: Any) -> Iterator[bytes]:
     """The watch's reader before this bench (urllib3's chunk generator), for the comparison."""
     buf = b""
     for chunk in resp.stream(amt=None, decode_content=True):

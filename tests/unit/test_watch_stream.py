@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,36 @@ def test_a_real_response_is_read_through_its_socket_file() -> None:
         pool.clear()
         server.shutdown()
         server.server_close()
+
+
+def test_paced_reads_take_what_arrived_meanwhile_at_once() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Chunked)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    pool = urllib3.PoolManager()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/watch"
+        resp = pool.request("GET", url, preload_content=False)
+        got = list(split_lines(body_reads(resp, pause=0.2, wait=wait)))
+        assert got == [e.rstrip(b"\n") for e in EVENTS]
+        assert 1 <= len(waits) < len(EVENTS) and set(waits) == {0.2}
+        resp.release_conn()
+    finally:
+        pool.clear()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_pause_without_a_socket_is_no_pause() -> None:
+    waits: list[float] = []
+    got = b"".join(body_reads(Plain(b"abc\ndef"), size=2, pause=5.0, wait=waits.append))
+    assert got == b"abc\ndef" and waits == []
 
 
 class Plain:
