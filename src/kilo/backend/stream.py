@@ -11,16 +11,20 @@ kubernetes client's transport made; when it is not the shape this expects (no so
 chunk already half read, a content encoding), urllib3's ``read1`` is used as before.
 
 ``dechunk`` is pure: malformed framing (a size that is not hexadecimal, a chunk not followed
-by CRLF, a size line longer than 4 KiB) ends the stream with ``StreamError`` and the watch is
-made again; it never yields bytes of the framing.
+by CRLF, a size line longer than 4 KiB) ends the stream with ``StreamError``, a body broken off
+before its last chunk with urllib3's ``ProtocolError`` (what urllib3's reader raises), and the
+watch is made again; it never yields bytes of the framing.
 """
 
 from __future__ import annotations
 
-import select
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from urllib3.exceptions import ProtocolError
 
 #: Bytes asked of the stream at once: whatever has arrived, up to this.
 READ_SIZE = 1 << 16
@@ -42,9 +46,12 @@ def body_reads(
     arrives, its chunked framing removed; content encodings are urllib3's to undo.
 
     ``pause``: after each piece handed on, ``wait(pause)`` before reading again, and then take
-    everything that arrived meanwhile at once. The first bytes after a quiet spell are handed
-    on as soon as they arrive; a steady stream (Kilo's check-ins: 33 events a second at 1,000
-    nodes) wakes the reader once a pause instead of once an event."""
+    everything that arrived meanwhile at once, with the socket in non-blocking mode: a TLS
+    record that has only partly arrived (or one that is no data, a key update) is left to the
+    next blocking read and never holds back what was read before it. The first bytes after a
+    quiet spell are handed on as soon as they arrive; a steady stream (Kilo's check-ins: 33
+    events a second at 1,000 nodes) wakes the reader once a pause instead of once an event.
+    Pacing needs a socket of the standard library's under the response (else no pause)."""
     raw = _socket_file(resp)
     if raw is None:
         return iter(lambda: resp.read1(size), b"")
@@ -56,36 +63,42 @@ def body_reads(
 
 def _paced(
     read1: Callable[[int], bytes],
-    sock: Any,
+    sock: socket.socket,
     size: int,
     pause: float,
     wait: Callable[[float], object],
 ) -> Iterator[bytes]:
     while data := read1(size):  # blocks until something arrives
         parts = [data]
-        while _more(sock) and (data := read1(size)):  # what has arrived, without waiting
-            parts.append(data)
-        yield b"".join(parts)
+        broken: OSError | None = None
+        timeout = sock.gettimeout()
+        sock.settimeout(0)  # what has arrived, without waiting
+        try:
+            while data := read1(size):  # b"": nothing more now (or the end)
+                parts.append(data)
+        except _WOULD_BLOCK:
+            pass  # no whole TLS record more (part of one, or one that is not data)
+        except OSError as err:
+            broken = err
+        finally:
+            sock.settimeout(timeout)
+        yield b"".join(parts)  # what was read is handed on before an error
+        if broken is not None:
+            raise broken
         wait(pause)
 
 
-def _socket(resp: Any) -> Any:
-    """The socket under ``resp``'s socket file (None if it is not there)."""
-    return getattr(
+#: A read of a socket in non-blocking mode with nothing to return (plain: ``read1`` gives b"").
+_WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError)
+
+
+def _socket(resp: Any) -> socket.socket | None:
+    """The socket under ``resp``'s socket file (None if it is not there or not a socket of the
+    standard library's, whose non-blocking reads ``_paced`` knows)."""
+    sock = getattr(
         getattr(getattr(getattr(resp, "_fp", None), "fp", None), "raw", None), "_sock", None
     )
-
-
-def _more(sock: Any) -> bool:
-    """Whether a read of ``sock`` would return at once: bytes decrypted and not yet read
-    (TLS), or bytes in the kernel's buffer."""
-    try:
-        pending = getattr(sock, "pending", None)
-        if pending is not None and pending() > 0:
-            return True
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return False  # closed: the next blocking read says so
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _socket_file(resp: Any) -> Callable[[int], bytes] | None:
@@ -110,7 +123,10 @@ def _socket_file(resp: Any) -> Callable[[int], bytes] | None:
 
 def dechunk(reads: Iterable[bytes]) -> Iterator[bytes]:
     """The payload of a body in chunked transfer encoding, from the pieces it arrives in; ends
-    at the last chunk (size 0; trailers are not read) or, broken off, when the reads end."""
+    at the last chunk (size 0; trailers are not read). Reads that end before it (the connection
+    broken off) raise urllib3's ``ProtocolError`` once what arrived of the chunk is handed on,
+    as urllib3's own reader does: the watch is made again after a pause, a line cut short is
+    never handed on as if whole."""
     buf = b""
     need = -1  # bytes of the current chunk still to come; -1: a size line is next
     for piece in reads:
@@ -118,7 +134,7 @@ def dechunk(reads: Iterable[bytes]) -> Iterator[bytes]:
         at = 0
         while True:
             if need < 0:
-                end = buf.find(b"\r\n", at)
+                end = buf.find(b"\r\n", at, at + _MAX_SIZE_LINE + 2)
                 if end < 0:
                     if len(buf) - at > _MAX_SIZE_LINE:
                         raise StreamError("a chunk size line of more than 4 KiB")
@@ -141,6 +157,7 @@ def dechunk(reads: Iterable[bytes]) -> Iterator[bytes]:
             at += need + 2
             need = -1
         buf = buf[at:]
+    raise ProtocolError("Connection broken: the body ended before its last chunk")
 
 
 def _size(line: bytes) -> int:
