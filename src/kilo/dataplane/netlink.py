@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -108,6 +109,9 @@ class Netlink:
     def __init__(self, netns: str | None = None, proto: int = RTPROT_KILO) -> None:
         self.netns = netns
         self.proto = proto
+        # the routes last verified and their listing: a resync of an unchanged plan passes the
+        # same sequence again, and its listing is not made twice
+        self._listing: tuple[object, list[_Listed]] = ((), [])
 
     def _ipr(self) -> IPRoute:
         return IPRoute(netns=self.netns) if self.netns else IPRoute()
@@ -206,7 +210,7 @@ class Netlink:
         want_routes = list(routes)
         with self._ipr() as ipr:
             if previous is None:
-                if self._listed() != _listing_of(want_routes):
+                if self._listed() != self._listing_for(routes, want_routes):
                     self._reconcile_routes(ipr, want_routes, changes, failures)
                 self._reconcile_rules(ipr, want_rules, changes, failures)
             else:
@@ -217,6 +221,16 @@ class Netlink:
         if failures:
             raise ReconcileError(failures, changes)
         return changes
+
+    def _listing_for(self, given: Iterable[Route], routes: list[Route]) -> list[_Listed]:
+        """``_listing_of(routes)``, kept for ``given`` when it is a tuple (the plan's, which
+        does not change)."""
+        seen, listing = self._listing
+        if given is seen and isinstance(given, tuple):
+            return listing
+        listing = _listing_of(routes)
+        self._listing = (given, listing)
+        return listing
 
     def remove_all(self) -> list[str]:
         """Delete every route and rule of ours (``--clean-up``)."""
@@ -380,6 +394,14 @@ def _listing_of(routes: Iterable[Route]) -> list[_Listed]:
     )
 
 
+#: An IPv4 destination as iproute2 prints the kernel's routes (no leading zeros, no host bits):
+#: anything else is parsed, and a string that is not canonical only makes a listing differ.
+_IPV4_NET = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:/(?:3[0-2]|[12]?[0-9]))?"
+)
+
+
 def _from_ip_json(item: object, v6: bool) -> _Listed | None:
     """One route of ``ip -N -j route show``; None if it has a shape we do not compare."""
     if not isinstance(item, dict):
@@ -390,7 +412,10 @@ def _from_ip_json(item: object, v6: bool) -> _Listed | None:
     if dst == "default":
         dst = "::/0" if v6 else "0.0.0.0/0"
     try:
-        net = str(ipaddress.ip_network(dst if "/" in dst else f"{dst}/{128 if v6 else 32}"))
+        if not v6 and _IPV4_NET.fullmatch(dst):  # as the kernel keeps it: already canonical
+            net = dst if "/" in dst else f"{dst}/32"
+        else:
+            net = str(ipaddress.ip_network(dst if "/" in dst else f"{dst}/{128 if v6 else 32}"))
         table = int(str(item.get("table", 254)))
     except ValueError:
         return None
