@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from kilo.claims import PrefixIndex
 from kilo.model import Node, Peer, Prefix, Problem, host_prefix
-from kilo.prefixes import net_key
+from kilo.prefixes import net_key, span
 from kilo.translate import INTERNAL_IP, KEY
 
 
@@ -38,28 +38,99 @@ def _inside(a: Prefix, ranges: Sequence[Prefix]) -> bool:
     return any(a.version == r.version and a.network.subnet_of(r.network) for r in ranges)  # type: ignore[arg-type]
 
 
-def _protected(
-    nodes: Iterable[Node], wireguard_subnet: Prefix, service_cidrs: Sequence[Prefix]
-) -> list[tuple[Prefix, str]]:
-    out: list[tuple[Prefix, str]] = [(wireguard_subnet, "WireGuard subnet")]
-    out += [(c, "service CIDR") for c in service_cidrs]
-    for n in nodes:
-        if n.subnet is not None:
-            out.append((n.subnet, f"node {n.name}'s pod CIDR"))
-        if n.internal_ip is not None:
-            out.append((host_prefix(n.internal_ip.ip), f"node {n.name}'s internal IP"))
-            out.append((n.internal_ip, f"node {n.name}'s private network"))
-        if n.endpoint is not None and n.endpoint.ip is not None:
-            out.append((host_prefix(n.endpoint.ip), f"node {n.name}'s endpoint"))
-        if n.wireguard_ip is not None:
-            out.append((host_prefix(n.wireguard_ip.ip), f"node {n.name}'s WireGuard IP"))
+def _node_guards(n: Node) -> tuple[tuple[Prefix, str], ...]:
+    """What of node ``n`` no Peer may claim, each with what it is; kept with the node (its
+    ``__dict__``, as ``kilo.prefixes`` keeps a prefix's integers; a check-in's copy keeps it)."""
+    memo: tuple[tuple[Prefix, str], ...] | None = n.__dict__.get("_kilo_guards")
+    if memo is not None:
+        return memo
+    out: list[tuple[Prefix, str]] = []
+    if n.subnet is not None:
+        out.append((n.subnet, f"node {n.name}'s pod CIDR"))
+    if n.internal_ip is not None:
+        out.append((host_prefix(n.internal_ip.ip), f"node {n.name}'s internal IP"))
+        out.append((n.internal_ip, f"node {n.name}'s private network"))
+    if n.endpoint is not None and n.endpoint.ip is not None:
+        out.append((host_prefix(n.endpoint.ip), f"node {n.name}'s endpoint"))
+    if n.wireguard_ip is not None:
+        out.append((host_prefix(n.wireguard_ip.ip), f"node {n.name}'s WireGuard IP"))
     # Allowed-location IPs are not guarded here: as in Kilo, one that overlaps a Peer's claim is
     # the one refused (``claims.AllowedLocationIPFilter``), so no Node can take a Peer's range.
-    return out
+    memo = n.__dict__["_kilo_guards"] = tuple(out)
+    return memo
+
+
+@dataclass
+class _Guarded:
+    """The protected prefixes indexed, and each one's verdict on a claim once asked."""
+
+    index: PrefixIndex
+    what: list[str]
+    verdicts: dict[tuple[int, int, int], int | None]
+
+
+#: The last protected index and what it was made of: a plan after a Peer changed, or a node
+#: only checked in, uses it again (pure memoisation: equal inputs, the same index).
+_last_guarded: list[tuple[object, _Guarded]] = []
+
+
+def _guarded(
+    nodes: Iterable[Node], wireguard_subnet: Prefix, service_cidrs: Sequence[Prefix]
+) -> _Guarded:
+    key = (wireguard_subnet, tuple(service_cidrs), tuple(_node_guards(n) for n in nodes))
+    if _last_guarded and _last_guarded[0][0] == key:
+        return _last_guarded[0][1]
+    g = _Guarded(PrefixIndex(), [], {})
+    entries = [(wireguard_subnet, "WireGuard subnet")]
+    entries += [(c, "service CIDR") for c in service_cidrs]
+    for guards in key[2]:
+        entries += guards
+    for prefix, why in entries:
+        g.index.add(prefix, len(g.what))
+        g.what.append(why)
+    _last_guarded[:] = [(key, g)]
+    return g
+
+
+def _verdict(g: _Guarded, a: Prefix) -> int | None:
+    """Which protected prefix ``a`` overlaps (its rank), or None."""
+    k = net_key(a)
+    if k in g.verdicts:
+        return g.verdicts[k]
+    hit = g.verdicts[k] = g.index.overlapping(a)
+    return hit
+
+
+def _no_cross_claims(claims: Sequence[Sequence[Prefix]]) -> bool:
+    """Whether no two claimants' prefixes overlap (one claimant's own may): one sorted sweep,
+    since two CIDRs are either nested or apart."""
+    spans = sorted((*span(a)[:2], -span(a)[2], who) for who, ips in enumerate(claims) for a in ips)
+    stack: list[tuple[int, int, int]] = []  # (version, last address, owner) of open prefixes
+    for v, lo, neg_hi, who in spans:
+        while stack and (stack[-1][0] != v or stack[-1][1] < lo):
+            stack.pop()
+        if stack and stack[-1][2] != who:
+            return False
+        stack.append((v, -neg_hi, who))
+    return True
 
 
 def _age(created: str, name: str) -> tuple[str, str]:
     return (created or "~", name)  # without a creation time: after every object that has one
+
+
+def _node_claims(n: Node) -> tuple[object, ...]:
+    """All that ``authorise_nodes`` reads of ``n``; kept with the node as ``_node_guards``."""
+    memo: tuple[object, ...] | None = n.__dict__.get("_kilo_claims")
+    if memo is None:
+        key = None if n.key is None else bytes(n.key)
+        memo = n.__dict__["_kilo_claims"] = (n.name, n.created, key, n.subnet, n.internal_ip)
+    return memo
+
+
+#: The last nodes' verdicts and what they were made of (``_last_guarded``'s memoisation): which
+#: nodes are kept, in order, which lose their internal IP, and the refusals.
+_last_nodes: list[tuple[object, list[tuple[str, bool]], list[Problem]]] = []
 
 
 def authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node], list[Problem]]:
@@ -68,6 +139,24 @@ def authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node]
     node is not ready), nor its internal IP be an older node's (read as absent). Older means
     created earlier, then sorted first by name. ``me``, the local node, is never refused in its
     own plan (the problem is reported; the other nodes refuse it)."""
+    key = (me, tuple(_node_claims(n) for n in nodes.values()))
+    if not _last_nodes or _last_nodes[0][0] != key:
+        out, refusals = _authorise_nodes(nodes, me)
+        verdicts = [
+            (name, kept.internal_ip is None and nodes[name].internal_ip is not None)
+            for name, kept in out.items()
+        ]
+        _last_nodes[:] = [(key, verdicts, refusals)]
+        return out, list(refusals)
+    _, verdicts, refusals = _last_nodes[0]
+    out = {}
+    for name, strip in verdicts:
+        n = nodes[name]
+        out[name] = replace(n, internal_ip=None) if strip else n
+    return out, list(refusals)
+
+
+def _authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node], list[Problem]]:
     refusals: list[Problem] = []
     keys: dict[bytes, str] = {}
     pods = PrefixIndex()
@@ -138,62 +227,125 @@ def authorise_peers(
     policy: PeerPolicy,
 ) -> tuple[dict[str, Peer], list[Problem]]:
     """The Peers as the policy lets them in (a Peer left with no allowed IP is dropped), and
-    every refusal."""
-    refusals: list[Problem] = []
+    every refusal, in the order of the Peers' ages and their allowed IPs.
+
+    Each claim is tested against the cluster's addresses first. When no two Peers' remaining
+    claims overlap (one sorted sweep finds out), that is the answer; otherwise every claim is
+    also tested against the older Peers' claims kept so far (``_older_claims_win``)."""
     node_keys = {bytes(n.key): n.name for n in nodes.values() if n.key is not None}
-    guarded = PrefixIndex()
-    what: list[str] = []
-    for prefix, why in _protected(nodes.values(), wireguard_subnet, service_cidrs):
-        guarded.add(prefix, len(what))
-        what.append(why)
+    g = _guarded(nodes.values(), wireguard_subnet, service_cidrs)
+    ordered = sorted(peers.values(), key=lambda p: _age(p.created, p.name))
+    refusals: list[Problem] = []
+    candidates: list[tuple[Peer, list[Prefix]]] = []
+    keys: dict[bytes, str] = {}
+    for p in ordered:
+        if _key_refused(p, node_keys, keys, refusals):
+            continue
+        keep, refused = _guarded_claims(p, g, policy)
+        refusals += refused
+        candidates.append((p, keep))
+    if not _no_cross_claims([ips for _, ips in candidates]):
+        return _older_claims_win(ordered, node_keys, g, policy)
+    return _admitted(candidates), refusals
+
+
+def _guarded_claims(p: Peer, g: _Guarded, policy: PeerPolicy) -> tuple[list[Prefix], list[Problem]]:
+    """``p``'s allowed IPs that the cluster's addresses leave it (duplicates dropped), and the
+    refusals; kept with the Peer for this protected index and policy (a plan after another
+    Peer changed, or a check-in, asks again). The lists returned are not to be changed."""
+    memo: tuple[_Guarded, PeerPolicy, list[Prefix], list[Problem]] | None = p.__dict__.get(
+        "_kilo_claims"
+    )
+    if memo is not None and memo[0] is g and memo[1] == policy:
+        return memo[2], memo[3]
+    keep: list[Prefix] = []
+    refused: list[Problem] = []
+    seen: set[tuple[int, int, int]] = set()
+    for a in p.allowed_ips:
+        if net_key(a) in seen:
+            continue
+        reason = _guard_reason(a, g, policy)
+        if reason is not None:
+            refused.append(_refusal(p, a, reason))
+            continue
+        seen.add(net_key(a))
+        keep.append(a)
+    p.__dict__["_kilo_claims"] = (g, policy, keep, refused)
+    return keep, refused
+
+
+def _older_claims_win(
+    ordered: Sequence[Peer], node_keys: Mapping[bytes, str], g: _Guarded, policy: PeerPolicy
+) -> tuple[dict[str, Peer], list[Problem]]:
+    """``authorise_peers`` when Peers' claims overlap: a claim is also refused when it overlaps
+    one an older Peer kept (``ordered``: oldest first)."""
+    refusals: list[Problem] = []
+    candidates: list[tuple[Peer, list[Prefix]]] = []
     claimed = PrefixIndex()
     owners: list[tuple[str, Prefix]] = []
     keys: dict[bytes, str] = {}
-    out: dict[str, Peer] = {}
-    for p in sorted(peers.values(), key=lambda p: _age(p.created, p.name)):
-        key = bytes(p.public_key or b"")
-        if key in node_keys or key in keys:
-            owner = f"node {node_keys[key]}" if key in node_keys else f"Peer {keys[key]}"
-            refusals.append(
-                Problem(
-                    "Peer",
-                    p.name,
-                    "spec.publicKey",
-                    str(p.public_key),
-                    f"is {owner}'s key; refused",
-                )
-            )
+    for p in ordered:
+        if _key_refused(p, node_keys, keys, refusals):
             continue
-        keys[key] = p.name
         keep: list[Prefix] = []
         seen: set[tuple[int, int, int]] = set()
         for a in p.allowed_ips:
-            reason = None
             if net_key(a) in seen:
                 continue
-            if not _inside(a, policy.allowed_ranges):
-                if a.network.prefixlen == 0:
-                    reason = "is a default route"
-                else:
-                    hit = guarded.overlapping(a)
-                    if hit is not None:
-                        reason = f"overlaps the cluster's {what[hit]}"
+            reason = _guard_reason(a, g, policy)
             if reason is None:
                 hit = claimed.overlapping(a)
                 if hit is not None and owners[hit][0] != p.name:
                     other, theirs = owners[hit]
                     reason = f"overlaps {theirs.network} of the older Peer {other}"
             if reason is not None:
-                refusals.append(
-                    Problem("Peer", p.name, "spec.allowedIPs", str(a), f"{reason}; refused")
-                )
+                refusals.append(_refusal(p, a, reason))
                 continue
             seen.add(net_key(a))
             claimed.add(a, len(owners))
             owners.append((p.name, a))
             keep.append(a)
+        candidates.append((p, keep))
+    return _admitted(candidates), refusals
+
+
+def _key_refused(
+    p: Peer, node_keys: Mapping[bytes, str], keys: dict[bytes, str], refusals: list[Problem]
+) -> bool:
+    """Whether ``p``'s key is a node's or an older Peer's (the refusal added); else it is
+    recorded as ``p``'s."""
+    key = bytes(p.public_key or b"")
+    if key in node_keys or key in keys:
+        owner = f"node {node_keys[key]}" if key in node_keys else f"Peer {keys[key]}"
+        refusals.append(
+            Problem(
+                "Peer", p.name, "spec.publicKey", str(p.public_key), f"is {owner}'s key; refused"
+            )
+        )
+        return True
+    keys[key] = p.name
+    return False
+
+
+def _guard_reason(a: Prefix, g: _Guarded, policy: PeerPolicy) -> str | None:
+    """Why the claim ``a`` may not be made whoever makes it, or None."""
+    if _inside(a, policy.allowed_ranges):
+        return None
+    if a.network.prefixlen == 0:
+        return "is a default route"
+    hit = _verdict(g, a)
+    return None if hit is None else f"overlaps the cluster's {g.what[hit]}"
+
+
+def _refusal(p: Peer, a: Prefix, reason: str) -> Problem:
+    return Problem("Peer", p.name, "spec.allowedIPs", str(a), f"{reason}; refused")
+
+
+def _admitted(candidates: Iterable[tuple[Peer, list[Prefix]]]) -> dict[str, Peer]:
+    out: dict[str, Peer] = {}
+    for p, keep in candidates:
         if keep:
             out[p.name] = (
                 p if len(keep) == len(p.allowed_ips) else replace(p, allowed_ips=tuple(keep))
             )
-    return out, refusals
+    return out

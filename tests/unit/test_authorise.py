@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
+from typing import Any
 
 from kilo.authorise import PeerPolicy, authorise_nodes, authorise_peers
 from kilo.keys import Key
@@ -131,3 +133,123 @@ def test_a_node_may_not_take_an_older_nodes_key_pod_cidr_or_internal_ip() -> Non
     # in its own plan the local node stays (the others refuse it), the problem reported
     out, problems = authorise_nodes(nodes, "a-key")
     assert "a-key" in out and any(p.name == "a-key" for p in problems)
+
+
+# the fast path (protected index kept, one sweep for Peers' overlaps) against a brute force
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kilo.model import host_prefix  # noqa: E402
+
+# a small address space, so that claims collide often: 10.0.0.0/14 in /14 to /32 prefixes
+SMALL = st.builds(
+    lambda addr, plen: _p(f"{ipaddress.IPv4Network((addr, plen), strict=False)}"),
+    st.integers(10 << 24, (10 << 24) + (1 << 18) - 1),
+    st.integers(14, 32),
+)
+
+
+def brute(
+    peers: dict[str, Peer], nodes: dict[str, Node], policy: PeerPolicy
+) -> tuple[dict[str, Peer], list[str]]:
+    """What the policy says, by comparing every pair."""
+    guarded: list[tuple[Prefix, str]] = [(WG, "WireGuard subnet")]
+    guarded += [(c, "service CIDR") for c in SERVICES]
+    for n in nodes.values():
+        if n.subnet is not None:
+            guarded.append((n.subnet, f"node {n.name}'s pod CIDR"))
+        if n.internal_ip is not None:
+            guarded.append((host_prefix(n.internal_ip.ip), f"node {n.name}'s internal IP"))
+            guarded.append((n.internal_ip, f"node {n.name}'s private network"))
+        if n.endpoint is not None and n.endpoint.ip is not None:
+            guarded.append((host_prefix(n.endpoint.ip), f"node {n.name}'s endpoint"))
+        if n.wireguard_ip is not None:
+            guarded.append((host_prefix(n.wireguard_ip.ip), f"node {n.name}'s WireGuard IP"))
+    node_keys = {bytes(n.key): n.name for n in nodes.values() if n.key is not None}
+    keys: dict[bytes, str] = {}
+    claimed: list[tuple[str, Prefix]] = []
+    out: dict[str, Peer] = {}
+    said: list[str] = []
+    for p in sorted(peers.values(), key=lambda p: (p.created or "~", p.name)):
+        k = bytes(p.public_key or b"")
+        if k in node_keys or k in keys:
+            said.append(f"{p.name} key")
+            continue
+        keys[k] = p.name
+        keep: list[Prefix] = []
+        for a in p.allowed_ips:
+            if any(a.network == b.network for b in keep):
+                continue
+            reason = None
+            inside = any(a.network.subnet_of(r.network) for r in policy.allowed_ranges)  # type: ignore[arg-type]
+            if not inside:
+                if a.network.prefixlen == 0:
+                    reason = "default"
+                else:
+                    hits = [w for g, w in guarded if g.network.overlaps(a.network)]
+                    reason = hits[0] if hits else None
+            if reason is None:
+                hits = [(o, b) for o, b in claimed if b.network.overlaps(a.network)]
+                if hits and hits[0][0] != p.name:
+                    reason = f"{hits[0][1].network} of {hits[0][0]}"
+            if reason is not None:
+                said.append(f"{p.name} {a} {reason}")
+                continue
+            claimed.append((p.name, a))
+            keep.append(a)
+        if keep:
+            out[p.name] = (
+                p if len(keep) == len(p.allowed_ips) else replace(p, allowed_ips=tuple(keep))
+            )
+    return out, said
+
+
+def said_of(problems: list[Any]) -> list[str]:
+    out = []
+    for pr in problems:
+        if pr.field == "spec.publicKey":
+            out.append(f"{pr.name} key")
+            continue
+        reason = pr.reason.removesuffix("; refused")
+        reason = reason.removeprefix("overlaps the cluster's ").removeprefix("overlaps ")
+        reason = "default" if reason == "is a default route" else reason
+        reason = reason.replace(" of the older Peer ", " of ")
+        out.append(f"{pr.name} {pr.value} {reason}")
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    claims=st.lists(st.lists(SMALL, max_size=3), max_size=6),
+    node_nets=st.lists(SMALL, max_size=3),
+    ranges=st.lists(SMALL, max_size=1),
+    same_key=st.booleans(),
+    twice=st.booleans(),
+)
+def test_the_fast_path_says_what_comparing_every_pair_says(
+    claims: list[list[Prefix]],
+    node_nets: list[Prefix],
+    ranges: list[Prefix],
+    same_key: bool,
+    twice: bool,
+) -> None:
+    nodes = {
+        f"n{i}": Node(name=f"n{i}", key=_key(100 + i), subnet=net, internal_ip=_p(f"10.9.{i}.1/24"))
+        for i, net in enumerate(node_nets)
+    }
+    peers = {
+        f"p{i}": Peer(
+            name=f"p{i}",
+            public_key=_key(1 if same_key and i == 1 else 10 + i),
+            allowed_ips=tuple(ips),
+            created=f"2026-12-0{1 + i % 3}T00:00:00Z",
+        )
+        for i, ips in enumerate(claims)
+    }
+    policy = PeerPolicy(allowed_ranges=tuple(ranges))
+    for _ in range(2 if twice else 1):  # the second time with the protected index kept
+        got, problems = authorise_peers(peers, nodes, WG, SERVICES, policy)
+        want, said = brute(peers, nodes, policy)
+        assert got == want
+        assert said_of(problems) == said
