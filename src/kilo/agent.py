@@ -289,14 +289,6 @@ class Agent:
                     self._changed = relevant = True
                     continue
                 self.metrics.events.inc()
-                seen = getattr(e, "check_in", None)
-                if isinstance(seen, str) and getattr(e, "kind", None) == "Node":
-                    name = self.cache.check_in(e.object, e.old, seen)
-                    if name is not None:  # nothing changed but the time: is it ready now?
-                        n = self.cache.node(name)
-                        ready = n is not None and node_ready(n, now, outages)
-                        relevant |= ready != (name in self._ready)
-                        continue
                 kind, etype, obj = (getattr(e, a, None) for a in ("kind", "type", "object"))
                 if kind == "Lease" and isinstance(obj, dict) and etype in ("ADDED", "MODIFIED"):
                     if self._lease_seen(obj):
@@ -316,7 +308,12 @@ class Agent:
                     self._full_read = True
                     relevant = True
                     continue
-                name = self.cache.update(kind, etype, obj)
+                seen = getattr(e, "check_in", None)  # proven by the backend: the time alone
+                name = None
+                if isinstance(seen, str) and kind == "Node":
+                    name = self.cache.check_in(obj, getattr(e, "old", None), seen)
+                if name is None:
+                    name = self.cache.update(kind, etype, obj)
                 if self.cache.changed:
                     self._changed = relevant = True
                 elif name is not None:

@@ -101,6 +101,18 @@ def bumped(obj: Obj, rv: str, **annotations: str | None) -> Obj:
     return obj
 
 
+def two_check_ins(first: str, second: str, keepalive: str | None) -> tuple[ObjectCache, Obj, Obj]:
+    """A cache holding node b1 checked in at ``first``, and b1 checked in at ``second``."""
+    c = ObjectCache(REGION_LABEL)
+    base = node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24")
+    if keepalive is not None:
+        base["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = keepalive
+    one = bumped(base, "1", **{LAST_SEEN: first})
+    two = bumped(base, "2", **{LAST_SEEN: second})
+    c.update("Node", "ADDED", one)
+    return c, one, two
+
+
 ODD_TIMES = st.one_of(
     st.integers(min_value=-(10**12), max_value=10**12).map(str),
     st.sampled_from(["", " 17", "1_000", "+5", "-0", "abc", "1.5", "١٢", "0x10", "99999999999999"]),
@@ -113,13 +125,7 @@ ODD_TIMES = st.one_of(
 def test_a_check_in_reads_as_a_full_translation(
     first: str, second: str, keepalive: str | None
 ) -> None:
-    c = ObjectCache(REGION_LABEL)
-    base = node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24")
-    if keepalive is not None:
-        base["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = keepalive
-    one = bumped(base, "1", **{LAST_SEEN: first})
-    two = bumped(base, "2", **{LAST_SEEN: second})
-    c.update("Node", "ADDED", one)
+    c, one, two = two_check_ins(first, second, keepalive)
     name = c.update("Node", "MODIFIED", two)
     assert cached(c, "b1") == fresh(two)
     if name is None:  # the cache said something the plan reads changed: it did
@@ -222,13 +228,7 @@ def test_a_check_in_the_backend_proved_reads_as_a_full_translation(
     """``check_in``: the backend says ``two`` is ``one`` with a new resourceVersion and
     ``last-seen`` (``Event.check_in``); taken or handed back to ``update``, the cache ends as
     the full translation of ``two``, and taking it never counts as a change."""
-    c = ObjectCache(REGION_LABEL)
-    base = node_obj("b1", "b", internal_ip="10.3.0.1/24", pod_cidr="10.2.3.0/24")
-    if keepalive is not None:
-        base["metadata"]["annotations"]["kilo.squat.ai/persistent-keepalive"] = keepalive
-    one = bumped(base, "1", **{LAST_SEEN: first})
-    two = bumped(base, "2", **{LAST_SEEN: second})
-    c.update("Node", "ADDED", one)
+    c, one, two = two_check_ins(first, second, keepalive)
     name = c.check_in(two, one, second)
     if name is None:
         c.update("Node", "MODIFIED", two)
