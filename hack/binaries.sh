@@ -2,7 +2,7 @@
 # Provides the third-party binaries the tests, the demo and CI need, and prints where they are.
 #
 #   hack/binaries.sh [NAME ...]     NAME: kube-apiserver etcd kubectl kube-proxy
-#                                   kube-controller-manager helm wireguard-go
+#                                   kube-controller-manager helm wireguard-go flanneld
 #                                   (default: all); prints NAME=PATH lines on stdout
 #   hack/binaries.sh --env          prints `export KILO_BIN_<NAME>=PATH` lines for eval
 #
@@ -16,12 +16,13 @@ set -euo pipefail
 K8S_VERSION=v1.34.4          # k8s.io/kubernetes; staging modules k8s.io/* at v0.34.4
 HELM_VERSION=v3.19.0         # helm.sh/helm/v3
 WG_VERSION=v0.0.0-20250521234502-f333402bd9cb   # golang.zx2c4.com/wireguard (May 2025 snapshot)
+FLANNEL_VERSION=v0.28.11     # github.com/flannel-io/flannel (flanneld, for --compatibility=flannel)
 # Bump a recipe number when the build flags change, so cached binaries of the old recipe are redone
 # (r2: the real version stamped in with -X, which kubectl and helm need to parse versions).
 K8S_RECIPE=2
 HELM_RECIPE=2
 CACHE=${KILO_CACHE:-/var/cache/kilo-py}
-ALL=(kube-apiserver etcd kubectl kube-proxy kube-controller-manager helm wireguard-go)
+ALL=(kube-apiserver etcd kubectl kube-proxy kube-controller-manager helm wireguard-go flanneld)
 
 log() { printf '[binaries] %s\n' "$*" >&2; }
 die() { printf '[binaries] error: %s\n' "$*" >&2; exit 1; }
@@ -32,6 +33,7 @@ version_of() {
     etcd) echo "k8s-$K8S_VERSION" ;;
     helm) echo "helm-$HELM_VERSION-r$HELM_RECIPE" ;;
     wireguard-go) echo "wg-$WG_VERSION" ;;
+    flanneld) echo "flannel-$FLANNEL_VERSION" ;;
     *) die "unknown binary '$1' (known: ${ALL[*]})" ;;
   esac
 }
@@ -123,6 +125,25 @@ build() {
       [ -f "$d/go.mod" ] || printf 'module kilo-py.local/wg-build\n\ngo 1.23\n\nrequire golang.zx2c4.com/wireguard %s\n' "$WG_VERSION" > "$d/go.mod"
       log "building wireguard-go (golang.zx2c4.com/wireguard $WG_VERSION)"
       (cd "$d" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" golang.zx2c4.com/wireguard) || die "go build of wireguard-go failed"
+      ;;
+    flanneld)
+      # flanneld's main package, less its Tencent VPC backend: that backend's SDK module
+      # (github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc) is not served by the Go
+      # module proxy, so the import is dropped from a copy of the module in the cache. cgo on, as
+      # flannel builds it (its udp backend is C).
+      local d="$work/flannel-$FLANNEL_VERSION" src
+      if [ ! -f "$d/.prepared" ]; then
+        src=$(cd /tmp && go mod download -json "github.com/flannel-io/flannel@$FLANNEL_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+        [ -n "$src" ] || die "cannot download github.com/flannel-io/flannel@$FLANNEL_VERSION"
+        rm -rf "$d"; cp -r "$src" "$d"; chmod -R u+w "$d"
+        sed -i '/flannel\/pkg\/backend\/tencentvpc"/d' "$d/main.go"
+        (cd "$d" && go mod edit -droprequire=github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc)
+        touch "$d/.prepared"
+      fi
+      log "building flanneld (github.com/flannel-io/flannel $FLANNEL_VERSION); this takes minutes"
+      local flags="-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION"
+      (cd "$d" && CGO_ENABLED=1 go build -trimpath -ldflags="$flags" -o "$out.tmp" .) \
+        || die "go build of flanneld failed"
       ;;
   esac
   mv "$out.tmp" "$out"

@@ -20,6 +20,7 @@ KNOWN = (
     "kube-controller-manager",
     "helm",
     "wireguard-go",
+    "flanneld",
 )
 
 

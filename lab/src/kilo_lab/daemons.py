@@ -1,5 +1,5 @@
 """The daemons of a lab's nodes, started as their command lines: ``kg`` (the product's agent)
-and ``kube-proxy``.
+``kube-proxy`` and, in clusters with ``flannel: true``, flanneld (``kilo_lab.flannel``).
 
 kg is started as ``python3 -m kilo.cli.kg`` (``$KPY_LAB_KG`` overrides that prefix, e.g. with a
 ``kg`` console script; ``$KPY_LAB_IMAGE_ROOT`` runs the container image's, see
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from kilo.cni import pod_cidr_of
 
-from kilo_lab import imageroot, pods, procs
+from kilo_lab import flannel, imageroot, pods, procs
 from kilo_lab.binaries import BinaryMissing, env_var, locate
 from kilo_lab.errors import LabError
 from kilo_lab.layout import METRICS_PORT, Paths
@@ -57,6 +57,7 @@ class Daemons:
         self.proxy_mode = proxy_mode
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.proxies: dict[str, subprocess.Popen[bytes]] = {}
+        self.flannels: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- the conflist
 
@@ -108,6 +109,7 @@ class Daemons:
             f"--private-key={self.paths.node_dir(node) / 'key'}",
             "--wireguard=userspace",
             *liveness_args(c.liveness),
+            *(flannel.AGENT_ARGS if c.flannel else ()),
             *c.agent_args,
         ]
 
@@ -200,7 +202,21 @@ class Daemons:
             procs.stop([proc])
             self.store.remove_process(f"kube-proxy/{node}")
 
+    # ---- flanneld (clusters with flannel: true)
+
+    def start_flannel(self, n: NodeSpec) -> subprocess.Popen[bytes]:
+        c = self._spec().cluster(n.cluster)
+        d = self.paths.node_dir(n.name)
+        proc = flannel.start(n, c, d, self.paths.kubeconfig(c.name), self.ns(n.name))
+        self.flannels[n.name] = proc
+        self.store.add_process(f"flanneld/{n.name}", proc.pid, n.name)
+        return proc
+
     def stop_all(self) -> None:
         self.stop_agents(list(self.agents), timeout=10)
+        procs.stop(self.flannels.values())
+        for n in self.flannels:
+            self.store.remove_process(f"flanneld/{n}")
+        self.flannels.clear()
         procs.stop(self.proxies.values())
         self.proxies.clear()

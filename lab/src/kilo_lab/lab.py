@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from kilo_lab import joining, nat, netns, pods, procs, state
+from kilo_lab import flannel, joining, nat, netns, pods, procs, state
 from kilo_lab.binaries import BinaryMissing, locate
 from kilo_lab.commands import Commands
 from kilo_lab.controlplane import ControlPlane
@@ -45,6 +45,9 @@ TOOLS = ("ip", "ping", "unshare", "mount", "sh")
 #: Service a user puts in front of a Peer's server). Pods have no kubelet to report them, so
 #: the EndpointSlice controller for selectors would have nothing to read.
 CONTROLLERS = ("endpointslicemirroring",)
+
+
+KUBELET_ANNOTATION = "volumes.kubernetes.io/controller-managed-attach-detach"
 
 
 class Lab(Commands):
@@ -146,6 +149,8 @@ class Lab(Commands):
             self._step("network", self._build_network)
             self._step("control planes", self._start_control_planes)
             self._step("nodes registered", self._register_nodes)
+            if any(c.flannel for c in self.spec.clusters):
+                self._step("flannel", self._start_flannel)
             if self.agent:
                 self._step("agents", self._start_agents)
             else:
@@ -273,14 +278,34 @@ class Lab(Commands):
         for c in self.spec.clusters:
             self.apply(c.name, [node_object(n) for n in c.nodes], verb="create")
 
+    def _flannel_nodes(self) -> list[NodeSpec]:
+        return [n for c in self.spec.clusters if c.flannel for n in c.nodes]
+
+    def _start_flannel(self) -> None:
+        """flanneld on every node of a flannel cluster; each node's conflist gets the range of
+        flannel's subnet.env (kg runs with --cni=false there)."""
+        for n in self._flannel_nodes():
+            # what a kubelet annotates its Node with; flanneld cannot take a Node without any
+            self.kubectl(n.cluster, "annotate", "node", n.name, f"{KUBELET_ANNOTATION}=true")
+        started = {n.name: self.daemons.start_flannel(n) for n in self._flannel_nodes()}
+        deadline = time.monotonic() + self.agent_timeout
+        for n in self._flannel_nodes():
+            left = max(0.0, deadline - time.monotonic())
+            subnet = flannel.wait_subnet(n, self.node_dir(n.name), started[n.name], left)
+            if subnet != n.pod_cidr:
+                raise LabError(f"flanneld on {n.name} took {subnet}, not its podCIDR {n.pod_cidr}")
+            self.daemons.write_conflist(n, with_range=True)
+
     def _start_agents(self) -> None:
+        flannels = {n.name for n in self._flannel_nodes()}
         for n in self.spec.nodes:
-            self.daemons.write_conflist(n, with_range=not n.agent)
+            if n.name not in flannels:
+                self.daemons.write_conflist(n, with_range=not n.agent)
             if n.agent:
                 self.start_agent(n.name)
         deadline = time.monotonic() + self.agent_timeout
         for n in self.spec.nodes:
-            if n.agent:
+            if n.agent and n.name not in flannels:
                 self.daemons.wait_conflist(n, max(0.0, deadline - time.monotonic()))
 
     def _make_pods(self) -> None:

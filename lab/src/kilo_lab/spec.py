@@ -11,6 +11,7 @@ A YAML (or dict) like::
         subnet: 10.4.0.0/16            # kg --subnet (WireGuard IPs)
         granularity: location          # kg --mesh-granularity
         liveness: compat               # kg --liveness (native: Leases in kube-system)
+        flannel: false                 # flanneld on every node, kg in flannel compatibility
         locations:
           - name: aws                  # topology.kubernetes.io/region=aws
             cidr: 10.10.1.0/24         # the location's LAN (kg --internal-cidr)
@@ -101,6 +102,7 @@ class ClusterSpec:
     node_prefix: int = 24
     agent_args: tuple[str, ...] = ()
     liveness: str = "compat"  # kg --liveness (native: leader Leases in kube-system, probes)
+    flannel: bool = False  # flanneld on every node, kg --compatibility=flannel (kilo_lab.flannel)
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -298,6 +300,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
             "locations",
             "agentArgs",
             "liveness",
+            "flannel",
         },
     )
     name = fields.as_name(raw.get("name", f"c{k + 1}"), f"clusters[{k}].name")
@@ -416,6 +419,7 @@ def _cluster(raw: Any, k: int, public_pool: Iterator[IPv4Addr]) -> ClusterSpec:
         node_prefix=prefix,
         agent_args=args,
         liveness=liveness,
+        flannel=bool(raw.get("flannel", False)),
     )
 
 
