@@ -9,6 +9,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 PKGS=(iproute2 nftables iptables conntrack wireguard-tools containernetworking-plugins graphviz iputils-ping curl procps util-linux iperf3
       mmdebstrap)   # mmdebstrap: the container image's root filesystem (hack/image.sh)
+PKGS+=(gcc libc6-dev)   # cgo for flanneld (hack/binaries.sh: its udp backend is C)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
