@@ -22,6 +22,7 @@ What is checked:
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 from collections.abc import Iterator
 
@@ -92,19 +93,22 @@ def wg_bytes(lab: Lab, node: str) -> int:
     return sum(int(a) + int(b) for _, a, b in (line.split("\t") for line in out.splitlines()))
 
 
-def kg_container_args() -> list[str]:
-    for doc in yaml.safe_load_all((MANIFESTS / "kilo-kubeadm-flannel.yaml").read_text()):
+def kg_container_args(path: pathlib.Path) -> list[str]:
+    for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc.get("kind") == "DaemonSet":
             for c in doc["spec"]["template"]["spec"]["containers"]:
                 if c["name"] == "kilo":
                     return [str(a) for a in c["args"]]
-    raise AssertionError("no kilo DaemonSet in kilo-kubeadm-flannel.yaml")
+    raise AssertionError(f"no kilo DaemonSet in {path}")
 
 
 def test_the_lab_runs_kg_with_the_manifests_flags() -> None:
-    args = kg_container_args()
-    for a in flannel.MANIFEST_ARGS:
-        assert a in args, (a, args)
+    paths = sorted(MANIFESTS.glob("kilo-*-flannel*.yaml"))
+    assert len(paths) >= 3, paths
+    for path in paths:
+        args = kg_container_args(path)
+        for a in flannel.MANIFEST_ARGS:
+            assert a in args, (path.name, a, args)
 
 
 def test_flanneld_took_each_nodes_pod_cidr(lab: Lab) -> None:
