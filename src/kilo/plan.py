@@ -44,7 +44,7 @@ from kilo.model import (
     Prefix,
     Problem,
 )
-from kilo.routes import Encapsulation, Interfaces, Route, Rule, Strategy, routes
+from kilo.routes import Compatibility, Encapsulation, Interfaces, Route, Rule, Strategy, routes
 from kilo.topology import Topology, TopologyError, new_topology, segment_key
 from kilo.translate import LIVENESS, node_annotations
 from kilo.wgstate import PeerState
@@ -57,7 +57,13 @@ WIREGUARD_OVERHEAD = 80
 #: The MTU when the underlay's is unknown.
 DEFAULT_MTU = 1420
 #: Kilo's IPIP device.
-TUNNEL = "tunl0"
+#: The device that carries traffic to another node of the location, by compatibility mode (the
+#: IPIP device of our own, or the CNI's: flannel's VXLAN device, Cilium's host device).
+TUNNELS = {
+    Compatibility.NONE: "tunl0",
+    Compatibility.FLANNEL: "flannel.1",
+    Compatibility.CILIUM: "cilium_host",
+}
 
 #: An API server outage: (start, end) in Unix seconds; end None while it lasts.
 Outage = tuple[float, float | None]
@@ -434,7 +440,7 @@ def dataplane(t: Topology, facts: LocalFacts, settings: Settings, port: int) -> 
     ifs = Interfaces(
         kilo=settings.interface,
         private=facts.private_ip.ifname if facts.private_ip is not None else settings.interface,
-        tunnel=TUNNEL,
+        tunnel=TUNNELS[settings.encapsulation.compatibility],
     )
     rs, rules = routes(t, ifs, settings.local, settings.encapsulation)
     return DataPlane(
