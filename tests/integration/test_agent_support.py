@@ -161,6 +161,19 @@ def agent_lab(spec: dict[str, Any]) -> Iterator[tuple[Lab, Tracker]]:
         lab.down()
 
 
+def pod(lab: Lab, node: str) -> str:
+    """The address of node ``node``'s first pod."""
+    return lab.pods[f"{node}-p0"].address
+
+
+def reach(lab: Lab, src: str, dst: str, timeout: float = 60) -> float:
+    """Wait until ``src`` pings ``dst`` (the seconds it took), or fail the test."""
+    try:
+        return lab.wait_ping(src, dst, timeout=timeout)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"{src} does not reach {dst}: {e}")
+
+
 def check_nothing_left(lab: Lab, tracker: Tracker) -> None:
     """Take the lab down and assert that nothing of it remains."""
     tracker.record()

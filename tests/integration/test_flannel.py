@@ -32,7 +32,14 @@ from kilo_lab import flannel
 from kilo_lab.lab import Lab
 from kilo_lab.testing import MANIFESTS, need_lab
 
-from tests.integration.test_agent_support import Tracker, agent_lab, check_nothing_left, lab_name
+from tests.integration.test_agent_support import (
+    Tracker,
+    agent_lab,
+    check_nothing_left,
+    lab_name,
+    pod,
+    reach,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,17 +73,6 @@ def lab_tracker() -> Iterator[tuple[Lab, Tracker]]:
 @pytest.fixture(scope="module")
 def lab(lab_tracker: tuple[Lab, Tracker]) -> Lab:
     return lab_tracker[0]
-
-
-def pod(lab: Lab, node: str) -> str:
-    return lab.pods[f"{node}-p0"].address
-
-
-def reach(lab: Lab, src: str, dst: str, timeout: float = 60) -> None:
-    try:
-        lab.wait_ping(src, dst, timeout=timeout)
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"{src} does not reach {dst}: {e}")
 
 
 def route_dev(lab: Lab, node: str, ip: str) -> str:

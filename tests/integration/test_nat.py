@@ -42,6 +42,8 @@ from tests.integration.test_agent_support import (
     genkey,
     lab_name,
     peer_object,
+    pod,
+    reach,
     wait_for,
 )
 
@@ -98,17 +100,6 @@ def lab_tracker() -> Iterator[tuple[Lab, Tracker]]:
 @pytest.fixture(scope="module")
 def lab(lab_tracker: tuple[Lab, Tracker]) -> Lab:
     return lab_tracker[0]
-
-
-def pod(lab: Lab, node: str) -> str:
-    return lab.pods[f"{node}-p0"].address
-
-
-def reach(lab: Lab, src: str, dst: str, timeout: float = 60) -> float:
-    try:
-        return lab.wait_ping(src, dst, timeout=timeout)
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"{src} does not reach {dst}: {e}")
 
 
 def discovered(lab: Lab, node: str) -> dict[str, Endpoint]:
