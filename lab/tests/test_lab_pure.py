@@ -121,3 +121,85 @@ def test_a_clusters_liveness_mode_is_passed_to_every_kg(tmp_path: pathlib.Path) 
         assert "--lease-namespace=kube-system" in args
     with pytest.raises(SpecError, match="liveness"):
         parse(_liveness_lab(liveness="lease"))
+
+
+def _stack_lab(stack: str) -> dict[str, object]:
+    return {
+        "name": "t",
+        "clusters": [
+            {
+                "name": "c1",
+                "stack": stack,
+                "locations": [{"name": "aws", "nodes": [{"name": "a1", "public": True}, "a2"]}],
+            }
+        ],
+        "peers": [{"name": "laptop", "ipv6": True}],
+    }
+
+
+def test_a_clusters_stack_decides_its_families(tmp_path: pathlib.Path) -> None:
+    from kilo_lab.objects import node_object
+
+    def flags(spec: LabSpec, node: str) -> list[str]:
+        d = Daemons(lambda: spec, Paths(tmp_path), Store(tmp_path), lambda h: f"kpy-t-{h}")
+        return [a for a in d.agent_argv(node) if a.startswith(("--subnet", "--internal", "--serv"))]
+
+    v4 = parse(_stack_lab("ipv4"))
+    assert [str(c) for c in v4.node("a1").pod_cidrs] == ["10.2.0.0/24"]
+    assert node_object(v4.node("a1"))["spec"]["podCIDRs"] == ["10.2.0.0/24"]
+    assert flags(v4, "a1") == [
+        "--subnet=10.4.0.0/16",
+        "--internal-cidr=10.10.1.0/24",
+        "--service-cidr=10.3.0.0/16",
+    ]
+
+    dual = parse(_stack_lab("dual"))
+    a1 = dual.node("a1")
+    assert [str(ip) for ip in a1.internal_ips] == ["10.10.1.1", "fd00:10:1::1"]
+    assert [str(ip) for ip in a1.public_ips] == ["198.51.100.1", "2001:db8:100::1"]
+    assert dual.node("a2").public_ips == ()
+    node = node_object(a1)
+    assert node["spec"] == {"podCIDR": "10.2.0.0/24", "podCIDRs": ["10.2.0.0/24", "fd00:2::/64"]}
+    internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+    assert internal == ["10.10.1.1", "fd00:10:1::1"]
+    assert flags(dual, "a2") == [
+        "--subnet=10.4.0.0/16",
+        "--internal-cidr=10.10.1.0/24",
+        "--internal-cidr=fd00:10:1::/64",
+        "--service-cidr=10.3.0.0/16",
+        "--service-cidr=fd00:3::/112",
+    ]
+    conf = pods.node_conflist("10.2.0.0/24", "fd00:2::/64")
+    ranges = [p["ipam"]["ranges"] for p in conf["plugins"] if "ipam" in p]
+    assert ranges == [[[{"subnet": "10.2.0.0/24"}], [{"subnet": "fd00:2::/64"}]]]
+    assert pod_cidr_of(conf) == "10.2.0.0/24"
+
+    v6 = parse(_stack_lab("ipv6"))
+    a1 = v6.node("a1")
+    assert [str(ip) for ip in a1.internal_ips] == ["fd00:10:1::1"]
+    assert [str(ip) for ip in a1.public_ips] == ["2001:db8:100::1"] and a1.public
+    assert [str(c) for c in a1.pod_cidrs] == ["fd00:2::/64"]
+    assert node_object(a1)["spec"]["podCIDR"] == "fd00:2::/64"
+    assert flags(v6, "a1") == [
+        "--subnet=fd00:4::/64",
+        "--internal-cidr=fd00:10:1::/64",
+        "--service-cidr=fd00:3::/112",
+    ]
+    assert str(v6.peers[0].public_ip6) == "2001:db8:113::1"
+
+
+def test_stacks_refused() -> None:
+    with pytest.raises(SpecError, match="stack 'ipv5'"):
+        parse(_stack_lab("ipv5"))
+    bad = _stack_lab("dual")
+    bad["clusters"][0]["podCIDR6"] = "fd00:10:1::/56"  # type: ignore[index]
+    with pytest.raises(SpecError, match="overlaps"):
+        parse(bad)
+    flannel = _stack_lab("ipv6")
+    flannel["clusters"][0]["flannel"] = True  # type: ignore[index]
+    with pytest.raises(SpecError, match="flannel"):
+        parse(flannel)
+    v4 = _stack_lab("ipv4")
+    v4["clusters"][0]["locations"][0]["nodes"][1] = {"name": "a2", "ip6": "fd00::1"}  # type: ignore[index]
+    with pytest.raises(SpecError, match="ip6"):
+        parse(v4)

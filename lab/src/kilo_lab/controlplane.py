@@ -277,8 +277,10 @@ class ControlPlane:
 
     def _prepare_files(self) -> None:
         assert self.dir is not None
-        first_service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))
-        sans = [first_service_ip, self.advertise_address, *self.extra_sans]
+        first_service_ips = [
+            str(next(ipaddress.ip_network(c).hosts())) for c in self.service_cidr.split(",")
+        ]
+        sans = [*first_service_ips, self.advertise_address, *self.extra_sans]
         if not ipaddress.ip_address(self.bind_address).is_unspecified:
             sans.append(self.bind_address)
         self._ca = write_pki(self.dir, sans)

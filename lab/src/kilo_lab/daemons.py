@@ -64,7 +64,8 @@ class Daemons:
     def write_conflist(self, n: NodeSpec, with_range: bool) -> None:
         """The conflist Kilo's install-cni step puts on a node (kg fills in the pod CIDR); a
         static lab (``with_range``) gets it with the range filled in, as kg would write it."""
-        conf = pods.node_conflist(str(n.pod_cidr) if with_range else None)
+        cidrs = [str(c) for c in n.pod_cidrs]
+        conf = pods.node_conflist(cidrs[0], *cidrs[1:]) if with_range else pods.node_conflist(None)
         self.paths.conflist(n.name).write_text(json.dumps(conf, indent=2) + "\n")
 
     def wait_conflist(self, n: NodeSpec, timeout: float) -> None:
@@ -73,7 +74,7 @@ class Daemons:
 
         def written() -> bool:
             conf = pods.read_conflist(path)
-            if conf is not None and pod_cidr_of(conf) == str(n.pod_cidr):
+            if conf is not None and pod_cidr_of(conf) == str(n.pod_cidrs[0]):
                 return True
             proc = self.agents.get(n.name)
             if proc is not None and proc.poll() is not None:
@@ -84,7 +85,7 @@ class Daemons:
             return False
 
         wait_until(
-            f"kg on {n.name} writing the pod CIDR {n.pod_cidr} into {path}",
+            f"kg on {n.name} writing the pod CIDR {n.pod_cidrs[0]} into {path}",
             written,
             timeout,
             0.1,
@@ -127,9 +128,9 @@ class Daemons:
             "--interface=kilo0",
             "--encapsulate=never",
             f"--mesh-granularity={c.granularity}",
-            f"--subnet={c.subnet}",
-            f"--internal-cidr={loc.cidr}",
-            f"--service-cidr={c.service_cidr}",
+            f"--subnet={c.kg_subnet}",
+            *(f"--internal-cidr={cidr}" for cidr in loc.cidrs),
+            *(f"--service-cidr={cidr}" for cidr in c.service_cidrs),
             f"--listen={n.mgmt_ip}:{METRICS_PORT}",
         ]
 
@@ -176,7 +177,7 @@ class Daemons:
             str(locate("kube-proxy")),
             f"--kubeconfig={self.paths.kubeconfig(c.name)}",
             f"--hostname-override={n.name}",
-            f"--cluster-cidr={c.pod_cidr}",
+            f"--cluster-cidr={','.join(str(p) for p in c.pod_cidrs)}",
             f"--proxy-mode={self.proxy_mode}",
             # leave the machine-wide conntrack settings alone
             "--conntrack-max-per-core=0",

@@ -10,6 +10,8 @@ from typing import Any
 
 IPv4Net = ipaddress.IPv4Network
 IPv4Addr = ipaddress.IPv4Address
+IPv6Net = ipaddress.IPv6Network
+IPv6Addr = ipaddress.IPv6Address
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
@@ -59,6 +61,27 @@ def as_addr(v: Any, where: str) -> IPv4Addr:
         raise SpecError(f"{where}: {v!r}: {e}") from e
     if not isinstance(ip, IPv4Addr):
         raise SpecError(f"{where}: {v!r}: the lab is IPv4 only")
+    return ip
+
+
+def as_net6(v: Any, where: str) -> IPv6Net:
+    """An IPv6 network (the lab's IPv6 underlays, pod and service CIDRs of ``stack: ipv6|dual``)."""
+    try:
+        net = ipaddress.ip_network(str(v), strict=True)
+    except ValueError as e:
+        raise SpecError(f"{where}: {v!r}: {e}") from e
+    if not isinstance(net, IPv6Net):
+        raise SpecError(f"{where}: {v!r}: an IPv6 network is needed here")
+    return net
+
+
+def as_addr6(v: Any, where: str) -> IPv6Addr:
+    try:
+        ip = ipaddress.ip_address(str(v))
+    except ValueError as e:
+        raise SpecError(f"{where}: {v!r}: {e}") from e
+    if not isinstance(ip, IPv6Addr):
+        raise SpecError(f"{where}: {v!r}: an IPv6 address is needed here")
     return ip
 
 

@@ -36,6 +36,8 @@ def add_node(
     if j < 0:
         raise LabError(f"cluster {cluster} has no location {location!r}")
     loc = c.locations[j]
+    if c.stack != "ipv4":
+        raise LabError(f"cluster {cluster}: nodes join only IPv4 clusters (stack {c.stack})")
     if name in set(spec.hosts()) | {x.name for x in spec.clusters}:
         raise LabError(f"name {name!r} is taken")
     used_public = {n.public_ip for n in spec.nodes} | {p.public_ip for p in spec.peers}

@@ -233,11 +233,11 @@ class Lab(Commands):
                 "netns": self.ns(n.name),
                 "cluster": n.cluster,
                 "location": n.location,
-                "lan_ip": str(n.lan_ip),
+                "lan_ip": ",".join(str(ip) for ip in n.internal_ips),
                 "mgmt_ip": str(n.mgmt_ip),
-                "public_ip": str(n.public_ip) if n.public_ip else None,
+                "public_ip": ",".join(str(ip) for ip in n.public_ips) or None,
                 "nat": n.nat,
-                "pod_cidr": str(n.pod_cidr),
+                "pod_cidr": ",".join(str(c) for c in n.pod_cidrs),
                 "dir": str(d),
             },
         )
@@ -248,7 +248,7 @@ class Lab(Commands):
             cp = ControlPlane(
                 bind_address=str(c.cp_ip),
                 netns=self.ns(f"{c.name}-cp"),
-                service_cidr=str(c.service_cidr),
+                service_cidr=",".join(str(s) for s in c.service_cidrs),
                 port=API_PORT,
                 controllers=CONTROLLERS,
             )
@@ -380,7 +380,13 @@ class Lab(Commands):
         except pods.CNIError as e:
             raise LabError(str(e)) from e
         pod = Pod(
-            name=name, node=node, netns=pns, container_id=pns, ip=str(net.ip), result=net.result
+            name=name,
+            node=node,
+            netns=pns,
+            container_id=pns,
+            ip=str(net.ip),
+            result=net.result,
+            ip6=None if net.ip6 is None else str(net.ip6),
         )
         self.pods[name] = pod
         self.store.add("pods", name, {**dataclasses.asdict(pod), "conflist": conf})

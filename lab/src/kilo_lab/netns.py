@@ -135,7 +135,9 @@ def names(prefix: str = "") -> list[str]:
 
 
 def create(name: str, forwarding: bool = False, strict_arp: bool = False) -> None:
-    """A new named namespace with ``lo`` up (and IPv4 forwarding, if asked).
+    """A new named namespace with ``lo`` up (and IPv4 and IPv6 forwarding, if asked), without
+    IPv6 duplicate address detection (an address is usable at once, not tentative for a second
+    or two: the lab's addresses are unique by construction).
 
     ``strict_arp``: answer ARP only for addresses of the interface asked on (``arp_ignore=1``,
     ``arp_announce=2``), as separate machines would; otherwise Linux's weak host model lets a
@@ -144,7 +146,9 @@ def create(name: str, forwarding: bool = False, strict_arp: bool = False) -> Non
     """
     run(["ip", "netns", "add", name])
     ip(name, "link", "set", "lo", "up")
-    settings = {"net.ipv4.ip_forward": "1"} if forwarding else {}
+    settings = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+    if forwarding:
+        settings |= {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
     if strict_arp:
         settings.update(
             {"net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2"}
@@ -222,11 +226,14 @@ def add_veth(
 
 
 def add_address(netns: str, dev: str, cidr: str) -> None:
-    ip(netns, "address", "add", cidr, "dev", dev)
+    extra = ["nodad"] if ":" in cidr else []
+    ip(netns, "address", "add", cidr, "dev", dev, *extra)
 
 
-def add_route(netns: str, dst: str, dev: str, via: str | None = None) -> None:
-    args = ["route", "replace", dst]
+def add_route(netns: str, dst: str, dev: str, via: str | None = None, ipv6: bool = False) -> None:
+    """A route (``ipv6``: an IPv6 one, e.g. the IPv6 ``default``)."""
+    args = ["-6"] if ipv6 or ":" in dst or (via is not None and ":" in via) else []
+    args += ["route", "replace", dst]
     if via is not None:
         args += ["via", via]
     ip(netns, *args, "dev", dev)
@@ -243,9 +250,11 @@ def links(netns: str) -> list[str]:
     return result
 
 
-def addresses(netns: str, dev: str | None = None) -> list[str]:
-    """The IPv4 addresses (with prefix length) in ``netns`` (on ``dev``)."""
-    args = ["-o", "-4", "address", "show"] + (["dev", dev] if dev else [])
+def addresses(netns: str, dev: str | None = None, ipv6: bool = False) -> list[str]:
+    """The IPv4 addresses (``ipv6``: the global IPv6 ones), with prefix length, in ``netns``
+    (on ``dev``)."""
+    family = ["-6", "address", "show", "scope", "global"] if ipv6 else ["-4", "address", "show"]
+    args = ["-o", *family] + (["dev", dev] if dev else [])
     out = ip(netns, *args, check=False).stdout
     return [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]
 

@@ -50,11 +50,12 @@ class Network:
         netns.delete(name)
         self.store.remove_namespace(name)
 
-    def attach(self, host_ns: str, ifname: str, bridge: str, cidr: str) -> None:
-        """A veth pair from ``host_ns`` (``ifname``, with ``cidr``) to ``bridge`` on the switch."""
+    def attach(self, host_ns: str, ifname: str, bridge: str, *cidrs: str) -> None:
+        """A veth pair from ``host_ns`` (``ifname``, with ``cidrs``) to ``bridge`` on the switch."""
         self._veths += 1
         netns.add_veth(host_ns, ifname, self.ns("sw"), f"kpy-v{self._veths}", master_b=bridge)
-        netns.add_address(host_ns, ifname, cidr)
+        for cidr in cidrs:
+            netns.add_address(host_ns, ifname, cidr)
 
     def build(self, spec: LabSpec) -> None:
         """Switch and bridges, the admin namespace, control-plane namespaces, nodes and peers."""
@@ -85,8 +86,13 @@ class Network:
                 self.attach(pns, IF_LAN, nat_bridge(gw.index), cidr)
                 netns.add_route(pns, "default", IF_LAN, via=str(gw.inside_ip))
                 continue
-            self.attach(pns, IF_INET, BRIDGE_INET, f"{p.public_ip}/{_plen(spec, p.public_ip)}")
+            cidrs = [f"{p.public_ip}/{_plen(spec, p.public_ip)}"]
+            if p.public_ip6 is not None:
+                cidrs.append(f"{p.public_ip6}/{_plen(spec, p.public_ip6)}")
+            self.attach(pns, IF_INET, BRIDGE_INET, *cidrs)
             netns.add_route(pns, "default", IF_INET)
+            if p.public_ip6 is not None:
+                netns.add_route(pns, "default", IF_INET, ipv6=True)
 
     def add_nat(self, spec: LabSpec, n: NatSpec) -> str:
         """A NAT router: outside on the internet, inside on its own network and on the LANs
@@ -104,21 +110,25 @@ class Network:
     def add_node(self, spec: LabSpec, c: ClusterSpec, n: NodeSpec, location_index: int) -> str:
         """A node's namespace (forwarding on) on its LAN, management and (public nodes) the
         internet, with a default route on-link through the internet or the LAN (behind a NAT:
-        via the NAT router on the LAN)."""
+        via the NAT router on the LAN), per family of the cluster's stack (the management
+        network is IPv4 in every stack)."""
         ns = self.new_ns(n.name, forwarding=True)
         loc = c.locations[location_index]
-        self.attach(
-            ns, IF_LAN, lan_bridge(c.index, location_index), f"{n.lan_ip}/{loc.cidr.prefixlen}"
-        )
+        lan = [f"{ip}/{net.prefixlen}" for ip, net in zip(n.internal_ips, loc.cidrs, strict=True)]
+        self.attach(ns, IF_LAN, lan_bridge(c.index, location_index), *lan)
         self.attach(ns, IF_MGMT, mgmt_bridge(c.index), f"{n.mgmt_ip}/{c.mgmt_cidr.prefixlen}")
         gateway = spec.nat_gateway(n)
-        if n.public_ip is not None:
-            self.attach(ns, IF_INET, BRIDGE_INET, f"{n.public_ip}/{_plen(spec, n.public_ip)}")
-            netns.add_route(ns, "default", IF_INET)
-        elif gateway is not None:
-            netns.add_route(ns, "default", IF_LAN, via=str(gateway))
-        else:
-            netns.add_route(ns, "default", IF_LAN)
+        if n.public_ips:
+            public = [f"{ip}/{_plen(spec, ip)}" for ip in n.public_ips]
+            self.attach(ns, IF_INET, BRIDGE_INET, *public)
+        for ip in n.internal_ips:
+            ipv6 = ip.version == 6
+            if n.public_ips:
+                netns.add_route(ns, "default", IF_INET, ipv6=ipv6)
+            elif gateway is not None:
+                netns.add_route(ns, "default", IF_LAN, via=str(gateway))
+            else:
+                netns.add_route(ns, "default", IF_LAN, ipv6=ipv6)
         socket_dir = kg_socket_dir(ns)
         if socket_dir is not None:
             self.store.append("wg_dirs", socket_dir)
@@ -130,11 +140,14 @@ class Network:
         for host in spec.hosts():
             if host == node.name:
                 continue
-            for ip in (node.lan_ip, node.public_ip):
+            for ip in (*node.internal_ips, *node.public_ips):
                 if ip is not None:
                     netns.flush_neighbour(self.ns(host), str(ip))
 
 
-def _plen(spec: LabSpec, ip: ipaddress.IPv4Address) -> int:
-    """The prefix length of the internet subnet ``ip`` is in."""
-    return next(net.prefixlen for net in spec.internet if ip in net)
+def _plen(spec: LabSpec, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The prefix length of the internet (or internet6) subnet ``ip`` is in."""
+    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        spec.internet6 if ip.version == 6 else spec.internet
+    )
+    return next(net.prefixlen for net in nets if ip in net)

@@ -29,10 +29,13 @@ def node_object(n: NodeSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": meta,
-        "spec": {"podCIDR": str(n.pod_cidr), "podCIDRs": [str(n.pod_cidr)]},
+        "spec": {
+            "podCIDR": str(n.pod_cidrs[0]),
+            "podCIDRs": [str(c) for c in n.pod_cidrs],
+        },
         "status": {
             "addresses": [
-                {"type": "InternalIP", "address": str(n.lan_ip)},
+                *({"type": "InternalIP", "address": str(ip)} for ip in n.internal_ips),
                 {"type": "Hostname", "address": n.name},
             ],
             "conditions": [

@@ -45,17 +45,21 @@ class PeerHost:
         return self.address.split("/")[0]
 
 
-def public_ip(lab: Lab, host: str) -> str:
+def public_ip(lab: Lab, host: str, ipv6: bool = False) -> str:
+    """The peer's public address (``ipv6``: its IPv6 one, of ``ipv6: true``)."""
     for p in lab.spec.peers:
         if p.name == host:
-            return str(p.public_ip)
+            if ipv6 and p.public_ip6 is None:
+                raise LabError(f"peer {host!r} has no IPv6 address (ipv6: true)")
+            return str(p.public_ip6 if ipv6 else p.public_ip)
     raise LabError(f"no peer {host!r} in the lab")
 
 
-def peer_manifest(lab: Lab, ph: PeerHost, endpoint: bool) -> dict[str, Any]:
-    """The Peer object for ``ph`` (with its public address as endpoint if ``endpoint``)."""
+def peer_manifest(lab: Lab, ph: PeerHost, endpoint: bool, ipv6: bool = False) -> dict[str, Any]:
+    """The Peer object for ``ph`` (with its public address as endpoint if ``endpoint``; its
+    IPv6 one if ``ipv6``)."""
     ep = (
-        Endpoint(port=WG_PORT, ip=ipaddress.ip_address(public_ip(lab, ph.host)))
+        Endpoint(port=WG_PORT, ip=ipaddress.ip_address(public_ip(lab, ph.host, ipv6)))
         if endpoint
         else None
     )

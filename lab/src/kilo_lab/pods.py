@@ -38,11 +38,13 @@ class CNIError(RuntimeError):
 
 @dataclass(frozen=True)
 class PodNetwork:
-    """What ADD gave a pod: its address (with prefix length) and gateway."""
+    """What ADD gave a pod: its address (with prefix length; IPv4 if it has one) and gateway,
+    and its IPv6 address if it has one (a dual-stack or IPv6 range)."""
 
-    ip: ipaddress.IPv4Interface
-    gateway: ipaddress.IPv4Address | None
+    ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     result: dict[str, Any]
+    ip6: ipaddress.IPv6Interface | None = None
 
 
 @dataclass
@@ -53,22 +55,32 @@ class Pod:
     node: str
     netns: str
     container_id: str
-    ip: str  # address/prefix length
+    ip: str  # address/prefix length (IPv4 if the pod has one)
     result: dict[str, Any]
+    ip6: str | None = None  # its IPv6 address/prefix length, if any
 
     @property
     def address(self) -> str:
         return self.ip.split("/")[0]
 
+    @property
+    def address6(self) -> str | None:
+        return None if self.ip6 is None else self.ip6.split("/")[0]
 
-def node_conflist(pod_cidr: str | None) -> dict[str, Any]:
+
+def node_conflist(pod_cidr: str | None, *more: str) -> dict[str, Any]:
     """The conflist on a node: Kilo's default one (``kilo.cni.default_conflist``, what its
     manifests install and kg writes when there is none), with ``pod_cidr`` filled in as kg
-    would (``kilo.cni.with_pod_cidr``) if given."""
+    would (``kilo.cni.with_pod_cidr``) if given; ``more`` CIDRs (the other family of a
+    dual-stack node) each become a range set of their own, as host-local takes dual stack."""
     conf = default_conflist()
     if pod_cidr is None:
         return conf
-    return with_pod_cidr(conf, ipaddress.ip_interface(pod_cidr))
+    conf = with_pod_cidr(conf, ipaddress.ip_interface(pod_cidr))
+    for plugin in conf["plugins"]:
+        if "ipam" in plugin:
+            plugin["ipam"]["ranges"] += [[{"subnet": c}] for c in more]
+    return conf
 
 
 def read_conflist(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -222,14 +234,20 @@ class Runtime:
 
 
 def _pod_network(result: Mapping[str, Any]) -> PodNetwork:
-    for entry in result.get("ips", []):
-        addr = ipaddress.ip_interface(entry["address"])
-        if isinstance(addr, ipaddress.IPv4Interface):
-            gw = entry.get("gateway")
-            return PodNetwork(
-                ip=addr, gateway=ipaddress.IPv4Address(gw) if gw else None, result=dict(result)
-            )
-    raise CNIError(f"the CNI result has no IPv4 address: {json.dumps(result)[:300]}")
+    entries = [
+        (ipaddress.ip_interface(e["address"]), e.get("gateway")) for e in result.get("ips", [])
+    ]
+    entries.sort(key=lambda e: e[0].version)  # IPv4 first: the pod's primary address
+    if not entries:
+        raise CNIError(f"the CNI result has no address: {json.dumps(result)[:300]}")
+    addr, gw = entries[0]
+    ip6 = next((a for a, _ in entries if isinstance(a, ipaddress.IPv6Interface)), None)
+    return PodNetwork(
+        ip=addr,
+        gateway=ipaddress.ip_address(gw) if gw else None,
+        result=dict(result),
+        ip6=ip6,
+    )
 
 
 def delete_quietly(
