@@ -19,13 +19,16 @@ MAIN_TABLE = 254
 
 
 def underlay_mtu(netns: str | None = None) -> int | None:
-    """The MTU of the IPv4 default route's interface, if there is one."""
+    """The MTU of the default route's interface, if there is one: the IPv4 default route's,
+    else the IPv6 one's (an IPv6-only host), as Kilo takes the first default route of either
+    family."""
     with IPRoute(netns=netns) if netns else IPRoute() as ipr:
-        for r in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
-                links = ipr.get_links(r.get_attr("RTA_OIF"))
-                if links:
-                    return int(links[0].get_attr("IFLA_MTU"))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_routes(family=family, table=MAIN_TABLE):
+                if r["dst_len"] == 0 and r.get_attr("RTA_OIF"):
+                    links = ipr.get_links(r.get_attr("RTA_OIF"))
+                    if links:
+                        return int(links[0].get_attr("IFLA_MTU"))
     return None
 
 
