@@ -10,7 +10,7 @@ the other, so the two queries together find every overlap without comparing all 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -58,8 +58,18 @@ def drop_claims_on_nodes(
     addresses is kept: WireGuard and the kernel prefer the more specific entry).
     """
     mine = list(owned)
-    taken = dict(zip(net_keys(mine), mine, strict=True))  # network -> its owner (the last)
-    lengths = sorted({(v, plen) for v, _, plen in taken})
+    return drop_claims_in(peers, dict(zip(net_keys(mine), mine, strict=True)), refusals)
+
+
+def drop_claims_in(
+    peers: Iterable[Peer],
+    taken: Mapping[NetKey, Prefix],
+    refusals: list[Problem],
+    lengths: Iterable[tuple[int, int]] | None = None,
+) -> list[Peer]:
+    """``drop_claims_on_nodes`` with the owned prefixes by network (each network's owner);
+    ``lengths``: their (version, prefix length) pairs, if known."""
+    lengths = sorted(set(lengths) if lengths is not None else {(v, p) for v, _, p in taken})
     out: list[Peer] = []
     for p in peers:
         keep: list[Prefix] = []
@@ -156,7 +166,13 @@ class AllowedLocationIPFilter:
     segments' allowed-location IPs count only as far as they were kept.
     """
 
-    def __init__(self, segments: Sequence[SegmentClaims], peers: Sequence[Peer]) -> None:
+    def __init__(
+        self,
+        segments: Sequence[SegmentClaims],
+        peers: Sequence[Peer],
+        networks: Sequence[Iterable[NetKey]] | None = None,
+    ) -> None:
+        """``networks``: each segment's allowed IPs' ``net_key``, if known."""
         self.segments = segments
         #: Without any allowed-location IP there is nothing to filter (and nothing to index).
         self.active = any(s.allowed_location_ips for s in segments)
@@ -178,8 +194,18 @@ class AllowedLocationIPFilter:
                     shift = width - plen
                     self._nets.setdefault((v, addr >> shift << shift, plen), []).append((v, addr))
         self._in: dict[tuple[int, int], int] = {}  # address -> the first segment containing it
-        for j, s in enumerate(segments):
-            self._note(j, s.allowed_ips)
+        # Each network to the first segment with an allowed IP of it (dicts merged from the
+        # last segment to the first), then looked up for each of ``_nets``.
+        first: dict[NetKey, int] = {}
+        for seg in range(len(segments) - 1, -1, -1):
+            keys = net_keys(segments[seg].allowed_ips) if networks is None else networks[seg]
+            first.update(dict.fromkeys(keys, seg))
+        for net, addrs in self._nets.items():
+            at = first.get(net)
+            if at is not None:
+                for where in addrs:
+                    if self._in.get(where, at + 1) > at:
+                        self._in[where] = at
         for k, p in enumerate(peers):
             for a in p.allowed_ips:
                 self._peers.add(a, k)

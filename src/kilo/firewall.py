@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kilo.model import Prefix, host_prefix
-from kilo.prefixes import addr_text, net_key, net_text, outermost
+from kilo.prefixes import ByStart, Networks, addr_text, by_start, net_key, net_text, outermost_of
 from kilo.topology import Topology
 
 TABLE = "kilo"
@@ -89,18 +89,28 @@ class Ruleset:
             self.rules.append(FwRule(chain, verdict, match, comment))
 
     def add_sets(
-        self, chain: str, verdict: str, field: str, name: str, prefixes: Iterable[Prefix], what: str
+        self,
+        chain: str,
+        verdict: str,
+        field: str,
+        name: str,
+        prefixes: Iterable[Prefix] | Networks,
+        what: str,
     ) -> None:
-        """Sets ``name-ipv4`` and ``name-ipv6`` of ``prefixes`` (those of a family with any)
-        and a rule matching each: one rule for any number of networks."""
-        for version, elements in zip((4, 6), outermost(prefixes), strict=True):
-            if not elements:
-                continue
-            set_name = f"{name}-ipv{version}"
-            if all(s.name != set_name for s in self.sets):
-                self._json = None
-                self.sets.append(AddrSet(set_name, version, tuple(elements)))
-            self.add(chain, verdict, SetMatch(field, set_name, version), what)
+        """Sets ``name-ipv4`` and ``name-ipv6`` of ``prefixes`` (those of a family with any;
+        also given ``by_start``) and a rule matching each: one rule for any number of
+        networks. A set made before is matched again, not made anew."""
+        made = {s.name: s for s in self.sets if s.name.startswith(name + "-ipv")}
+        if not made:
+            nets = prefixes if isinstance(prefixes, Networks) else by_start(prefixes)
+            for version, elements in zip((4, 6), outermost_of(nets), strict=True):
+                if elements:
+                    self._json = None
+                    s = AddrSet(f"{name}-ipv{version}", version, tuple(elements))
+                    self.sets.append(s)
+                    made[s.name] = s
+        for s in made.values():
+            self.add(chain, verdict, SetMatch(field, s.name, s.version), what)
 
     def set_named(self, name: str) -> AddrSet | None:
         return next((s for s in self.sets if s.name == name), None)
@@ -264,7 +274,7 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
     peers = [a for p in t.peers for a in p.allowed_ips]
     rs.add_sets("postrouting", jump, "saddr", "peers", peers, "Kilo: jump to NAT chain")
 
-    def no_nat(name: str, prefixes: Iterable[Prefix], what: str) -> None:
+    def no_nat(name: str, prefixes: Iterable[Prefix] | Networks, what: str) -> None:
         rs.add_sets(
             NAT_CHAIN,
             "return",
@@ -279,8 +289,29 @@ def ruleset(t: Topology, cni: bool, forward_rules: bool, table: str = TABLE) -> 
         [host_prefix(s.wireguard_ip) for s in t.segments if s.wireguard_ip is not None],
         "WireGuard IPs",
     )
-    no_nat("known", [a for s in t.segments for a in s.allowed_ips], "known IPs")
+    no_nat("known", _known(t), "known IPs")
     no_nat("peers", peers, "peers")
     no_nat("services", t.service_cidrs, "service CIDRs")
     rs.add(NAT_CHAIN, "masquerade", None, "Kilo: NAT remaining packets")
     return rs
+
+
+def _known(t: Topology) -> Networks:
+    """Every segment's allowed IPs ``by_start``: each segment's own, kept with its base (its
+    nodes unchanged), merged in the segments' order, then what was added to it (its
+    WireGuard IP)."""
+    v4: ByStart = {}
+    v6: ByStart = {}
+    for s in t.segments:
+        base = s.base
+        if base is None or len(s.allowed_ips) < len(base.allowed_ips):
+            extra: Iterable[Prefix] = s.allowed_ips
+        else:
+            b4, b6 = base.networks
+            v4.update(b4)
+            v6.update(b6)
+            extra = s.allowed_ips[len(base.allowed_ips) :]
+        e4, e6 = by_start(extra)
+        v4.update(e4)
+        v6.update(e6)
+    return Networks(v4, v6)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
+from itertools import accumulate, chain
+from typing import Any, NamedTuple
 
 from kilo.model import Prefix, host_prefix
 
@@ -64,25 +65,49 @@ def span(p: Prefix) -> tuple[int, int, int]:
     return s
 
 
-def outermost(prefixes: Iterable[Prefix]) -> tuple[list[Prefix], list[Prefix]]:
-    """The networks of ``prefixes`` that no other one contains, IPv4 and IPv6 apart, each in
-    address order: what an nftables interval set takes (it refuses overlapping elements) and
-    matches the same addresses as all of them. Two CIDRs are disjoint or nested, so after
-    sorting by (first address, prefix length) a network is contained exactly when it starts
-    before the end of the last one kept."""
-    v4: dict[int, Prefix] = {}
-    v6: dict[int, Prefix] = {}
+#: Networks of one family by ``first address << 8 | prefix length`` (their order is address
+#: order, a longer prefix after a shorter one starting at the same address).
+ByStart = dict[int, Prefix]
+
+
+class Networks(NamedTuple):
+    """Networks ``by_start``, IPv4 and IPv6 apart."""
+
+    v4: ByStart
+    v6: ByStart
+
+
+def by_start(prefixes: Iterable[Prefix]) -> Networks:
+    """The networks of ``prefixes`` by their first address (the last of equal networks):
+    what ``outermost_of`` takes, and what several sets can be merged as."""
+    v4: ByStart = {}
+    v6: ByStart = {}
     for p in prefixes:
         v, lo, plen = net_key(p)
         (v4 if v == 4 else v6)[lo << 8 | plen] = p
+    return Networks(v4, v6)
+
+
+def outermost(prefixes: Iterable[Prefix]) -> tuple[list[Prefix], list[Prefix]]:
+    """The networks of ``prefixes`` that no other one contains, IPv4 and IPv6 apart, each in
+    address order: what an nftables interval set takes (it refuses overlapping elements) and
+    matches the same addresses as all of them."""
+    return outermost_of(by_start(prefixes))
+
+
+def outermost_of(nets: Networks) -> tuple[list[Prefix], list[Prefix]]:
+    """``outermost`` of networks given ``by_start``. Two CIDRs are disjoint or nested, so
+    after sorting by (first address, prefix length) a network is contained exactly when it
+    starts before the end of one before it (the furthest end so far: a contained network
+    ends inside its container). Comprehensions and ``accumulate``, not a loop: thousands of
+    networks per plan."""
     out: tuple[list[Prefix], list[Prefix]] = ([], [])
-    for bits, by_key, kept in ((32, v4, out[0]), (128, v6, out[1])):
-        end = -1
-        for k in sorted(by_key):
-            lo = k >> 8
-            if lo > end:
-                kept.append(by_key[k])
-                end = lo + (1 << (bits - (k & 255))) - 1
+    for bits, by_key, kept in ((32, nets.v4, out[0]), (128, nets.v6, out[1])):
+        keys = sorted(by_key)
+        ends = accumulate([(k >> 8) + (1 << (bits - (k & 255))) - 1 for k in keys], max)
+        kept += [
+            by_key[k] for k, end in zip(keys, chain((-1,), ends), strict=False) if k >> 8 > end
+        ]
     return out
 
 

@@ -179,22 +179,40 @@ def routes(
                         out.append(Route(host_prefix(priv), ifs.tunnel, gw, None, True, KILO_TABLE))
                         rules.append(Rule(KILO_TABLE, dst=host_prefix(priv), iif=ifs.kilo))
             continue
-        wg = s.wireguard_ip
-        assert wg is not None
-        ep = t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive)
-        ep_ip = ep.ip if ep is not None else None
-        privs = s.private_ips
-        hosts = _hosts(s)
-        add = out.append  # (positional arguments, bound names: thousands of routes per plan)
-        for i, cidr in enumerate(s.cidrs):
-            if cidr is not None:
-                add(Route(cidr, kilo, wg, src, True, MAIN_TABLE))
-            if privs is not None and privs[i] != ep_ip:
-                add(Route(hosts[i], kilo, wg, src, True, MAIN_TABLE))
-        out += [Route(a, kilo, wg, src, True, MAIN_TABLE) for a in s.allowed_location_ips]
+        out += _tunnelled(t, s, kilo, src)
     for p in t.peers:
         out += [Route(a, kilo, None, src, False, MAIN_TABLE) for a in p.allowed_ips]
     return out, rules
+
+
+def _tunnelled(t: Topology, s: Segment, kilo: str, src: IPAddress | None) -> tuple[Route, ...]:
+    """A leader's routes to segment ``s`` through WireGuard: kept with the segment's base
+    (its nodes unchanged) while the rest of the answer is the same too."""
+    wg = s.wireguard_ip
+    assert wg is not None
+    ep = t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive)
+    ep_ip = ep.ip if ep is not None else None
+    key = (wg, src, kilo, ep_ip, tuple(s.allowed_location_ips))
+    memo = s.base.memo if s.base is not None else None
+    if memo is not None:
+        kept = memo.get("tunnelled")
+        if kept is not None and kept[0] == key:
+            same: tuple[Route, ...] = kept[1]
+            return same
+    out: list[Route] = []
+    privs = s.private_ips
+    hosts = _hosts(s)
+    add = out.append  # (positional arguments, bound names: thousands of routes per plan)
+    for i, cidr in enumerate(s.cidrs):
+        if cidr is not None:
+            add(Route(cidr, kilo, wg, src, True, MAIN_TABLE))
+        if privs is not None and privs[i] != ep_ip:
+            add(Route(hosts[i], kilo, wg, src, True, MAIN_TABLE))
+    out += [Route(a, kilo, wg, src, True, MAIN_TABLE) for a in s.allowed_location_ips]
+    made = tuple(out)
+    if memo is not None:
+        memo["tunnelled"] = (key, made)
+    return made
 
 
 def _follower_routes(

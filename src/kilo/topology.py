@@ -14,12 +14,14 @@ cluster of both agents agrees on every tunnel.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from kilo.claims import AllowedLocationIPFilter, deduplicate_peer_ips, drop_claims_on_nodes
+from kilo.claims import AllowedLocationIPFilter, deduplicate_peer_ips, drop_claims_in
 from kilo.keys import Key
 from kilo.model import (
     Endpoint,
@@ -31,7 +33,7 @@ from kilo.model import (
     Problem,
     host_prefix,
 )
-from kilo.prefixes import host_of, ip_of, text
+from kilo.prefixes import NetKey, Networks, by_start, host_of, ip_of, net_key, net_keys, text
 from kilo.wireguard import WgConf, WgPeer
 
 LOGICAL_PREFIX = "location:"
@@ -59,6 +61,101 @@ class Segment:
     wireguard_ip: IPAddress | None = None
     #: ``private_ips`` as one-address CIDRs (made once per node: routes need them)
     private_hosts: list[Prefix] | None = None
+    #: What the segment was made from (kept between topologies while its nodes are the same)
+    base: SegmentBase | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentBase:
+    """A segment's part that depends only on its nodes, made once for the same nodes and
+    kept from one topology to the next: a plan after one node changed rebuilds that node's
+    segment, not the other hundreds (which node leads is chosen again each time)."""
+
+    members: tuple[Node, ...]  # by name
+    leader: int  # Kilo's choice among them
+    allowed_ips: tuple[Prefix, ...]
+    allowed_location_ips: tuple[Prefix, ...]  # without duplicates, in text order
+    cidrs: tuple[Prefix | None, ...]
+    hostnames: tuple[str, ...]
+    private_ips: tuple[IPAddress, ...]
+    private_hosts: tuple[Prefix, ...]
+    cni_compatibility_ips: tuple[Prefix | None, ...]
+    #: ``allowed_ips`` by network (the last of equal ones), and those networks' lengths
+    claims: dict[NetKey, Prefix]
+    lengths: frozenset[tuple[int, int]]
+    #: Answers other modules keep for this segment (e.g. its routes), by their own keys
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def networks(self) -> Networks:
+        """``allowed_ips`` ``by_start`` (the firewall's sets merge those of all segments)."""
+        return by_start(self.allowed_ips)
+
+
+#: The segment bases of the last topology, by their nodes' identities (``_facts_token``).
+_BASES: dict[tuple[object, ...], SegmentBase] = {}
+
+
+def forget_segments() -> None:
+    """Keep no segment base for the next topology (it builds every segment anew)."""
+    _BASES.clear()
+
+
+def _facts_token(n: Node) -> object:
+    """An object that stays the same for as long as the node's facts do: a check-in (only
+    ``last_seen`` changed, ``Node.with_last_seen``) keeps it, any other change makes a new one."""
+    d = n.__dict__
+    tok = d.get("_k_token")
+    if tok is None:
+        tok = d["_k_token"] = object()
+    return tok
+
+
+def _base(
+    members: list[Node],
+    last: Mapping[tuple[object, ...], SegmentBase],
+    kept: dict[tuple[object, ...], SegmentBase],
+) -> SegmentBase:
+    """The base of the segment of ``members``: the last topology's if it had the same nodes."""
+    k = tuple(map(_facts_token, members))
+    b = last.get(k)
+    if b is None:
+        b = _make_base(members)
+    kept[k] = b
+    return b
+
+
+def _make_base(members: list[Node]) -> SegmentBase:
+    ordered = sorted(members, key=_name)
+    allowed_ips: list[Prefix] = []
+    seen_loc_ips: set[str] = set()
+    loc_ips: list[Prefix] = []
+    private_ips: list[IPAddress] = []
+    private_hosts: list[Prefix] = []
+    for n in ordered:
+        allowed_ips += n.own_ips
+        for ip in n.allowed_location_ips:
+            if text(ip) not in seen_loc_ips:
+                seen_loc_ips.add(text(ip))
+                loc_ips.append(ip)
+        if n.internal_ip is not None:
+            private_hosts.append(host_of(n.internal_ip))
+            private_ips.append(ip_of(n.internal_ip))
+    loc_ips.sort(key=text)
+    claims = dict(zip(net_keys(allowed_ips), allowed_ips, strict=True))
+    return SegmentBase(
+        members=tuple(ordered),
+        leader=find_leader(ordered),
+        allowed_ips=tuple(allowed_ips),
+        allowed_location_ips=tuple(loc_ips),
+        cidrs=tuple(n.subnet for n in ordered),
+        hostnames=tuple(n.name for n in ordered),
+        private_ips=tuple(private_ips),
+        private_hosts=tuple(private_hosts),
+        cni_compatibility_ips=tuple(n.cni_compatibility_ip for n in ordered),
+        claims=claims,
+        lengths=frozenset((v, plen) for v, _, plen in claims),
+    )
 
 
 @dataclass
@@ -101,7 +198,7 @@ class Topology:
     ) -> Endpoint | None:
         """A discovered endpoint replaces the given one only for peers behind NAT
         (keepalive > 0)."""
-        if not keepalive or key is None:
+        if not keepalive or key is None or not self.discovered_endpoints:
             return endpoint
         return self.discovered_endpoints.get(str(key), endpoint)
 
@@ -155,10 +252,12 @@ class Topology:
 
 
 def segment_key(node: Node, granularity: Granularity) -> str:
+    d = node.__dict__
     if granularity is Granularity.LOCATION:
-        if node.internal_ip is None:
-            return NODE_PREFIX + node.name
-        return LOGICAL_PREFIX + node.location
+        k: str | None = d.get("_k_segment")
+        if k is None:
+            k = d["_k_segment"] = logical_location(node)
+        return k
     return NODE_PREFIX + node.name
 
 
@@ -254,56 +353,56 @@ def new_topology(
         service_cidrs=list(service_cidrs),
         key=key,
     )
+    global _BASES
+    kept: dict[tuple[object, ...], SegmentBase] = {}
+    bases: dict[str, SegmentBase] = {}
     for loc, members in groups.items():
-        members.sort(key=_name)
-        leader = find_leader(members)
+        base = _base(members, _BASES, kept)
+        bases[loc] = base
+        leader = base.leader
         chosen = leaders.get(loc) if leaders else None
         if chosen is not None:
-            leader = next((i for i, n in enumerate(members) if n.name == chosen), leader)
-        if loc == t.location and members[leader].name == hostname:
+            leader = next((i for i, n in enumerate(base.members) if n.name == chosen), leader)
+        head = base.members[leader]
+        if loc == t.location and head.name == hostname:
             t.leader = True
-        allowed_ips: list[Prefix] = []
-        seen_loc_ips: set[str] = set()
-        loc_ips: list[Prefix] = []
-        private_ips: list[IPAddress] = []
-        private_hosts: list[Prefix] = []
-        for n in members:
-            allowed_ips += n.own_ips
-            for ip in n.allowed_location_ips:
-                if text(ip) not in seen_loc_ips:
-                    seen_loc_ips.add(text(ip))
-                    loc_ips.append(ip)
-            if n.internal_ip is not None:
-                private_hosts.append(host_of(n.internal_ip))
-                private_ips.append(ip_of(n.internal_ip))
-        loc_ips.sort(key=text)
-        head = members[leader]
         t.segments.append(
             Segment(
                 location=loc,
                 logical_location=logical_location(head),
-                allowed_ips=allowed_ips,
+                allowed_ips=list(base.allowed_ips),
                 endpoint=head.endpoint,
                 key=head.key,
                 persistent_keepalive=head.persistent_keepalive,
-                cidrs=[n.subnet for n in members],
-                hostnames=[n.name for n in members],
+                cidrs=list(base.cidrs),
+                hostnames=list(base.hostnames),
                 leader=leader,
-                private_ips=private_ips or None,
-                cni_compatibility_ips=[n.cni_compatibility_ip for n in members],
-                allowed_location_ips=loc_ips,
-                private_hosts=private_hosts or None,
+                private_ips=list(base.private_ips) if base.private_ips else None,
+                cni_compatibility_ips=list(base.cni_compatibility_ips),
+                allowed_location_ips=list(base.allowed_location_ips),
+                private_hosts=list(base.private_hosts) if base.private_hosts else None,
+                base=base,
             )
         )
+    _BASES = kept
     t.segments.sort(key=lambda s: s.location)
-    t.peers = drop_claims_on_nodes(
+    taken, lengths = _owned_keys(t.segments, subnet)
+    t.peers = drop_claims_in(
         deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name), t.refusals),
-        _owned(t.segments, subnet),
+        taken,
         t.refusals,
+        lengths,
     )
     t.discovered_endpoints = dict(me.discovered_endpoints or {})
     alloc = _Allocator(subnet)
-    claims = AllowedLocationIPFilter(t.segments, t.peers)
+    claims = AllowedLocationIPFilter(
+        t.segments,
+        t.peers,
+        [
+            s.base.claims.keys() if s.base is not None else net_keys(s.allowed_ips)
+            for s in t.segments
+        ],
+    )
     for i, s in enumerate(t.segments):
         wg_ip = alloc.next()
         if wg_ip is None:
@@ -313,7 +412,7 @@ def new_topology(
         claims.add_allowed_ip(i, s.allowed_ips[-1])
         if t.leader and s.location == t.location:
             t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
-        for n in groups[s.location]:
+        for n in bases[s.location].members:
             if n.discovered_endpoints:
                 for k, e in n.discovered_endpoints.items():
                     t.discovered_endpoints.setdefault(k, e)
@@ -321,13 +420,27 @@ def new_topology(
     return t
 
 
-def _owned(segments: list[Segment], subnet: Prefix) -> list[Prefix]:
-    """The mesh's own addresses: the segments' allowed IPs and the WireGuard IPs they get."""
+def _owned_keys(
+    segments: list[Segment], subnet: Prefix
+) -> tuple[dict[NetKey, Prefix], set[tuple[int, int]]]:
+    """The mesh's own addresses (the segments' allowed IPs and the WireGuard IPs they get)
+    by network (the last of equal ones), and the networks' (version, prefix length) pairs,
+    as ``drop_claims_in`` takes them."""
     alloc = _Allocator(subnet)
-    out: list[Prefix] = []
+    out: dict[NetKey, Prefix] = {}
+    lengths: set[tuple[int, int]] = set()
     for s in segments:
-        out += s.allowed_ips
+        if s.base is not None:
+            out.update(s.base.claims)
+            lengths |= s.base.lengths
+        else:
+            keys = net_keys(s.allowed_ips)
+            out.update(zip(keys, s.allowed_ips, strict=True))
+            lengths.update((v, plen) for v, _, plen in keys)
         ip = alloc.next()
         if ip is not None:
-            out.append(host_prefix(ip))
-    return out
+            h = host_prefix(ip)
+            v, _, plen = k = net_key(h)
+            out[k] = h
+            lengths.add((v, plen))
+    return out, lengths
