@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kilo.claims import AllowedLocationIPFilter, deduplicate_peer_ips, drop_claims_in
@@ -72,6 +72,7 @@ class SegmentBase:
     segment, not the other hundreds (which node leads is chosen again each time)."""
 
     members: tuple[Node, ...]  # by name
+    members_in_order: tuple[Node, ...]  # as given
     leader: int  # Kilo's choice among them
     allowed_ips: tuple[Prefix, ...]
     allowed_location_ips: tuple[Prefix, ...]  # without duplicates, in text order
@@ -92,8 +93,8 @@ class SegmentBase:
         return by_start(self.allowed_ips)
 
 
-#: The segment bases of the last topology, by their nodes' identities (``_facts_token``).
-_BASES: dict[tuple[object, ...], SegmentBase] = {}
+#: The segment bases of the last topology by segment key, with their nodes' ``_facts_token``.
+_BASES: dict[str, tuple[tuple[object, ...], SegmentBase]] = {}
 
 
 def forget_segments() -> None:
@@ -103,7 +104,8 @@ def forget_segments() -> None:
 
 def _facts_token(n: Node) -> object:
     """An object that stays the same for as long as the node's facts do: a check-in (only
-    ``last_seen`` changed, ``Node.with_last_seen``) keeps it, any other change makes a new one."""
+    ``last_seen`` changed, ``Node.with_last_seen``) keeps it, any other change makes a new one
+    (or takes that of a node of equal facts, ``_base``)."""
     d = n.__dict__
     tok = d.get("_k_token")
     if tok is None:
@@ -111,17 +113,40 @@ def _facts_token(n: Node) -> object:
     return tok
 
 
+#: What a segment base is made of: every field of a node but when it checked in and what it
+#: discovered (read from the nodes themselves, not their base).
+_FACTS = tuple(f.name for f in fields(Node) if f.name not in ("last_seen", "discovered_endpoints"))
+
+
+def _same_facts(a: Node, b: Node) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in _FACTS)
+
+
 def _base(
+    loc: str,
     members: list[Node],
-    last: Mapping[tuple[object, ...], SegmentBase],
-    kept: dict[tuple[object, ...], SegmentBase],
+    last: Mapping[str, tuple[tuple[object, ...], SegmentBase]],
+    kept: dict[str, tuple[tuple[object, ...], SegmentBase]],
 ) -> SegmentBase:
-    """The base of the segment of ``members``: the last topology's if it had the same nodes."""
+    """The base of the segment ``loc`` of ``members``: the last topology's if it had the same
+    nodes. A node that is a new object with the same facts (the local node, made anew for each
+    plan) takes the token of the one it replaces."""
     k = tuple(map(_facts_token, members))
-    b = last.get(k)
-    if b is None:
+    before = last.get(loc)
+    if before is not None and before[0] != k and len(before[0]) == len(k):
+        old_members = before[1].members_in_order
+        if all(
+            t is o or _same_facts(n, m)
+            for t, o, n, m in zip(k, before[0], members, old_members, strict=True)
+        ):
+            for n, o in zip(members, before[0], strict=True):
+                n.__dict__["_k_token"] = o
+            k = before[0]
+    if before is not None and before[0] == k:
+        b = before[1]
+    else:
         b = _make_base(members)
-    kept[k] = b
+    kept[loc] = (k, b)
     return b
 
 
@@ -145,6 +170,7 @@ def _make_base(members: list[Node]) -> SegmentBase:
     claims = dict(zip(net_keys(allowed_ips), allowed_ips, strict=True))
     return SegmentBase(
         members=tuple(ordered),
+        members_in_order=tuple(members),
         leader=find_leader(ordered),
         allowed_ips=tuple(allowed_ips),
         allowed_location_ips=tuple(loc_ips),
@@ -354,11 +380,9 @@ def new_topology(
         key=key,
     )
     global _BASES
-    kept: dict[tuple[object, ...], SegmentBase] = {}
-    bases: dict[str, SegmentBase] = {}
+    kept: dict[str, tuple[tuple[object, ...], SegmentBase]] = {}
     for loc, members in groups.items():
-        base = _base(members, _BASES, kept)
-        bases[loc] = base
+        base = _base(loc, members, _BASES, kept)
         leader = base.leader
         chosen = leaders.get(loc) if leaders else None
         if chosen is not None:
@@ -412,7 +436,7 @@ def new_topology(
         claims.add_allowed_ip(i, s.allowed_ips[-1])
         if t.leader and s.location == t.location:
             t.wireguard_cidr = ipaddress.ip_interface(f"{wg_ip}/{subnet.network.prefixlen}")
-        for n in bases[s.location].members:
+        for n in sorted((n for n in groups[s.location] if n.discovered_endpoints), key=_name):
             if n.discovered_endpoints:
                 for k, e in n.discovered_endpoints.items():
                     t.discovered_endpoints.setdefault(k, e)

@@ -29,8 +29,15 @@ def _event(
     out = dict(nodes)
     name = draw(st.sampled_from(sorted(out)))
     n = out[name]
-    kind = draw(st.sampled_from(["check-in", "endpoint", "leader", "location", "loc-ip", "gone"]))
-    if kind == "check-in":
+    kinds = ["check-in", "copy", "discovered", "endpoint", "leader", "location", "loc-ip", "gone"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "copy":
+        out[name] = dataclasses.replace(n, last_seen=n.last_seen + 1)
+    elif kind == "discovered":
+        found = Endpoint(draw(st.integers(1, 3)), ipaddress.ip_address("198.51.100.9"))
+        key = str(next(iter(nodes.values())).key)
+        out[name] = dataclasses.replace(n, discovered_endpoints={key: found})
+    elif kind == "check-in":
         out[name] = n.with_last_seen(n.last_seen + 1)
     elif kind == "endpoint":
         assert n.endpoint is not None
@@ -56,6 +63,7 @@ def _everything(t: Topology) -> Any:
         t.refusals,
         t.leader,
         t.wireguard_cidr,
+        t.discovered_endpoints,
         t.conf().render(),
         routes(t, Interfaces(), False, enc),
         routes(t, Interfaces(), True, enc),
