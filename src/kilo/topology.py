@@ -98,8 +98,10 @@ _BASES: dict[str, tuple[tuple[object, ...], SegmentBase]] = {}
 
 
 def forget_segments() -> None:
-    """Keep no segment base for the next topology (it builds every segment anew)."""
+    """Keep no segment base (nor the Peers deduplicated) for the next topology: it builds
+    every segment anew."""
     _BASES.clear()
+    _LAST_PEERS.clear()
 
 
 def _facts_token(n: Node) -> object:
@@ -412,7 +414,7 @@ def new_topology(
     t.segments.sort(key=lambda s: s.location)
     taken, lengths = _owned_keys(t.segments, subnet)
     t.peers = drop_claims_in(
-        deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name), t.refusals),
+        _deduplicated(peers, t.refusals),
         taken,
         t.refusals,
         lengths,
@@ -442,6 +444,26 @@ def new_topology(
                     t.discovered_endpoints.setdefault(k, e)
         s.allowed_location_ips = claims.filter(i, t.refusals)
     return t
+
+
+#: The last Peers deduplicated: (the Peers given, the answer, its refusals).
+_LAST_PEERS: list[tuple[tuple[Peer, ...], list[Peer], list[Problem]]] = []
+
+
+def _deduplicated(peers: Mapping[str, Peer], refusals: list[Problem]) -> list[Peer]:
+    """``deduplicate_peer_ips`` of the Peers by name; the last answer again for the same
+    Peers (the same objects: a plan after a node changed)."""
+    given = tuple(peers.values())
+    if _LAST_PEERS:
+        last, out, refused = _LAST_PEERS[0]
+        if len(last) == len(given) and all(map(operator.is_, last, given)):
+            refusals += refused
+            return list(out)
+    refused = []
+    out = deduplicate_peer_ips(sorted(given, key=lambda p: p.name), refused)
+    _LAST_PEERS[:] = [(given, out, refused)]
+    refusals += refused
+    return list(out)
 
 
 def _owned_keys(
