@@ -148,12 +148,43 @@ def _hosts(s: Segment) -> list[Prefix]:
     return [host_prefix(p) for p in s.private_ips or []]
 
 
+def _one_family(out: list[Route], kilo: str) -> list[Route]:
+    """The routes the kernel can take: a destination of one family with a source or gateway of
+    the other (a dual-stack cluster whose private and WireGuard IPs are IPv4, and a Peer's or
+    an allowed-location IPv6 prefix) cannot be added, and one such route failed the whole
+    reconcile. Through the WireGuard interface the source and gateway are dropped (WireGuard
+    routes by its allowed IPs); a route through another device, whose gateway is of the other
+    family, is left out (the node has no next hop of that family to give it)."""
+    if all(
+        (r.src is None or r.src.version == r.dst.version)
+        and (r.gw is None or r.gw.version == r.dst.version)
+        for r in out
+    ):
+        return out  # the usual case: one pass, nothing made
+    fit: list[Route] = []
+    for r in out:
+        v = r.dst.version
+        src = r.src if r.src is None or r.src.version == v else None
+        if r.gw is not None and r.gw.version != v:
+            if r.dev != kilo:
+                continue
+            fit.append(Route(r.dst, r.dev, None, src, False, r.table))
+        elif src is not r.src:
+            fit.append(Route(r.dst, r.dev, r.gw, src, r.onlink, r.table))
+        else:
+            fit.append(r)
+    return fit
+
+
 def routes(
     t: Topology, ifs: Interfaces, local: bool, enc: Encapsulation
 ) -> tuple[list[Route], list[Rule]]:
-    """The routes and rules of the local node of ``t``."""
+    """The routes and rules of the local node of ``t`` (only routes the kernel can take:
+    ``_one_family``, applied to each part as it is made; a leader's routes to a segment are
+    kept with it, already fit)."""
     if not t.leader:
-        return _follower_routes(t, ifs, local, enc)
+        via_leader, to_members = _follower_routes(t, ifs, local, enc)
+        return _one_family(via_leader, ifs.kilo), to_members
     out: list[Route] = []
     rules: list[Rule] = []
     src = t.private_ip.ip if t.private_ip is not None else None
@@ -162,7 +193,7 @@ def routes(
         if not t.is_tunnelled(s):
             if local:
                 r, ru = _local_routes(t, s, ifs, enc, leader=True)
-                out += r
+                out += _one_family(r, kilo)
                 rules += ru
             elif (
                 s.location == t.location
@@ -180,8 +211,10 @@ def routes(
                         rules.append(Rule(KILO_TABLE, dst=host_prefix(priv), iif=ifs.kilo))
             continue
         out += _tunnelled(t, s, kilo, src)
-    for p in t.peers:
-        out += [Route(a, kilo, None, src, False, MAIN_TABLE) for a in p.allowed_ips]
+    to_peers = [
+        Route(a, kilo, None, src, False, MAIN_TABLE) for p in t.peers for a in p.allowed_ips
+    ]
+    out += _one_family(to_peers, kilo)
     return out, rules
 
 
@@ -209,7 +242,7 @@ def _tunnelled(t: Topology, s: Segment, kilo: str, src: IPAddress | None) -> tup
         if privs is not None and privs[i] != ep_ip:
             add(Route(hosts[i], kilo, wg, src, True, MAIN_TABLE))
     out += [Route(a, kilo, wg, src, True, MAIN_TABLE) for a in s.allowed_location_ips]
-    made = tuple(out)
+    made = tuple(_one_family(out, kilo))
     if memo is not None:
         memo["tunnelled"] = (key, made)
     return made

@@ -287,13 +287,6 @@ class TestDualStack:
     def test_kgctl_prints_what_kilos_prints(self, lab: Lab) -> None:
         kgctl_like_kilo(lab, kgctl_commands(["a1", "a2", "g1", "g2"], []))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="routes.py: in a dual-stack cluster (IPv4 private and WireGuard IPs) a Peer's "
-        "IPv6 allowed IP gets the leader's route 'dev kilo0 src <IPv4 private IP>' and a "
-        "follower's 'via <leader's IPv4> onlink', which the kernel refuses, so every "
-        "reconcile fails on both (fix: /tmp/dualstack-routes.patch)",
-    )
     def test_a_peer_with_ipv4_and_ipv6_allowed_ips(self, lab: Lab) -> None:
         laptop = PeerHost("laptop", "laptop", "10.5.0.9/32")
         allowed = [ipaddress.ip_interface(a) for a in ("10.5.0.9/32", "fd00:5::9/128")]
