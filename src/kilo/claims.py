@@ -9,6 +9,7 @@ the other, so the two queries together find every overlap without comparing all 
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -178,7 +179,7 @@ class AllowedLocationIPFilter:
         self.active = any(s.allowed_location_ips for s in segments)
         if not self.active:
             return
-        self._loc, self._peers = PrefixIndex(), PrefixIndex()
+        self._loc = PrefixIndex()
         self._loc_ids = [
             [self._loc.add(ip, j) for ip in s.allowed_location_ips] for j, s in enumerate(segments)
         ]
@@ -206,9 +207,7 @@ class AllowedLocationIPFilter:
                 for where in addrs:
                     if self._in.get(where, at + 1) > at:
                         self._in[where] = at
-        for k, p in enumerate(peers):
-            for a in p.allowed_ips:
-                self._peers.add(a, k)
+        self._peers = _peer_index(peers)
         self.peers = peers
 
     def _note(self, j: int, ips: Iterable[Prefix]) -> None:
@@ -257,3 +256,23 @@ class AllowedLocationIPFilter:
                 continue
             out.append(ip)
         return out
+
+
+#: The last Peers' index (the Peers, the index): the same Peer objects, the same index.
+_LAST_PEER_INDEX: list[tuple[tuple[Peer, ...], PrefixIndex]] = []
+
+
+def _peer_index(peers: Sequence[Peer]) -> PrefixIndex:
+    """The Peers' allowed IPs, each ranked by its Peer's position (only ever queried, never
+    withdrawn from: kept for the next topology with the same Peers)."""
+    given = tuple(peers)
+    if _LAST_PEER_INDEX:
+        last, index = _LAST_PEER_INDEX[0]
+        if len(last) == len(given) and all(map(operator.is_, last, given)):
+            return index
+    index = PrefixIndex()
+    for k, p in enumerate(given):
+        for a in p.allowed_ips:
+            index.add(a, k)
+    _LAST_PEER_INDEX[:] = [(given, index)]
+    return index
