@@ -174,6 +174,12 @@ def reach(lab: Lab, src: str, dst: str, timeout: float = 60) -> float:
         pytest.fail(f"{src} does not reach {dst}: {e}")
 
 
+def wg_bytes(lab: Lab, node: str) -> int:
+    """Bytes received and sent over all of ``node``'s WireGuard peers."""
+    out = lab.wg(node, "show", "kilo0", "transfer").stdout
+    return sum(int(a) + int(b) for _, a, b in (line.split("\t") for line in out.splitlines()))
+
+
 def check_nothing_left(lab: Lab, tracker: Tracker) -> None:
     """Take the lab down and assert that nothing of it remains."""
     tracker.record()

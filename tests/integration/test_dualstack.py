@@ -53,6 +53,7 @@ from tests.integration.test_agent_support import (
     metrics,
     reach,
     wait_for,
+    wg_bytes,
 )
 
 pytestmark = pytest.mark.integration
@@ -91,11 +92,6 @@ def dev_of(route: str) -> str:
     m = re.search(r"\bdev (\S+)", route)
     assert m is not None, route
     return m.group(1)
-
-
-def wg_bytes(lab: Lab, node: str) -> int:
-    out = lab.wg(node, "show", "kilo0", "transfer").stdout
-    return sum(int(a) + int(b) for _, a, b in (line.split("\t") for line in out.splitlines()))
 
 
 def node_json(lab: Lab, node: str) -> dict[str, object]:

@@ -39,6 +39,7 @@ from tests.integration.test_agent_support import (
     lab_name,
     pod,
     reach,
+    wg_bytes,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,12 +82,6 @@ def route_dev(lab: Lab, node: str, ip: str) -> str:
     m = re.search(r"\bdev (\S+)", out)
     assert m is not None, out
     return m.group(1)
-
-
-def wg_bytes(lab: Lab, node: str) -> int:
-    """Bytes received and sent over all of ``node``'s WireGuard peers."""
-    out = lab.wg(node, "show", "kilo0", "transfer").stdout
-    return sum(int(a) + int(b) for _, a, b in (line.split("\t") for line in out.splitlines()))
 
 
 def kg_container_args(path: pathlib.Path) -> list[str]:

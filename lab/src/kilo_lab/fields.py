@@ -44,44 +44,44 @@ def as_name(v: Any, where: str) -> str:
     return v
 
 
-def as_net(v: Any, where: str) -> IPv4Net:
+def _net(v: Any, where: str, kind: type[Any], wrong: str) -> Any:
     try:
         net = ipaddress.ip_network(str(v), strict=True)
     except ValueError as e:
         raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(net, IPv4Net):
-        raise SpecError(f"{where}: {v!r}: the lab is IPv4 only")
+    if not isinstance(net, kind):
+        raise SpecError(f"{where}: {v!r}: {wrong}")
     return net
 
 
-def as_addr(v: Any, where: str) -> IPv4Addr:
+def _addr(v: Any, where: str, kind: type[Any], wrong: str) -> Any:
     try:
         ip = ipaddress.ip_address(str(v))
     except ValueError as e:
         raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(ip, IPv4Addr):
-        raise SpecError(f"{where}: {v!r}: the lab is IPv4 only")
+    if not isinstance(ip, kind):
+        raise SpecError(f"{where}: {v!r}: {wrong}")
+    return ip
+
+
+def as_net(v: Any, where: str) -> IPv4Net:
+    net: IPv4Net = _net(v, where, IPv4Net, "the lab is IPv4 only")
+    return net
+
+
+def as_addr(v: Any, where: str) -> IPv4Addr:
+    ip: IPv4Addr = _addr(v, where, IPv4Addr, "the lab is IPv4 only")
     return ip
 
 
 def as_net6(v: Any, where: str) -> IPv6Net:
     """An IPv6 network (the lab's IPv6 underlays, pod and service CIDRs of ``stack: ipv6|dual``)."""
-    try:
-        net = ipaddress.ip_network(str(v), strict=True)
-    except ValueError as e:
-        raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(net, IPv6Net):
-        raise SpecError(f"{where}: {v!r}: an IPv6 network is needed here")
+    net: IPv6Net = _net(v, where, IPv6Net, "an IPv6 network is needed here")
     return net
 
 
 def as_addr6(v: Any, where: str) -> IPv6Addr:
-    try:
-        ip = ipaddress.ip_address(str(v))
-    except ValueError as e:
-        raise SpecError(f"{where}: {v!r}: {e}") from e
-    if not isinstance(ip, IPv6Addr):
-        raise SpecError(f"{where}: {v!r}: an IPv6 address is needed here")
+    ip: IPv6Addr = _addr(v, where, IPv6Addr, "an IPv6 address is needed here")
     return ip
 
 
