@@ -1,11 +1,12 @@
 """Topology + this node -> the routes and policy rules it needs (Kilo's ``Routes`` semantics; pure).
 
-A leader routes other segments' pod CIDRs, private IPs and allowed-location IPs through the
-WireGuard interface (gateway: that segment's WireGuard IP) and peers' allowed IPs straight onto
-it. A non-leader sends all of that to its leader over the private network, encapsulated
-according to ``--encapsulate``. With ``--local`` the nodes of a location route each other's
-pod CIDRs over the private network. With granularity ``cross`` every node is a leader, and the
-nodes of its own location are reached like ``--local`` members.
+A leader routes other segments' pod CIDRs, private IPs (but those on its private network when
+its own endpoint is there too) and allowed-location IPs through the WireGuard interface
+(gateway: that segment's WireGuard IP) and peers' allowed IPs straight onto it. A non-leader
+sends all of that to its leader over the private network, encapsulated according to
+``--encapsulate``. With ``--local`` the nodes of a location route each other's pod CIDRs over
+the private network. With granularity ``cross`` every node is a leader, and the nodes of its
+own location are reached like ``--local`` members.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def routes(
     rules: list[Rule] = []
     src = t.private_ip.ip if t.private_ip is not None else None
     kilo = ifs.kilo
+    lan = _own_endpoint_lan(t)
     for s in t.segments:
         if not t.is_tunnelled(s):
             if local:
@@ -210,7 +212,7 @@ def routes(
                         out.append(Route(host_prefix(priv), ifs.tunnel, gw, None, True, KILO_TABLE))
                         rules.append(Rule(KILO_TABLE, dst=host_prefix(priv), iif=ifs.kilo))
             continue
-        out += _tunnelled(t, s, kilo, src)
+        out += _tunnelled(t, s, kilo, src, lan)
     to_peers = [
         Route(a, kilo, None, src, False, MAIN_TABLE) for p in t.peers for a in p.allowed_ips
     ]
@@ -218,14 +220,32 @@ def routes(
     return out, rules
 
 
-def _tunnelled(t: Topology, s: Segment, kilo: str, src: IPAddress | None) -> tuple[Route, ...]:
+def _own_endpoint_lan(t: Topology) -> Prefix | None:
+    """This node's private network if its own endpoint is an address on it, else None."""
+    own = t.local_segment()
+    ep = own.endpoint if own is not None else None
+    ip = ep.ip if ep is not None else None
+    if t.private_ip is None or ip is None or not contains(t.private_ip, ip):
+        return None
+    return t.private_ip
+
+
+def _tunnelled(
+    t: Topology, s: Segment, kilo: str, src: IPAddress | None, lan: Prefix | None
+) -> tuple[Route, ...]:
     """A leader's routes to segment ``s`` through WireGuard: kept with the segment's base
-    (its nodes unchanged) while the rest of the answer is the same too."""
+    (its nodes unchanged) while the rest of the answer is the same too.
+
+    ``lan`` is this node's private network when its own endpoint is on it. A private IP on
+    that network is not routed through the tunnel (Kilo skips only the one equal to the
+    segment's endpoint): that node sends its handshakes to our endpoint from that address,
+    WireGuard moves the segment's endpoint to it, and a route through the tunnel would then
+    loop the tunnel's own packets into itself (granularity ``full`` within one LAN)."""
     wg = s.wireguard_ip
     assert wg is not None
     ep = t.update_endpoint(s.endpoint, s.key, s.persistent_keepalive)
     ep_ip = ep.ip if ep is not None else None
-    key = (wg, src, kilo, ep_ip, tuple(s.allowed_location_ips))
+    key = (wg, src, lan, kilo, ep_ip, tuple(s.allowed_location_ips))
     memo = s.base.memo if s.base is not None else None
     if memo is not None:
         kept = memo.get("tunnelled")
@@ -239,7 +259,7 @@ def _tunnelled(t: Topology, s: Segment, kilo: str, src: IPAddress | None) -> tup
     for i, cidr in enumerate(s.cidrs):
         if cidr is not None:
             add(Route(cidr, kilo, wg, src, True, MAIN_TABLE))
-        if privs is not None and privs[i] != ep_ip:
+        if privs is not None and privs[i] != ep_ip and (lan is None or not contains(lan, privs[i])):
             add(Route(hosts[i], kilo, wg, src, True, MAIN_TABLE))
     out += [Route(a, kilo, wg, src, True, MAIN_TABLE) for a in s.allowed_location_ips]
     made = tuple(_one_family(out, kilo))

@@ -7,8 +7,8 @@ import pytest
 from kilo.firewall import ruleset
 from kilo.model import Granularity
 from kilo.routes import KILO_TABLE, Encapsulation, Interfaces, Strategy, routes
-from tests.unit.helpers import peer_obj
-from tests.unit.test_topology import peers_of, three_nodes, topo
+from tests.unit.helpers import node_obj, peer_obj
+from tests.unit.test_topology import nodes_of, peers_of, three_nodes, topo
 
 P = ipaddress.ip_interface
 
@@ -135,3 +135,26 @@ def test_firewall_sets_hold_only_the_outermost_of_nested_networks() -> None:
     sets = [c["add"]["set"] for c in doc if "set" in c.get("add", {})]
     assert {s["name"] for s in sets} >= {"peers-ipv4", "known-ipv4", "wireguard-ipv4"}
     assert all(s["flags"] == ["interval"] for s in sets)
+
+
+def test_full_mesh_on_one_lan_keeps_the_private_ips_off_the_tunnel() -> None:
+    """a1 public, a2 private (its endpoint on the LAN): a1's handshakes reach a2 from
+    10.10.1.1, WireGuard on a2 moves a1's endpoint there, so a2 must not route 10.10.1.1
+    through kilo0 (the tunnel's packets would loop into it). a1 keeps Kilo's routes."""
+    nodes = nodes_of(
+        node_obj("a1", "aws", "198.51.100.1:51820", "10.10.1.1/24", "10.2.0.0/24"),
+        node_obj("a2", "aws", "10.10.1.2:51820", "10.10.1.2/24", "10.2.1.0/24"),
+        node_obj("g1", "gcp", "198.51.100.2:51820", "10.10.2.1/24", "10.2.2.0/24"),
+    )
+
+    def got(host: str) -> list[str]:
+        r, _ = routes(topo(nodes, host, Granularity.FULL), IFS, True, Encapsulation())
+        return [str(x) for x in r]
+
+    on_a2 = got("a2")
+    assert not any(r.startswith("10.10.1.1/32") for r in on_a2)
+    assert "10.2.0.0/24 dev kilo0 via 10.4.0.1 src 10.10.1.2 onlink" in on_a2
+    assert any(r.startswith("10.10.2.1/32 dev kilo0") for r in on_a2)  # another LAN: tunnelled
+    on_a1 = got("a1")
+    assert not any(r.startswith("10.10.1.2/32") for r in on_a1)  # a2's endpoint (Kilo's rule)
+    assert any(r.startswith("10.10.2.1/32 dev kilo0") for r in on_a1)
