@@ -31,7 +31,7 @@ import tracemalloc
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kilo import topology
+from kilo import memo
 from kilo.agent import settle_heap
 from kilo.cache import ObjectCache
 from kilo.keys import Key
@@ -174,7 +174,7 @@ def measure(n: int, locs: int, peers: int, location_ips: bool, repeat: int) -> F
 
     def forget(i: int) -> None:
         event(i)
-        topology.forget_segments()
+        memo.forget_all()
 
     cold_ms = _time(lambda: plan_model(views[0], host), repeat, forget)
     p = plan(view, FACTS, Settings(hostname=host, encapsulation=Encapsulation(Strategy.NEVER)))

@@ -18,11 +18,11 @@ mesh as Kilo computes it and does not apply this policy.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from kilo.claims import PrefixIndex
+from kilo.memo import Last, Same
 from kilo.model import Node, Peer, Prefix, Problem, host_prefix
 from kilo.prefixes import net_key, span
 from kilo.translate import INTERNAL_IP, KEY
@@ -72,15 +72,16 @@ class _Guarded:
 
 #: The last protected index and what it was made of: a plan after a Peer changed, or a node
 #: only checked in, uses it again (pure memoisation: equal inputs, the same index).
-_last_guarded: list[tuple[object, _Guarded]] = []
+_GUARDED: Last[object, _Guarded] = Last()
 
 
 def _guarded(
     nodes: Iterable[Node], wireguard_subnet: Prefix, service_cidrs: Sequence[Prefix]
 ) -> _Guarded:
     key = (wireguard_subnet, tuple(service_cidrs), tuple(_node_guards(n) for n in nodes))
-    if _last_guarded and _last_guarded[0][0] == key:
-        return _last_guarded[0][1]
+    kept = _GUARDED.get(key)
+    if kept is not None:
+        return kept
     g = _Guarded(PrefixIndex(), [], {})
     entries = [(wireguard_subnet, "WireGuard subnet")]
     entries += [(c, "service CIDR") for c in service_cidrs]
@@ -89,8 +90,7 @@ def _guarded(
     for prefix, why in entries:
         g.index.add(prefix, len(g.what))
         g.what.append(why)
-    _last_guarded[:] = [(key, g)]
-    return g
+    return _GUARDED.put(key, g)
 
 
 def _verdict(g: _Guarded, a: Prefix) -> int | None:
@@ -129,9 +129,9 @@ def _node_claims(n: Node) -> tuple[object, ...]:
     return memo
 
 
-#: The last nodes' verdicts and what they were made of (``_last_guarded``'s memoisation): which
-#: nodes are kept, in order, which lose their internal IP, and the refusals.
-_last_nodes: list[tuple[object, list[tuple[str, bool]], list[Problem]]] = []
+#: The last nodes' verdicts and what they were made of (as ``_GUARDED``): which nodes are kept,
+#: in order, which lose their internal IP, and the refusals.
+_NODES: Last[object, tuple[list[tuple[str, bool]], list[Problem]]] = Last()
 
 
 def authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node], list[Problem]]:
@@ -141,15 +141,16 @@ def authorise_nodes(nodes: Mapping[str, Node], me: str) -> tuple[dict[str, Node]
     created earlier, then sorted first by name. ``me``, the local node, is never refused in its
     own plan (the problem is reported; the other nodes refuse it)."""
     key = (me, tuple(_node_claims(n) for n in nodes.values()))
-    if not _last_nodes or _last_nodes[0][0] != key:
+    kept = _NODES.get(key)
+    if kept is None:
         out, refusals = _authorise_nodes(nodes, me)
         verdicts = [
-            (name, kept.internal_ip is None and nodes[name].internal_ip is not None)
-            for name, kept in out.items()
+            (name, k.internal_ip is None and nodes[name].internal_ip is not None)
+            for name, k in out.items()
         ]
-        _last_nodes[:] = [(key, verdicts, refusals)]
+        _NODES.put(key, (verdicts, refusals))
         return out, list(refusals)
-    _, verdicts, refusals = _last_nodes[0]
+    verdicts, refusals = kept
     out = {}
     for name, strip in verdicts:
         n = nodes[name]
@@ -236,33 +237,17 @@ def authorise_peers(
     node_keys = {bytes(n.key): n.name for n in nodes.values() if n.key is not None}
     g = _guarded(nodes.values(), wireguard_subnet, service_cidrs)
     given = tuple(peers.values())
-    last = _last_peers[0] if _last_peers else None
-    if (
-        last is not None
-        and last[0] is g
-        and last[1] == policy
-        and len(last[2]) == len(given)
-        and all(map(operator.is_, last[2], given))
-        and last[3] == node_keys
-    ):
-        return dict(last[4]), list(last[5])
-    admitted, refusals = _authorise_peers(given, node_keys, g, policy)
-    _last_peers[:] = [(g, policy, given, node_keys, admitted, refusals)]
+    key = (Same((g, *given)), policy, node_keys)
+    kept = _PEERS.get(key)
+    if kept is None:
+        kept = _PEERS.put(key, _authorise_peers(given, node_keys, g, policy))
+    admitted, refusals = kept
     return dict(admitted), list(refusals)
 
 
 #: The last Peers authorised and what that was made of: a plan after a node changed (and not
 #: the protected index) with the same Peers uses the answer again (pure memoisation).
-_last_peers: list[
-    tuple[
-        _Guarded,
-        PeerPolicy,
-        tuple[Peer, ...],
-        dict[bytes, str],
-        dict[str, Peer],
-        list[Problem],
-    ]
-] = []
+_PEERS: Last[object, tuple[dict[str, Peer], list[Problem]]] = Last()
 
 
 def _authorise_peers(

@@ -9,12 +9,12 @@ the other, so the two queries together find every overlap without comparing all 
 
 from __future__ import annotations
 
-import operator
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from kilo.memo import Last, Same
 from kilo.model import Peer, Prefix, Problem
 from kilo.prefixes import NetKey, ip_key, net_key, net_keys, span
 
@@ -258,21 +258,18 @@ class AllowedLocationIPFilter:
         return out
 
 
-#: The last Peers' index (the Peers, the index): the same Peer objects, the same index.
-_LAST_PEER_INDEX: list[tuple[tuple[Peer, ...], PrefixIndex]] = []
+#: The last Peers' index: the same Peer objects, the same index.
+_PEER_INDEX: Last[Same, PrefixIndex] = Last()
 
 
 def _peer_index(peers: Sequence[Peer]) -> PrefixIndex:
     """The Peers' allowed IPs, each ranked by its Peer's position (only ever queried, never
     withdrawn from: kept for the next topology with the same Peers)."""
-    given = tuple(peers)
-    if _LAST_PEER_INDEX:
-        last, index = _LAST_PEER_INDEX[0]
-        if len(last) == len(given) and all(map(operator.is_, last, given)):
-            return index
-    index = PrefixIndex()
-    for k, p in enumerate(given):
-        for a in p.allowed_ips:
-            index.add(a, k)
-    _LAST_PEER_INDEX[:] = [(given, index)]
+    given = Same(peers)
+    index = _PEER_INDEX.get(given)
+    if index is None:
+        index = _PEER_INDEX.put(given, PrefixIndex())
+        for k, p in enumerate(peers):
+            for a in p.allowed_ips:
+                index.add(a, k)
     return index

@@ -21,8 +21,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kilo import memo
 from kilo.claims import AllowedLocationIPFilter, deduplicate_peer_ips, drop_claims_in
 from kilo.keys import Key
+from kilo.memo import Last, Same
 from kilo.model import (
     Endpoint,
     Granularity,
@@ -97,11 +99,11 @@ class SegmentBase:
 _BASES: dict[str, tuple[tuple[object, ...], SegmentBase]] = {}
 
 
-def forget_segments() -> None:
-    """Keep no segment base (nor the Peers deduplicated) for the next topology: it builds
-    every segment anew."""
+def _forget_bases() -> None:
     _BASES.clear()
-    _LAST_PEERS.clear()
+
+
+memo.on_forget(_forget_bases)
 
 
 def _facts_token(n: Node) -> object:
@@ -446,24 +448,21 @@ def new_topology(
     return t
 
 
-#: The last Peers deduplicated: (the Peers given, the answer, its refusals).
-_LAST_PEERS: list[tuple[tuple[Peer, ...], list[Peer], list[Problem]]] = []
+#: The last Peers deduplicated: the answer and its refusals for the same Peer objects.
+_PEERS: Last[Same, tuple[list[Peer], list[Problem]]] = Last()
 
 
 def _deduplicated(peers: Mapping[str, Peer], refusals: list[Problem]) -> list[Peer]:
     """``deduplicate_peer_ips`` of the Peers by name; the last answer again for the same
     Peers (the same objects: a plan after a node changed)."""
-    given = tuple(peers.values())
-    if _LAST_PEERS:
-        last, out, refused = _LAST_PEERS[0]
-        if len(last) == len(given) and all(map(operator.is_, last, given)):
-            refusals += refused
-            return list(out)
-    refused = []
-    out = deduplicate_peer_ips(sorted(given, key=lambda p: p.name), refused)
-    _LAST_PEERS[:] = [(given, out, refused)]
-    refusals += refused
-    return list(out)
+    given = Same(peers.values())
+    kept = _PEERS.get(given)
+    if kept is None:
+        refused: list[Problem] = []
+        out = deduplicate_peer_ips(sorted(peers.values(), key=lambda p: p.name), refused)
+        kept = _PEERS.put(given, (out, refused))
+    refusals += kept[1]
+    return list(kept[0])
 
 
 def _owned_keys(

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kilo import topology
+from kilo import memo
 from kilo.firewall import ruleset
 from kilo.model import DEFAULT_SUBNET, Endpoint, Granularity, Node, Peer
 from kilo.routes import Compatibility, Encapsulation, Interfaces, Strategy, routes
@@ -85,7 +85,7 @@ def test_kept_segments_change_nothing(
         host = sorted(nodes)[0]
     warm = _everything(new_topology(nodes, peers, g, host, 51820, None, DEFAULT_SUBNET))
     again = _everything(new_topology(nodes, peers, g, host, 51820, None, DEFAULT_SUBNET))
-    topology.forget_segments()
+    memo.forget_all()
     cold = _everything(new_topology(nodes, peers, g, host, 51820, None, DEFAULT_SUBNET))
     assert warm == cold
     assert again == cold
