@@ -169,3 +169,50 @@ def test_a_change_from_what_was_applied_reads_nothing_and_keeps_foreign_routes(n
         nl.reconcile([*want[:4], clash], RULES[:1], (want, RULES[:1]))
     assert "not ours" in e.value.failures[0] and len(e.value.failures) == 1
     assert "10.77.0.0/24 via 10.88.0.9" in sh("ip", "-n", ns, "route", "show", "10.77.0.0/24")
+
+
+def test_routes_of_a_yielding_device_give_way_and_no_other(ns: str) -> None:
+    """flannel compatibility: flanneld's routes through its VXLAN device (here kpy-fl0) give
+    way to ours with the same destination, in the kernel as in the fake (unit tests); a route
+    of another device in the way stays, and the device's other routes are left alone."""
+    sh("ip", "-n", ns, "link", "add", "kpy-fl0", "type", "veth", "peer", "name", "kpy-fl1")
+    for dev in ("kpy-fl0", "kpy-fl1"):
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    for dst in ("10.2.1.0/24", "10.2.3.0/24"):  # flanneld's: proto boot, no metric
+        sh("ip", "-n", ns, "route", "add", dst, "via", dst[:-4] + "0", "dev", "kpy-fl0", "onlink")
+    sh("ip", "-n", ns, "-6", "route", "add", "fd99::/64", "dev", "kpy-fl0")
+    sh("ip", "-n", ns, "route", "add", "10.77.0.0/24", "via", "10.88.0.9", "proto", "static")
+    nl = Netlink(netns=ns, yielding=frozenset({"kpy-fl0"}))
+    clash = Route(P("10.77.0.0/24"), "kpy-r0", A("10.88.0.2"))
+    with pytest.raises(ReconcileError) as e:
+        nl.reconcile([*ROUTES, clash])
+    assert e.value.failures == [f"add route {clash}: a route that is not ours is in the way"]
+    assert "replace route 10.2.1.0/24 dev kpy-r0 via 10.88.0.2 (in place of kpy-fl0's)" in (
+        e.value.changes
+    )
+    assert "replace route fd99::/64 dev kpy-r0 via fd88::2 (in place of kpy-fl0's)" in (
+        e.value.changes
+    )
+    assert len(e.value.changes) == len(ROUTES)
+    assert len(ours(ns)) == len(ROUTES)
+    assert sh("ip", "-n", ns, "route", "show", "10.2.1.0/24").split() == (
+        f"10.2.1.0/24 via 10.88.0.2 dev kpy-r0 proto {RTPROT_KILO}".split()
+    )
+    assert "10.2.3.0 dev kpy-fl0 onlink" in sh("ip", "-n", ns, "route", "show", "10.2.3.0/24")
+    assert "via 10.88.0.9" in sh("ip", "-n", ns, "route", "show", "10.77.0.0/24")
+    assert nl.reconcile(ROUTES) == []
+
+    # flanneld puts its route back (RouteReplace on a lease event): ours is taken back at the
+    # next verification, and also by an apply from what was applied
+    sh("ip", "-n", ns, "route", "replace", "10.2.1.0/24", "via", "10.2.1.0", "dev", "kpy-fl0",
+       "onlink")  # fmt: skip
+    assert nl.reconcile(ROUTES) == [
+        "replace route 10.2.1.0/24 dev kpy-r0 via 10.88.0.2 (in place of kpy-fl0's)"
+    ]
+    sh("ip", "-n", ns, "route", "replace", "10.2.3.0/24", "via", "10.2.3.0", "dev", "kpy-fl0",
+       "onlink")  # fmt: skip
+    new = Route(P("10.2.3.0/24"), "kpy-r0", A("10.88.0.2"))
+    assert nl.reconcile([*ROUTES, new], (), (ROUTES, ())) == [
+        f"replace route {new} (in place of kpy-fl0's)"
+    ]
+    assert len(ours(ns)) == len(ROUTES) + 1

@@ -12,10 +12,10 @@ What is checked:
 - a pod reaches a pod of the same location, both ways, and the node's route to it is
   ``flannel.1``, never ``kilo0``;
 - the leader's pod and the other location's reach each other, both ways;
-- (expected to fail until two product bugs are fixed, see ``ACROSS_BUGS``) the follower's pod
-  and the other location's reach each other, both ways, and the leaders' routes
-  to the other location go through ``kilo0`` (and its WireGuard counters grow), the
-  follower's through ``flannel.1`` to its leader;
+- the follower's pod and the other location's reach each other, both ways, and the leaders'
+  routes to the other location go through ``kilo0`` (and its WireGuard counters grow), the
+  follower's through ``flannel.1`` to its leader: kg's routes take the place of those flanneld
+  made through ``flannel.1`` to the other location's pod CIDRs (``Netlink(yielding=...)``);
 - nothing of the lab is left behind.
 """
 
@@ -122,24 +122,15 @@ def test_inside_a_location_over_flannel(lab: Lab) -> None:
 
 
 def test_across_locations_the_leaders_pods_reach_pods(lab: Lab) -> None:
-    # today through flanneld's route: VXLAN to g1's private IP, which kg routes over kilo0
+    # through kg's route over kilo0 (or, while flanneld's is back, VXLAN to g1's private IP,
+    # which kg routes over kilo0 too)
     reach(lab, "a1-p0", pod(lab, "g1"))
     reach(lab, "g1-p0", pod(lab, "a1"))
 
 
-#: Why kg does not yet carry the traffic between locations in flannel compatibility (a product
-#: bug, open in issue 14): it leaves flanneld's routes to the other location's pod CIDRs (via
-#: flannel.1) in place, as it leaves every route that is not its own.
-ACROSS_BUGS = (
-    "kg leaves flanneld's routes to the other location's pod CIDRs (via flannel.1) in place "
-    "('a route that is not ours is in the way')"
-)
-
-
-@pytest.mark.xfail(reason=ACROSS_BUGS, strict=True)
 def test_across_locations_over_wireguard(lab: Lab) -> None:
     before = {n: wg_bytes(lab, n) for n in ("a1", "g1")}
-    for a in ("a1", "a2"):  # a2's pod: unreached today
+    for a in ("a1", "a2"):  # a2's pod: through flannel.1 to a1, then kilo0
         reach(lab, f"{a}-p0", pod(lab, "g1"))
         reach(lab, "g1-p0", pod(lab, a))
         assert route_dev(lab, "g1", pod(lab, a)) == "kilo0"

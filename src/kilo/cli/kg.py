@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ports = Ports(
             backend=backend,
             device=open_device(a.interface, a.wireguard, binary=a.wireguard_go),
-            routes=Netlink(),
+            routes=Netlink(yielding=yielding_devices(Compatibility(a.compatibility))),
             firewall=Nftables(owned=(("inet", a.nft_table),)),
             host=LocalHost(),
             files=AgentFiles(a.private_key, a.cni_path),
@@ -393,6 +393,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if sink is not None:
             sink.close()
     log.info("stopped")
+
+
+def yielding_devices(compatibility: Compatibility) -> frozenset[str]:
+    """The devices whose routes give way to kg's: flanneld's VXLAN device, which it routes
+    every node's pod CIDR through, those of other locations too (kg tunnels them)."""
+    return frozenset({"flannel.1"}) if compatibility is Compatibility.FLANNEL else frozenset()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,15 @@ collides with a route that is not ours, or names a missing device, is skipped; a
 everything else, ``reconcile`` raises ``ReconcileError`` listing those failures and the changes
 it did make.
 
+Yielding devices (``Netlink(yielding={"flannel.1"})``, kg's flannel compatibility): a route
+that is not ours but goes out of one of them gives way to ours. flanneld routes every node's pod
+CIDR through its VXLAN device, those of other locations too, where kg routes them through the
+WireGuard device (or to the location's leader). When adding one of ours fails because a route
+has its table, destination, TOS and metric, that route is read; if it is not ours and its
+device yields, ours replaces it (and is ours from then on: ``proto 107``). Any other route in
+the way is left, and the failure reported, as before. Nothing else of those devices is touched:
+their other routes stay, and one of ours that kg no longer wants is deleted, not given back.
+
 ``reconcile(routes, rules, previous)``, with the routes and rules as last applied without a
 failure, reads no route: those that left are deleted, the new ones added and the changed ones
 replaced (``replace`` also puts back one of ours someone deleted); the rules, when they
@@ -46,6 +55,7 @@ from kilo.model import Prefix
 from kilo.routes import Route, Rule
 
 RTPROT_KILO = 107
+EEXIST = 17
 RTNH_F_ONLINK = 0x4
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -106,9 +116,16 @@ def _addr(msg: Any, attr: str, plen: int, family: int) -> str:
 class Netlink:
     """Routes and rules of one network namespace (None: the current one)."""
 
-    def __init__(self, netns: str | None = None, proto: int = RTPROT_KILO) -> None:
+    def __init__(
+        self,
+        netns: str | None = None,
+        proto: int = RTPROT_KILO,
+        yielding: frozenset[str] = frozenset(),
+    ) -> None:
         self.netns = netns
         self.proto = proto
+        #: devices whose routes (not ours) give way to ours with the same key
+        self.yielding = yielding
         # the routes last verified and their listing: a resync of an unchanged plan passes the
         # same sequence again, and its listing is not made twice
         self._listing: tuple[object, list[_Listed]] = ((), [])
@@ -270,16 +287,26 @@ class Netlink:
                     changes.append(f"remove route {old}")
                 except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
                     failures.append(f"remove route {old}: {_why(e)}")
+        blocked: list[tuple[Route, dict[str, Any], Exception]] = []
         for key, r in wanted.items():
             cur = have.get(key)
             if cur is not None and cur[0] == r:
                 continue
             verb = "add" if cur is None else "replace"
             try:
-                ipr.route(verb, **self._route_args(r, names))
+                args = self._route_args(r, names)
+            except LookupError as e:
+                failures.append(f"{verb} route {r}: {_why(e)}")
+                continue
+            try:
+                ipr.route(verb, **args)
                 changes.append(f"{verb} route {r}")
             except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
-                failures.append(f"{verb} route {r}: {_why(e)}")
+                if verb == "add" and self._may_yield(e):
+                    blocked.append((r, args, e))
+                else:
+                    failures.append(f"{verb} route {r}: {_why(e)}")
+        self._take_over(ipr, blocked, changes, failures)
 
     def _change_routes(
         self,
@@ -315,6 +342,7 @@ class Netlink:
             except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
                 if getattr(e, "code", 0) != 3:  # ESRCH: gone already
                     failures.append(f"remove route {r}: {_why(e)}")
+        blocked: list[tuple[Route, dict[str, Any], Exception]] = []
         for key, r in new.items():
             if old.get(key) == r:
                 continue
@@ -323,11 +351,63 @@ class Netlink:
             if i is None:
                 failures.append(f"{verb} route {r}: device {r.dev} does not exist")
                 continue
+            args = self._route_args(r, {i: r.dev})
             try:  # a new one is added, never replaced: a route in the way may not be ours
-                ipr.route(verb, **self._route_args(r, {i: r.dev}))
+                ipr.route(verb, **args)
                 changes.append(f"{verb} route {r}")
             except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
-                failures.append(f"{verb} route {r}: {_why(e)}")
+                if verb == "add" and self._may_yield(e):
+                    blocked.append((r, args, e))
+                else:
+                    failures.append(f"{verb} route {r}: {_why(e)}")
+        self._take_over(ipr, blocked, changes, failures)
+
+    def _may_yield(self, e: Exception) -> bool:
+        """Whether an add that failed with ``e`` may have met a route of a yielding device."""
+        return bool(self.yielding) and isinstance(e, NetlinkError) and e.code == EEXIST
+
+    def _take_over(
+        self,
+        ipr: IPRoute,
+        blocked: Sequence[tuple[Route, dict[str, Any], Exception]],
+        changes: list[str],
+        failures: list[str],
+    ) -> None:
+        """Replace the routes in the way of those ``blocked`` (their add failed with EEXIST)
+        that are not ours and go out of a yielding device; each of the others is a failure.
+        The routes in the way are read in one dump per family, whatever their number."""
+        if not blocked:
+            return
+        try:
+            names = self._links(ipr)
+            others: dict[tuple[int, int, str], list[Any]] = {}
+            for fam in sorted({args["family"] for _, args, _ in blocked}):
+                for m in ipr.route("dump", family=fam):
+                    if m["proto"] == self.proto or m["tos"] != 0:
+                        continue
+                    dst = _addr(m, "RTA_DST", m["dst_len"], fam)
+                    table = m.get_attr("RTA_TABLE") or m["table"]
+                    others.setdefault((fam, table, dst), []).append(m)
+        except Exception as e:  # noqa: BLE001 - then none of them can be taken over
+            failures += [f"add route {r}: {_why(err)} ({e})" for r, _, err in blocked]
+            return
+        for r, args, err in blocked:
+            fam = args["family"]
+            metric = 1024 if fam == socket.AF_INET6 else 0  # the kernel's, as ours have none
+            way = [
+                m
+                for m in others.get((fam, args["table"], args["dst"]), [])
+                if (m.get_attr("RTA_PRIORITY") or 0) == metric
+            ]
+            devs = {names.get(m.get_attr("RTA_OIF") or -1, "") for m in way}
+            if not way or not devs <= self.yielding:
+                failures.append(f"add route {r}: {_why(err)}")
+                continue
+            try:
+                ipr.route("replace", **args)
+                changes.append(f"replace route {r} (in place of {'/'.join(sorted(devs))}'s)")
+            except Exception as e:  # noqa: BLE001 - per item: one never stops the rest
+                failures.append(f"replace route {r}: {_why(e)}")
 
     def _reconcile_rules(
         self, ipr: IPRoute, want: Sequence[Rule], changes: list[str], failures: list[str]
@@ -374,7 +454,7 @@ _Listed = tuple[int, str, str, str, str, bool]
 
 def _why(e: Exception) -> str:
     """Why one route or rule failed, as a sentence."""
-    if isinstance(e, NetlinkError) and e.code == 17:
+    if isinstance(e, NetlinkError) and e.code == EEXIST:
         return "a route that is not ours is in the way"
     return str(e) or type(e).__name__
 
