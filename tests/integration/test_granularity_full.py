@@ -1,23 +1,26 @@
 """Granularity ``full`` in the lab (issue 14): every node its own segment, WireGuard to every
 other node, also to the nodes of its own LAN.
 
-Location aws of a1 (public) and a2 (private: its endpoint is its LAN address), location gcp of
-g1 (public); kg on every node with ``--mesh-granularity full``, real wireguard-go. a1's
+Location aws of a1 (public) and a2 (private: its endpoint is its LAN address; its way to the
+internet through NAT ``home``, as a private cloud node's), location gcp of g1 (public); kg on
+every node with ``--mesh-granularity full`` and a short resync, real wireguard-go. a1's
 handshakes reach a2 from a1's LAN address, and WireGuard on a2 moves a1's endpoint there
 (roaming): a route for that address through kilo0 would loop the tunnel's packets into the
-tunnel itself. (a2 and g1 cannot reach each other: a full mesh needs every node to reach
-every other node's endpoint, and a2 has no way to the internet; Kilo's docs say the same.)
+tunnel itself. (g1 cannot reach a2's endpoint: a full mesh needs every node to reach every
+other node's endpoint, and the NAT lets a2 out, not in; Kilo's docs say the same.)
 What is checked:
 
 - a1 and a2 reach each other's pods, and a1 and g1 theirs;
 - the traffic between a2 and a1 goes through their WireGuard tunnel (a2's counters grow);
 - a2 routes no address of its LAN through kilo0, and a1 has a2 on a2's LAN address;
+- a1 and a2 still reach each other after a few resyncs;
 - nothing of the lab is left behind.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -34,14 +37,16 @@ from tests.integration.test_agent_support import (
 
 pytestmark = pytest.mark.integration
 
+RESYNC = 5  # seconds: each resync puts the published endpoints back where WireGuard roamed
 PAIRS = (("a1", "a2"), ("a2", "a1"), ("a1", "g1"), ("g1", "a1"))
 
 
 @pytest.fixture(scope="module")
 def lab_tracker() -> Iterator[tuple[Lab, Tracker]]:
-    spec = two_locations(lab_name("full"))
+    spec = two_locations(lab_name("full"), agent_args=["--resync-period", f"{RESYNC}s"])
     spec["clusters"][0]["granularity"] = "full"
     spec["clusters"][0]["locations"][1]["nodes"].pop()  # g2: private, on another LAN
+    spec["clusters"][0]["locations"][0]["nodes"][1]["nat"] = "home"  # a2's way out
     with agent_lab(spec) as (lab, tracker):
         yield lab, tracker
 
@@ -98,6 +103,14 @@ def test_no_lan_address_is_routed_through_the_tunnel(lab: Lab) -> None:
     lan = next(loc.cidr for loc in lab.spec.cluster("c1").locations if loc.name == "aws")
     dsts = [ipaddress.ip_network(r.split()[0], strict=False) for r in routes.splitlines()]
     assert not [d for d in dsts if d.subnet_of(lan)], routes
+
+
+def test_still_after_resyncs(lab: Lab) -> None:
+    """The resyncs put a1's published endpoint back on a2's device (WireGuard roamed it to
+    a1's LAN address): traffic flows either way."""
+    time.sleep(3 * RESYNC)
+    for src, dst in PAIRS[:2]:
+        reaches(lab, src, dst)
 
 
 def test_nothing_left(lab_tracker: tuple[Lab, Tracker]) -> None:
