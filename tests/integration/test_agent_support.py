@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,12 +166,21 @@ def pod(lab: Lab, node: str) -> str:
     return lab.pods[f"{node}-p0"].address
 
 
-def reach(lab: Lab, src: str, dst: str, timeout: float = 60) -> float:
-    """Wait until ``src`` pings ``dst`` (the seconds it took), or fail the test."""
+def reach(lab: Lab, src: str, dst: str, timeout: float = 60, dump: Sequence[str] = ()) -> float:
+    """Wait until ``src`` pings ``dst`` (the seconds it took), or fail the test, with the
+    WireGuard devices and routes of the nodes ``dump`` names in the message."""
     try:
         return lab.wait_ping(src, dst, timeout=timeout)
     except Exception as e:  # noqa: BLE001
-        pytest.fail(f"{src} does not reach {dst}: {e}")
+        pytest.fail(f"{src} does not reach {dst}: {e}{node_state(lab, *dump)}")
+
+
+def node_state(lab: Lab, *nodes: str) -> str:
+    """The nodes' WireGuard devices and routes, for a failure's message."""
+    return "".join(
+        f"\n== {n}\n{lab.wg(n, 'show', 'kilo0').stdout}\n{lab.exec(n, ['ip', 'route']).stdout}"
+        for n in nodes
+    )
 
 
 def wg_bytes(lab: Lab, node: str) -> int:

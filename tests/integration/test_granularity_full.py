@@ -32,6 +32,7 @@ from tests.integration.test_agent_support import (
     check_nothing_left,
     lab_name,
     pod,
+    reach,
     two_locations,
 )
 
@@ -67,19 +68,8 @@ def peer_transfer(lab: Lab, node: str, endpoint_ip: str) -> tuple[int, str]:
     raise AssertionError(f"{node} has no peer for {endpoint_ip}: {dump}")
 
 
-def state(lab: Lab, *nodes: str) -> str:
-    """The nodes' WireGuard devices and routes, for a failure's message."""
-    return "\n".join(
-        f"== {n}\n{lab.wg(n, 'show', 'kilo0').stdout}\n{lab.exec(n, ['ip', 'route']).stdout}"
-        for n in nodes
-    )
-
-
 def reaches(lab: Lab, src: str, dst: str) -> None:
-    try:
-        lab.wait_ping(f"{src}-p0", pod(lab, dst), timeout=60)
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"{src} does not reach {dst}: {e}\n{state(lab, src, dst)}")
+    reach(lab, f"{src}-p0", pod(lab, dst), dump=(src, dst))
 
 
 @pytest.mark.parametrize(("src", "dst"), PAIRS)
